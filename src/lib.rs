@@ -1,8 +1,34 @@
 //! herdgate: an edge connection admission layer for WebSocket fleets.
+//!
+//! Data plane, one client connection, left to right:
+//!
+//! ```text
+//! accept ─► TLS (SNI, tickets) ─► HTTP/1.1 (hyper) ─► route ─► admit ─► forward
+//!  listener   listener::tls        proxy               routing   admission  proxy (HTTP)
+//!                                                                          websocket (tunnel)
+//! ```
+//!
+//! Control plane, one writer: SIGHUP ─► read TOML ─► validate ─► build [`snapshot::Snapshot`]
+//! ─► `ArcSwap::store` ─► diff ─► drain removed nodes.
+//!
+//! Start with [`server::Server::bind`] and [`server::Server::run`].
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod admission;
+pub mod backend;
 pub mod client;
+pub mod config;
+pub mod demo;
+pub mod drain;
+pub mod fdlimit;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
 pub mod routing;
+pub mod server;
+pub mod signals;
+pub mod snapshot;
 pub mod systemd;
 pub mod websocket;

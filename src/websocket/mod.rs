@@ -1,1 +1,5 @@
-//! websocket
+//! WebSocket: handshake checks, frame-boundary tracking, and the tunnel.
+
+pub mod handshake;
+pub mod side;
+pub mod tunnel;

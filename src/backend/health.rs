@@ -1,0 +1,196 @@
+//! Health: active checks per pool, passive marks from real traffic.
+//!
+//! Passive: a refused connect marks a node down at once (the process is gone); softer
+//! failures (timeouts) count up to `passive_failures`. A WebSocket counts as a success at
+//! its 101, not when it closes: a proxy that counts at close never sees a long-lived
+//! tunnel succeed, and after one collapse would never mark its nodes up again.
+//!
+//! A node marked down by traffic alone, in a pool without active checks, gets a recovery
+//! probe (TCP connect each second) so that it can come back.
+
+use super::Node;
+use crate::config::{HealthConfig, HealthKind};
+use crate::snapshot::Snapshot;
+use rand::Rng;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Called when a node goes from down to up (starts slow start).
+pub type UpHook = Arc<dyn Fn(&Arc<Node>) + Send + Sync>;
+
+pub struct Health {
+    /// Active-check tasks of the current snapshot generation.
+    active: Mutex<Option<CancellationToken>>,
+    on_up: UpHook,
+    stop: CancellationToken,
+}
+
+impl Health {
+    pub fn new(on_up: UpHook, stop: CancellationToken) -> Self {
+        Health {
+            active: Mutex::new(None),
+            on_up,
+            stop,
+        }
+    }
+
+    /// A connect or request to `node` failed. `hard`: refused or reset.
+    pub fn passive_failure(&self, node: &Arc<Node>, hard: bool) {
+        let threshold = node.passive_threshold.load(Ordering::Relaxed).max(1);
+        let n = node.soft_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if hard || n >= threshold as u64 {
+            self.mark(node, false, if hard { "connect refused" } else { "consecutive failures" });
+        }
+    }
+
+    /// A request succeeded, or a WebSocket reached its 101.
+    pub fn passive_success(&self, node: &Arc<Node>) {
+        if node.soft_failures.load(Ordering::Relaxed) != 0 {
+            node.soft_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn mark(&self, node: &Arc<Node>, up: bool, why: &str) {
+        let was = node.set_healthy(up);
+        if was == up {
+            return;
+        }
+        if up {
+            tracing::info!(node = %node.key, "node up ({why})");
+            node.soft_failures.store(0, Ordering::Relaxed);
+            (self.on_up)(node);
+        } else {
+            tracing::warn!(node = %node.key, "node down ({why})");
+            if !node.actively_checked.load(Ordering::Relaxed)
+                && !node.probing.swap(true, Ordering::AcqRel)
+            {
+                self.spawn_probe(node.clone());
+            }
+        }
+    }
+
+    fn spawn_probe(&self, node: Arc<Node>) {
+        let stop = self.stop.clone();
+        let on_up = self.on_up.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+                }
+                if node.is_healthy() {
+                    break;
+                }
+                if tcp_check(node.key.addr, PROBE_INTERVAL).await {
+                    if !node.set_healthy(true) {
+                        tracing::info!(node = %node.key, "node up (recovery probe)");
+                        node.soft_failures.store(0, Ordering::Relaxed);
+                        on_up(&node);
+                    }
+                    break;
+                }
+            }
+            node.probing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Start the active checks of a new snapshot (and stop the previous generation's).
+    pub fn apply(self: &Arc<Self>, snap: &Snapshot) {
+        let token = self.stop.child_token();
+        if let Ok(mut g) = self.active.lock() {
+            if let Some(old) = g.replace(token.clone()) {
+                old.cancel();
+            }
+        }
+        for pool in &snap.pools {
+            let threshold = pool.cfg.health.as_ref().map_or(3, |h| h.passive_failures);
+            for node in &pool.nodes {
+                node.passive_threshold.store(threshold, Ordering::Relaxed);
+                node.actively_checked
+                    .store(pool.cfg.health.is_some(), Ordering::Relaxed);
+                if let Some(h) = &pool.cfg.health {
+                    let this = self.clone();
+                    let node = node.clone();
+                    let h = h.clone();
+                    let token = token.clone();
+                    tokio::spawn(async move { this.check_loop(node, h, token).await });
+                }
+            }
+        }
+    }
+
+    async fn check_loop(self: Arc<Self>, node: Arc<Node>, h: HealthConfig, stop: CancellationToken) {
+        // Jittered start: checks of many nodes (and many proxies) never synchronise.
+        let first = h.interval.0.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
+        let mut wait = first;
+        let (mut ok_run, mut fail_run) = (0u32, 0u32);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let ok = match h.kind {
+                HealthKind::Tcp => tcp_check(node.key.addr, h.timeout.0).await,
+                HealthKind::Http => {
+                    http_check(node.key.addr, h.path.as_deref().unwrap_or("/"), h.timeout.0).await
+                }
+            };
+            metrics::counter!(crate::metrics::HEALTH_CHECKS,
+                "pool" => node.key.pool.to_string(), "node" => node.key.name.to_string(),
+                "result" => if ok { "ok" } else { "fail" })
+            .increment(1);
+            if ok {
+                ok_run += 1;
+                fail_run = 0;
+                if ok_run >= h.rise && !node.is_healthy() {
+                    self.mark(&node, true, "active check");
+                }
+            } else {
+                fail_run += 1;
+                ok_run = 0;
+                if fail_run >= h.fall && node.is_healthy() {
+                    self.mark(&node, false, "active check");
+                }
+            }
+            // ±10% per round keeps them from drifting back into step.
+            wait = h.interval.0.mul_f64(rand::thread_rng().gen_range(0.9..1.1));
+        }
+    }
+}
+
+pub async fn tcp_check(addr: SocketAddr, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// GET `path`, expect a 2xx status line.
+pub async fn http_check(addr: SocketAddr, path: &str, timeout: Duration) -> bool {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: herdgate-health\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = [0u8; 64];
+        let mut n = 0;
+        while n < 12 {
+            let r = s.read(&mut buf[n..]).await.ok()?;
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        let line = std::str::from_utf8(&buf[..n]).ok()?;
+        let code = line.split(' ').nth(1)?;
+        Some(code.starts_with('2') && code.len() == 3)
+    };
+    matches!(tokio::time::timeout(timeout, fut).await, Ok(Some(true)))
+}

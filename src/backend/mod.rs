@@ -1,0 +1,112 @@
+//! Backend nodes: live state that outlives config snapshots, and connecting to them.
+
+pub mod connect;
+pub mod health;
+
+use crate::metrics::NodeMetrics;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+/// Identity of a node across reloads: same pool, name and address ⇒ same live state.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeKey {
+    pub pool: Arc<str>,
+    pub name: Arc<str>,
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Display for NodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}/{} ({})", self.pool, self.name, self.addr)
+    }
+}
+
+/// Why a node is draining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DrainSource {
+    /// `drain = true` in the config.
+    Config = 1,
+    /// `POST /admin/nodes/{pool}/{node}/drain`.
+    Admin = 2,
+    /// Removed from the config by a reload.
+    Removed = 3,
+}
+
+/// Live state of one backend node. Shared by routing, admission, health and drain; kept
+/// across reloads for unchanged nodes so a reload never resets a node in mid-storm.
+#[derive(Debug)]
+pub struct Node {
+    pub key: NodeKey,
+    /// Health as seen by active and passive checks.
+    healthy: AtomicBool,
+    /// Why the node drains (a [`DrainSource`] as u8; 0: it does not).
+    drain: AtomicU8,
+    /// Open WebSocket tunnels.
+    pub open_tunnels: AtomicU64,
+    /// Consecutive soft failures seen by passive health.
+    pub soft_failures: AtomicU64,
+    /// Soft failures that mark the node down (from the pool's health settings).
+    pub passive_threshold: AtomicU32,
+    /// The pool runs active checks for it (else a down node gets a recovery probe).
+    pub actively_checked: AtomicBool,
+    /// A recovery probe is running.
+    pub probing: AtomicBool,
+    pub metrics: NodeMetrics,
+}
+
+impl Node {
+    pub fn new(key: NodeKey) -> Self {
+        let metrics = NodeMetrics::new(&key.pool, &key.name);
+        metrics.healthy.set(1.0);
+        Node {
+            metrics,
+            key,
+            healthy: AtomicBool::new(true),
+            drain: AtomicU8::new(0),
+            open_tunnels: AtomicU64::new(0),
+            soft_failures: AtomicU64::new(0),
+            passive_threshold: AtomicU32::new(3),
+            actively_checked: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Returns the previous value.
+    pub fn set_healthy(&self, up: bool) -> bool {
+        self.metrics.healthy.set(if up { 1.0 } else { 0.0 });
+        self.healthy.swap(up, Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.drain.load(Ordering::Relaxed) != 0
+    }
+
+    /// Mark the node draining; false if it already was.
+    pub fn start_drain(&self, source: DrainSource) -> bool {
+        self.metrics.draining.set(1.0);
+        self.drain
+            .compare_exchange(0, source as u8, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    pub fn drained_by_config(&self) -> bool {
+        self.drain.load(Ordering::Relaxed) == DrainSource::Config as u8
+    }
+
+    /// Take the node back into service (a config drain that was lifted).
+    pub fn undrain(&self) {
+        self.metrics.draining.set(0.0);
+        self.drain.store(0, Ordering::Relaxed);
+    }
+
+    /// May receive new connections.
+    pub fn is_eligible(&self) -> bool {
+        self.is_healthy() && !self.is_draining()
+    }
+}

@@ -1,0 +1,599 @@
+//! Configuration: TOML in, a validated [`Config`] out.
+//!
+//! Parsing happens in two passes. Serde (with `deny_unknown_fields` everywhere) rejects
+//! unknown keys, wrong types, bad durations and bad addresses, and reports the key path
+//! and the line/column of the offending value. Then [`validate`] checks what one value
+//! cannot check alone (duplicate names, routes naming missing pools, TLS files that do not
+//! load) and reports *every* problem it finds, each with its key path and position.
+//!
+//! The commented reference is `config/herdgate.example.toml`; keep both in step.
+
+mod duration;
+mod validate;
+
+pub use duration::{parse_duration, HumanDuration};
+pub use validate::validate;
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// One configuration problem, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `pool[0].node[2].addr`.
+    pub key: String,
+    /// 1-based line and column in the file, when known.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if let Some((l, c)) = self.position {
+            write!(f, "line {l}, column {c}: ")?;
+        }
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in one file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let n = self.errors.len();
+        writeln!(
+            f,
+            "{}: {n} error{}",
+            self.file,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            writeln!(f, "  {}: {e}", self.file)?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    fn one(file: &str, key: &str, position: Option<(usize, usize)>, message: String) -> Self {
+        ConfigErrors {
+            file: file.to_string(),
+            errors: vec![ConfigError {
+                key: key.to_string(),
+                position,
+                message,
+            }],
+        }
+    }
+}
+
+fn default_admin_bind() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9900))
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub tickets: TicketsConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<PoolConfig>,
+}
+
+/// `[admin]`: metrics, health and the admin API. Binds loopback by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_admin_bind")]
+    pub bind: SocketAddr,
+    /// File holding the bearer token required by mutating admin endpoints (POST).
+    /// Without it, mutating endpoints are refused.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            bind: default_admin_bind(),
+            token_file: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// One deadline for the TLS handshake plus the first request header (slowloris guard).
+    /// It also bounds how long a keep-alive connection may sit idle before its next request.
+    pub handshake: HumanDuration,
+    /// Connecting to a backend node; past it the client gets 504.
+    pub backend_connect: HumanDuration,
+    /// Whole backend response head for plain HTTP.
+    pub backend_response: HumanDuration,
+    /// A tunnel with no byte either way for this long is closed ("0ms" disables).
+    pub idle_tunnel: HumanDuration,
+    /// How long a WebSocket close handshake may take before the TCP connections are cut.
+    pub close: HumanDuration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: HumanDuration::secs(5),
+            backend_connect: HumanDuration::secs(2),
+            backend_response: HumanDuration::secs(30),
+            idle_tunnel: HumanDuration::secs(600),
+            close: HumanDuration::secs(5),
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open client connections for the whole process (all listeners).
+    pub max_connections: usize,
+    /// Largest request head accepted; beyond it the client gets 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 100_000,
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// `[tickets]`: admission tickets handed to rejected clients that can present them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TicketsConfig {
+    /// Signing key shared by every herdgate instance that must accept the others' tickets.
+    /// Without it a random key is made at start (tickets then work on this instance only).
+    pub key_file: Option<PathBuf>,
+    /// How long after its slot a ticket or a promise may still be claimed.
+    pub claim_window: HumanDuration,
+}
+
+impl Default for TicketsConfig {
+    fn default() -> Self {
+        TicketsConfig {
+            key_file: None,
+            claim_window: HumanDuration::secs(2),
+        }
+    }
+}
+
+/// `[shutdown]`: what SIGTERM does.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Tunnels are closed (1012 + hint) spread evenly over this time.
+    pub spread: HumanDuration,
+    /// After this, whatever is still open is closed at once with 1001.
+    pub timeout: HumanDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            spread: HumanDuration::secs(30),
+            timeout: HumanDuration::secs(60),
+        }
+    }
+}
+
+/// `[[listener]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: Spanned<String>,
+    pub bind: SocketAddr,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Cap on open connections of this listener (the process cap still applies).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// New TLS handshakes per second, checked *before* the handshake; excess connections
+    /// wait in the kernel backlog. Unset: no cap.
+    #[serde(default)]
+    pub handshakes_per_second: Option<f64>,
+    #[serde(default)]
+    pub handshake_burst: Option<u32>,
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+}
+
+fn default_backlog() -> u32 {
+    4096
+}
+
+/// `[listener.tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(rename = "cert")]
+    pub certs: Vec<CertConfig>,
+    /// Stateful session cache entries (TLS 1.2 ids and 1.3 stateful resumption).
+    #[serde(default = "default_session_cache")]
+    pub session_cache: usize,
+    /// Issue stateless session tickets (rustls issues none unless a ticketer is set).
+    #[serde(default = "default_true")]
+    pub session_tickets: bool,
+}
+
+fn default_session_cache() -> usize {
+    20_000
+}
+
+/// `[[listener.tls.cert]]`: one certificate chain and its key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertConfig {
+    pub cert: Spanned<PathBuf>,
+    pub key: Spanned<PathBuf>,
+    /// SNI names this certificate answers (exact, or `*.example.com`). Empty: only as default.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// Used when SNI is absent or matches nothing. Default: the first certificate.
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// How a rejected WebSocket client is told to come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RejectStyle {
+    /// HTTP 503 with Retry-After (non-browser clients can read it).
+    #[default]
+    Http,
+    /// Complete the upgrade locally and close at once with 1013 and a JSON reason:
+    /// browsers see only 1006 for a refused handshake but can read a close reason.
+    WebsocketClose,
+}
+
+/// `[[route]]`: (host, path prefix) to a pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Host to match (case-insensitive, port ignored); absent or "*" matches any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "default_prefix")]
+    pub path_prefix: String,
+    pub pool: Spanned<String>,
+    /// Restrict the route to these listeners (by name). Default: all.
+    #[serde(default)]
+    pub listeners: Vec<String>,
+    #[serde(default)]
+    pub reject: RejectStyle,
+    /// Apply node admission to plain HTTP requests too (WebSocket upgrades always are).
+    #[serde(default)]
+    pub admit_http: bool,
+    #[serde(default)]
+    pub sticky: Option<StickyConfig>,
+    /// Per-client new-connection limit on this route.
+    #[serde(default)]
+    pub client_limit: Option<ClientLimitConfig>,
+}
+
+fn default_prefix() -> String {
+    "/".to_string()
+}
+
+/// `[route.sticky]`: where the session key comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyConfig {
+    #[serde(default)]
+    pub cookie: Option<String>,
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub query: Option<String>,
+    #[serde(default)]
+    pub client_ip: bool,
+    /// When the key is absent: "client-ip" (hash the address) or "none" (any node).
+    #[serde(default)]
+    pub fallback: StickyFallback,
+    /// With `cookie`: set it on the response when the client has none (HAProxy's
+    /// `cookie insert`).
+    #[serde(default)]
+    pub insert: bool,
+    /// Learned entries expire after this long unused.
+    #[serde(default = "default_sticky_ttl")]
+    pub ttl: HumanDuration,
+    #[serde(default = "default_sticky_max")]
+    pub max_entries: usize,
+}
+
+fn default_sticky_ttl() -> HumanDuration {
+    HumanDuration::secs(3600)
+}
+fn default_sticky_max() -> usize {
+    1_000_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StickyFallback {
+    #[default]
+    ClientIp,
+    None,
+}
+
+/// `[route.client_limit]`: new connections per client (IP, or sticky key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientLimitConfig {
+    pub rate: f64,
+    #[serde(default = "default_client_burst")]
+    pub burst: u32,
+    /// "client-ip" (default) or "sticky-key".
+    #[serde(default)]
+    pub by: ClientLimitKey,
+}
+
+fn default_client_burst() -> u32 {
+    10
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientLimitKey {
+    #[default]
+    ClientIp,
+    StickyKey,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HashKind {
+    #[default]
+    Rendezvous,
+    Maglev,
+}
+
+/// `[[pool]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub hash: HashKind,
+    /// New connections per second each node accepts (token bucket rate).
+    #[serde(default = "default_admit_rate")]
+    pub admit_rate: f64,
+    #[serde(default = "default_admit_burst")]
+    pub admit_burst: u32,
+    /// Longest Retry-After handed out; beyond it the hint is the cap (and counted).
+    #[serde(default = "default_max_retry_after")]
+    pub max_retry_after: HumanDuration,
+    /// A node coming back ramps its rate from 10% to full over this time ("0s": off).
+    #[serde(default)]
+    pub slow_start: HumanDuration,
+    #[serde(default)]
+    pub queue: Option<QueueConfig>,
+    /// Drain: tunnels closed per second per draining node...
+    #[serde(default)]
+    pub drain_rate: Option<f64>,
+    /// ...or spread evenly over this time (default 30s when neither is set).
+    #[serde(default)]
+    pub drain_spread: Option<HumanDuration>,
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    #[serde(rename = "node")]
+    pub nodes: Vec<NodeConfig>,
+}
+
+fn default_admit_rate() -> f64 {
+    200.0
+}
+fn default_admit_burst() -> u32 {
+    10
+}
+fn default_max_retry_after() -> HumanDuration {
+    HumanDuration::secs(120)
+}
+
+/// `[pool.queue]`: hold an upgrade instead of rejecting it when its slot is near.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub timeout: HumanDuration,
+    #[serde(default = "default_queue_len")]
+    pub max_len: usize,
+}
+
+fn default_queue_len() -> usize {
+    1000
+}
+
+/// `[pool.health]`: active checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// "tcp" (connect) or "http" (GET `path`, expect 2xx).
+    #[serde(default)]
+    pub kind: HealthKind,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default = "default_health_interval")]
+    pub interval: HumanDuration,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// Consecutive soft passive failures (timeouts, 5xx on upgrade) that mark a node down.
+    #[serde(default = "default_fall")]
+    pub passive_failures: u32,
+}
+
+fn default_health_interval() -> HumanDuration {
+    HumanDuration::secs(2)
+}
+fn default_health_timeout() -> HumanDuration {
+    HumanDuration::secs(1)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    #[default]
+    Tcp,
+    Http,
+}
+
+/// `[[pool.node]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: Spanned<String>,
+    pub addr: SocketAddr,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub admit_rate: Option<f64>,
+    #[serde(default)]
+    pub admit_burst: Option<u32>,
+    /// Drain this node: no new connections, its tunnels closed gradually.
+    #[serde(default)]
+    pub drain: bool,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl PoolConfig {
+    pub fn name(&self) -> &str {
+        self.name.get_ref()
+    }
+}
+
+impl NodeConfig {
+    pub fn name(&self) -> &str {
+        self.name.get_ref()
+    }
+}
+
+impl ListenerConfig {
+    pub fn name(&self) -> &str {
+        self.name.get_ref()
+    }
+}
+
+/// 1-based (line, column) of a byte offset.
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+impl Config {
+    /// Parse and validate TOML text. `file` names it in errors; relative paths in the
+    /// config (certificates, keys) are resolved against `base_dir`.
+    pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+        let de = toml::Deserializer::new(text);
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let pos = inner.span().map(|s| line_col(text, s.start));
+            let key = if key == "." { String::new() } else { key };
+            ConfigErrors::one(file, &key, pos, inner.message().trim().to_string())
+        })?;
+        cfg.resolve_paths(base_dir);
+        let errors = validate(&cfg, text);
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors {
+                file: file.to_string(),
+                errors,
+            })
+        }
+    }
+
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::one(&file, "", None, format!("cannot read the file: {e}"))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &file, base)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for l in &mut self.listeners {
+            if let Some(tls) = &mut l.tls {
+                for c in &mut tls.certs {
+                    fix(c.cert.get_mut());
+                    fix(c.key.get_mut());
+                }
+            }
+        }
+        if let Some(p) = &mut self.tickets.key_file {
+            fix(p);
+        }
+        if let Some(p) = &mut self.admin.token_file {
+            fix(p);
+        }
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name() == name)
+    }
+}

@@ -1,0 +1,270 @@
+//! Listeners: accept loop, connection caps, TLS handshake under a deadline, then hyper.
+
+pub mod tls;
+
+use crate::metrics::ListenerMetrics;
+use crate::proxy;
+use crate::server::Shared;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A client connection, plain or TLS. One concrete type so that an upgraded connection
+/// can be taken back out of hyper (`Upgraded::downcast`) and relayed without copies.
+pub enum ClientIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientIo::Plain(s) => s.is_write_vectored(),
+            ClientIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// What a connection knows about where it came in.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub listener: Arc<str>,
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Bind a listening socket the way a proxy wants it: SO_REUSEADDR, a deep backlog,
+/// non-blocking.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        let _ = s.set_only_v6(true);
+    }
+    s.bind(&addr.into())?;
+    s.listen(backlog.min(i32::MAX as u32) as i32)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// Accept loop of one listener until `stop` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    name: Arc<str>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let metrics = ListenerMetrics::new(&name);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        // Caps before accept: a connection we cannot serve stays in the kernel backlog
+        // instead of costing us a descriptor, a handshake and a refusal.
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = shared.conn_limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let snap = shared.snapshot.load();
+        let lrt = snap.listener(&name).cloned();
+        drop(snap);
+        let Some(lrt) = lrt else {
+            // Removed by a reload; the reload also cancels `stop`.
+            return;
+        };
+        let listener_permit = match &lrt.conn_limit {
+            Some(sem) => tokio::select! {
+                _ = stop.cancelled() => return,
+                p = sem.clone().acquire_owned() => p.ok(),
+            },
+            None => None,
+        };
+        if let (Some(hl), true) = (&lrt.handshake_limit, lrt.tls.is_some()) {
+            if !hl.try_acquire() {
+                metrics.deferred.increment(1);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = hl.until_ready() => {}
+                }
+            }
+        }
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => { backoff = Duration::from_millis(5); x }
+                Err(e) => {
+                    metrics.accept_errors.increment(1);
+                    if is_transient_accept_error(&e) {
+                        continue;
+                    }
+                    // EMFILE/ENFILE/ENOBUFS: spinning would burn the CPU the live
+                    // connections need; back off and let descriptors free up.
+                    tracing::warn!(listener = %name, "accept failed: {e}; backing off {backoff:?}");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        metrics.accepted.increment(1);
+        let shared = shared.clone();
+        let name = name.clone();
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            m.open.increment(1.0);
+            handle_conn(stream, peer, name, lrt, shared, &m).await;
+            m.open.decrement(1.0);
+            drop(permit);
+            drop(listener_permit);
+        });
+    }
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Runtime view of a listener inside a snapshot.
+#[derive(Clone)]
+pub struct ListenerRt {
+    pub name: Arc<str>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub conn_limit: Option<Arc<Semaphore>>,
+    pub handshake_limit: Option<Arc<crate::admission::HandshakeLimiter>>,
+}
+
+async fn handle_conn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    name: Arc<str>,
+    lrt: ListenerRt,
+    shared: Arc<Shared>,
+    metrics: &ListenerMetrics,
+) {
+    let _ = stream.set_nodelay(true);
+    let snap = shared.snapshot.load_full();
+    let timeouts = &snap.config.timeouts;
+    let deadline = Instant::now() + timeouts.handshake.0;
+    let io = match &lrt.tls {
+        None => ClientIo::Plain(stream),
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => ClientIo::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                metrics.tls_failures.increment(1);
+                tracing::debug!(listener = %name, %peer, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                metrics.handshake_timeouts.increment(1);
+                metrics.tls_failures.increment(1);
+                tracing::debug!(listener = %name, %peer, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    // The rest of the one deadline covers the first request head (hyper-util's own
+    // protocol detection has no timeout, so we use hyper's http1 connection directly).
+    let remaining = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    let info = ConnInfo {
+        listener: name,
+        peer,
+        tls: lrt.tls.is_some(),
+    };
+    let ctx = Arc::new(proxy::ConnCtx::new(shared.clone(), snap.clone(), info));
+    let service = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy::handle(req, ctx).await) }
+    });
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(remaining)
+        .max_buf_size(snap.config.limits.max_header_bytes)
+        .keep_alive(true);
+    let conn = b.serve_connection(TokioIo::new(io), service).with_upgrades();
+    drop(snap);
+    let stop = shared.stop_http.clone();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                if e.is_timeout() {
+                    metrics.handshake_timeouts.increment(1);
+                }
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        }
+        _ = stop.cancelled() => {
+            // Shutdown: finish the request in flight, then close (no new keep-alive request).
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

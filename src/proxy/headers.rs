@@ -1,0 +1,164 @@
+//! Header rules of a proxy (RFC 9110 §7.6).
+
+use super::respond::ProxyError;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+use http::Request;
+use std::net::IpAddr;
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1), plus the legacy ones still seen in the wild.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// Remove hop-by-hop fields and every field the Connection header names.
+/// With `upgrade`, the pair `Connection: upgrade` / `Upgrade: websocket` is kept, since
+/// the handshake itself must cross the proxy (RFC 6455 §4.1).
+pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let up = if upgrade { h.get(UPGRADE).cloned() } else { None };
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+    if let Some(up) = up {
+        h.insert(UPGRADE, up);
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Add X-Forwarded-For (appended to what the client sent, as nginx's
+/// `$proxy_add_x_forwarded_for` does), X-Forwarded-Proto and X-Forwarded-Host.
+pub fn add_forwarded(h: &mut HeaderMap, peer: IpAddr, tls: bool, host: Option<&str>) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let prior: Vec<String> = h
+        .get_all(&xff)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    let mut value = prior.join(", ");
+    if !value.is_empty() {
+        value.push_str(", ");
+    }
+    value.push_str(&peer.to_string());
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(xff, v);
+    }
+    h.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    if let Some(host) = host.and_then(|s| HeaderValue::from_str(s).ok()) {
+        h.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+}
+
+/// The request's Host, without port, lowercased. HTTP/1.1 requires exactly one Host
+/// (RFC 9112 §3.2): none or several is a 400.
+pub fn request_host<B>(req: &Request<B>) -> Result<Option<String>, ProxyError> {
+    let mut all = req.headers().get_all(HOST).iter();
+    let raw = match (all.next(), all.next()) {
+        (Some(_), Some(_)) => return Err(ProxyError::BadRequest("more than one Host header")),
+        (Some(h), None) => h
+            .to_str()
+            .map_err(|_| ProxyError::BadRequest("invalid Host header"))?,
+        (None, _) => match req.uri().host() {
+            Some(h) => h,
+            None if req.version() >= http::Version::HTTP_11 => {
+                return Err(ProxyError::BadRequest("missing Host header"))
+            }
+            None => return Ok(None),
+        },
+    };
+    let name = strip_port(raw);
+    if name.is_empty() {
+        return Err(ProxyError::BadRequest("invalid Host header"));
+    }
+    Ok(Some(name.to_ascii_lowercase()))
+}
+
+fn strip_port(s: &str) -> &str {
+    if let Some(rest) = s.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or("");
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_connection_named_fields() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("te").is_none());
+        assert!(h.get(CONNECTION).is_none());
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn keeps_upgrade_pair() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn forwarded_appends() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), true, Some("chat.example"));
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.1");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "chat.example");
+    }
+
+    #[test]
+    fn host_parsing() {
+        let r = Request::builder()
+            .header(HOST, "Chat.Example:8443")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r).unwrap().as_deref(), Some("chat.example"));
+        let r = Request::builder().header(HOST, "[::1]:80").body(()).unwrap();
+        assert_eq!(request_host(&r).unwrap().as_deref(), Some("::1"));
+        let r = Request::builder().body(()).unwrap();
+        assert!(request_host(&r).is_err());
+        let r = Request::builder()
+            .header(HOST, "a")
+            .header(HOST, "b")
+            .body(())
+            .unwrap();
+        assert!(request_host(&r).is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! WebSocket upgrades: forward the handshake to the node, and on its 101 join both sides.
+
+use super::body::Body;
+use super::headers::{add_forwarded, strip_hop_by_hop};
+use super::respond::ProxyError;
+use super::ConnCtx;
+use crate::backend::connect::{connect, ConnectError};
+use crate::backend::Node;
+use crate::listener::ClientIo;
+use crate::websocket::side::Side;
+use crate::websocket::tunnel::{relay, TunnelSettings};
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+pub async fn forward(
+    mut req: Request<Incoming>,
+    node: &Arc<Node>,
+    ctx: &ConnCtx,
+) -> Result<Response<Body>, ProxyError> {
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let host = super::headers::request_host(&req)?;
+    let timeouts = &ctx.snap.config.timeouts;
+
+    let stream = match connect(node.key.addr, timeouts.backend_connect.0).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(node = %node.key, "{e}");
+            return Err(match e {
+                ConnectError::Refused { .. } => {
+                    node.metrics.backend_refused.increment(1);
+                    ctx.shared.health.passive_failure(node, true);
+                    ProxyError::BackendRefused
+                }
+                ConnectError::Timeout { .. } => {
+                    node.metrics.backend_timeout.increment(1);
+                    ctx.shared.health.passive_failure(node, false);
+                    ProxyError::BackendTimeout
+                }
+                ConnectError::Io { .. } => {
+                    node.metrics.backend_other.increment(1);
+                    ctx.shared.health.passive_failure(node, true);
+                    ProxyError::BackendFailed(e.to_string())
+                }
+            });
+        }
+    };
+
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
+        .await
+        .map_err(|e| ProxyError::BackendFailed(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("node connection: {e}");
+        }
+    });
+
+    let (mut parts, _body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, true);
+    add_forwarded(
+        &mut parts.headers,
+        ctx.info.peer.ip(),
+        ctx.info.tls,
+        host.as_deref(),
+    );
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = Uri::try_from(pq).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    let breq = Request::from_parts(parts, Body::empty());
+
+    let mut resp = match tokio::time::timeout(timeouts.backend_response.0, sender.send_request(breq))
+        .await
+    {
+        Err(_) => {
+            node.metrics.backend_timeout.increment(1);
+            ctx.shared.health.passive_failure(node, false);
+            return Err(ProxyError::BackendTimeout);
+        }
+        Ok(Err(e)) => {
+            node.metrics.backend_other.increment(1);
+            ctx.shared.health.passive_failure(node, false);
+            return Err(ProxyError::BackendFailed(e.to_string()));
+        }
+        Ok(Ok(r)) => r,
+    };
+
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The node said no: its answer is the client's answer.
+        if resp.status().is_server_error() {
+            ctx.shared.health.passive_failure(node, false);
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        return Ok(Response::from_parts(parts, Body::Stream(body)));
+    }
+
+    // Success for passive health is the 101, not the close.
+    ctx.shared.health.passive_success(node);
+    let node_upgrade = hyper::upgrade::on(&mut resp);
+    let (mut parts, _) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, true);
+    let settings = TunnelSettings {
+        idle: Some(timeouts.idle_tunnel.0).filter(|d| !d.is_zero()),
+        close_timeout: timeouts.close.0,
+    };
+    spawn_tunnel(
+        client_upgrade,
+        node_upgrade,
+        node.clone(),
+        ctx.shared.clone(),
+        settings,
+    );
+    Ok(Response::from_parts(parts, Body::empty()))
+}
+
+fn spawn_tunnel(
+    client: OnUpgrade,
+    node_side: OnUpgrade,
+    node: Arc<Node>,
+    shared: Arc<crate::server::Shared>,
+    settings: TunnelSettings,
+) {
+    tokio::spawn(async move {
+        let (c, b) = match tokio::join!(client, node_side) {
+            (Ok(c), Ok(b)) => (c, b),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(node = %node.key, "upgrade failed: {e}");
+                return;
+            }
+        };
+        let Ok(c) = c.downcast::<TokioIo<ClientIo>>() else {
+            tracing::error!("client connection of an unexpected type");
+            return;
+        };
+        let Ok(b) = b.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!("node connection of an unexpected type");
+            return;
+        };
+        let client_side = match c.io.into_inner() {
+            ClientIo::Plain(s) => Side::Plain(s),
+            ClientIo::Tls(t) => {
+                let (tcp, conn) = t.into_inner();
+                Side::tls(tcp, conn)
+            }
+        };
+        let backend_side = Side::Plain(b.io.into_inner());
+        let guard = shared.tunnels.register(node.clone());
+        node.open_tunnels.fetch_add(1, Ordering::Relaxed);
+        node.metrics.tunnels_open.increment(1.0);
+        node.metrics.tunnels_total.increment(1);
+        let end = relay(
+            client_side,
+            c.read_buf,
+            backend_side,
+            b.read_buf,
+            guard.ctl().clone(),
+            settings,
+        )
+        .await;
+        node.open_tunnels.fetch_sub(1, Ordering::Relaxed);
+        node.metrics.tunnels_open.decrement(1.0);
+        tracing::trace!(node = %node.key, "tunnel ended: {end:?}");
+        drop(guard);
+    });
+}

@@ -1,0 +1,144 @@
+//! The single writer of the snapshot: read ─► validate ─► build ─► store ─► diff.
+//!
+//! On any error the old snapshot stays, the error is logged with its key path and line,
+//! and counted. Open tunnels are never touched by a reload: they hold their own
+//! snapshot. Live node state (bucket, schedule, health, counters) carries over for nodes
+//! whose identity (pool, name, address) is unchanged.
+
+use crate::backend::{DrainSource, Node};
+use crate::config::{Config, ConfigErrors};
+use crate::metrics as m;
+use crate::server::Shared;
+use crate::snapshot::{BuildError, Snapshot};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    #[error("listener {name}: cannot bind {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+fn failed(e: ReloadError) -> ReloadError {
+    tracing::error!("reload failed, keeping the running configuration: {e}");
+    metrics::counter!(m::RELOAD_FAILURES).increment(1);
+    metrics::gauge!(m::LAST_RELOAD_SUCCESS).set(0.0);
+    e
+}
+
+pub async fn reload_file(shared: &Arc<Shared>, path: &Path) -> Result<(), ReloadError> {
+    match Config::load(path) {
+        Ok(c) => reload(shared, c).await,
+        Err(e) => Err(failed(e.into())),
+    }
+}
+
+pub async fn reload(shared: &Arc<Shared>, config: Config) -> Result<(), ReloadError> {
+    let _writer = shared.reload_lock.lock().await;
+    let old = shared.snapshot.load_full();
+    let generation = shared.generation.load(std::sync::atomic::Ordering::Relaxed) + 1;
+    let snap = Snapshot::build(Arc::new(config), &shared.nodes, generation, Some(&old))
+        .map_err(|e| failed(e.into()))?;
+
+    // Bind new listeners before anything changes, so a bind error leaves all as it was.
+    let running: HashSet<(String, SocketAddr)> = shared
+        .listeners
+        .lock()
+        .map(|g| g.keys().cloned().collect())
+        .unwrap_or_default();
+    let wanted: HashSet<(String, SocketAddr)> = snap
+        .config
+        .listeners
+        .iter()
+        .map(|l| (l.name().to_string(), l.bind))
+        .collect();
+    let mut fresh = Vec::new();
+    for l in &snap.config.listeners {
+        let key = (l.name().to_string(), l.bind);
+        if running.contains(&key) {
+            continue;
+        }
+        let sock = crate::listener::bind(l.bind, l.backlog).map_err(|source| {
+            failed(ReloadError::Bind {
+                name: l.name().to_string(),
+                addr: l.bind,
+                source,
+            })
+        })?;
+        fresh.push((key, sock));
+    }
+
+    let snap = Arc::new(snap);
+    shared.snapshot.store(snap.clone());
+    shared
+        .generation
+        .store(generation, std::sync::atomic::Ordering::Relaxed);
+
+    for ((name, bind), sock) in fresh {
+        if let Err(e) = shared.start_listener(name.clone(), bind, sock) {
+            tracing::error!(listener = %name, "cannot serve the new listener: {e}");
+        }
+    }
+    if let Ok(mut g) = shared.listeners.lock() {
+        g.retain(|key, l| {
+            let keep = wanted.contains(key);
+            if !keep {
+                tracing::info!(listener = %key.0, "listener removed; closing {}", l.local_addr);
+                l.stop.cancel();
+            }
+            keep
+        });
+    }
+    shared.resize_conn_limit(snap.config.limits.max_connections);
+    crate::admission::apply_snapshot(shared, &snap);
+    shared.health.apply(&snap);
+
+    // Nodes no longer in the config: drained, then forgotten once their tunnels end.
+    let live: HashSet<*const Node> = snap
+        .pools
+        .iter()
+        .flat_map(|p| p.nodes.iter().map(Arc::as_ptr))
+        .collect();
+    let removed: Vec<Arc<Node>> = shared
+        .nodes
+        .iter()
+        .filter(|e| !live.contains(&Arc::as_ptr(e.value())))
+        .map(|e| e.value().clone())
+        .collect();
+    for node in removed {
+        shared.nodes.remove(&node.key);
+        crate::routing::forget_node(shared, &node);
+        tracing::info!(node = %node.key, "node removed from the config; draining it");
+        crate::drain::drain_node(shared, &node, DrainSource::Removed, &old);
+    }
+    apply_drain_flags(shared, &snap);
+
+    metrics::counter!(m::RELOADS).increment(1);
+    metrics::gauge!(m::LAST_RELOAD_SUCCESS).set(1.0);
+    tracing::info!("configuration reloaded (generation {generation})");
+    Ok(())
+}
+
+/// Start draining nodes marked `drain = true`; undo a config drain that was lifted.
+pub(crate) fn apply_drain_flags(shared: &Arc<Shared>, snap: &Arc<Snapshot>) {
+    for pool in &snap.pools {
+        for (node, cfg) in pool.nodes.iter().zip(&pool.cfg.nodes) {
+            if cfg.drain {
+                crate::drain::drain_node(shared, node, DrainSource::Config, snap);
+            } else if node.is_draining() && node.drained_by_config() {
+                tracing::info!(node = %node.key, "drain lifted by the config");
+                node.undrain();
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Signals: SIGHUP reloads, SIGTERM drains and stops, a second SIGTERM or a SIGINT
+//! closes everything at once.
+
+use crate::server::Handle;
+use std::path::PathBuf;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+pub struct Signals {
+    shutdown: CancellationToken,
+}
+
+impl Signals {
+    /// Install the handlers (inside a tokio runtime).
+    pub fn new(handle: Handle, config: PathBuf) -> std::io::Result<Signals> {
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: reloading {}", config.display());
+                        let _ = crate::systemd::reloading();
+                        let _ = handle.reload_file(&config).await;
+                        let _ = crate::systemd::ready();
+                    }
+                    _ = term.recv() => {
+                        if token.is_cancelled() {
+                            tracing::warn!("second SIGTERM: closing everything now (1001)");
+                            handle.shutdown_now();
+                        } else {
+                            tracing::info!("SIGTERM: draining and stopping");
+                            let _ = crate::systemd::stopping();
+                            token.cancel();
+                        }
+                    }
+                    _ = int.recv() => {
+                        tracing::warn!("SIGINT: closing everything now (1001)");
+                        let _ = crate::systemd::stopping();
+                        token.cancel();
+                        handle.shutdown_now();
+                    }
+                }
+            }
+        });
+        Ok(Signals { shutdown })
+    }
+
+    /// Resolves at the first SIGTERM or SIGINT.
+    pub fn shutdown_requested(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let t = self.shutdown.clone();
+        async move { t.cancelled().await }
+    }
+}

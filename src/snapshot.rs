@@ -1,0 +1,186 @@
+//! The immutable routing snapshot: one per config generation, swapped atomically.
+
+use crate::backend::connect::{http_client, HttpClient};
+use crate::backend::{Node, NodeKey};
+use crate::config::{Config, PoolConfig, RouteConfig};
+use crate::listener::tls::{server_config, TlsError};
+use crate::listener::ListenerRt;
+use dashmap::DashMap;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Everything a connection needs to route and admit, frozen for the connection's life.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub generation: u64,
+    listeners: HashMap<Arc<str>, ListenerRt>,
+    /// Most specific first: exact host before any host, then longest prefix.
+    pub routes: Vec<Route>,
+    pub pools: Vec<Pool>,
+    pub http: HttpClient,
+}
+
+pub struct Route {
+    pub host: Option<String>,
+    pub prefix: String,
+    pub pool: usize,
+    pub listeners: Vec<String>,
+    pub cfg: RouteConfig,
+}
+
+pub struct Pool {
+    pub name: Arc<str>,
+    pub nodes: Vec<Arc<Node>>,
+    pub cfg: PoolConfig,
+    rr: AtomicUsize,
+}
+
+impl Pool {
+    /// Round robin over eligible nodes (the fallback when a route has no sticky key).
+    pub fn next_rr(&self) -> Option<&Arc<Node>> {
+        let n = self.nodes.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.nodes[(start + i) % n])
+            .find(|node| node.is_eligible())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("listener {listener}: {source}")]
+    Tls { listener: String, source: TlsError },
+}
+
+impl Snapshot {
+    /// Build a snapshot; nodes already in `nodes` keep their live state.
+    pub fn build(
+        config: Arc<Config>,
+        nodes: &DashMap<NodeKey, Arc<Node>>,
+        generation: u64,
+        prev: Option<&Snapshot>,
+    ) -> Result<Snapshot, BuildError> {
+        let mut listeners = HashMap::new();
+        for l in &config.listeners {
+            let name: Arc<str> = Arc::from(l.name());
+            let tls = match &l.tls {
+                Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+                    server_config(l.name(), t).map_err(|source| BuildError::Tls {
+                        listener: l.name().to_string(),
+                        source,
+                    })?,
+                )),
+                None => None,
+            };
+            // Caps keep their permits across reloads when unchanged.
+            let prev_rt = prev.and_then(|p| p.listeners.get(&name));
+            let conn_limit = match (l.max_connections, prev_rt.and_then(|p| p.conn_limit.clone())) {
+                (Some(max), Some(old)) if prev_max(prev, &name) == Some(max) => Some(old),
+                (Some(max), _) => Some(Arc::new(Semaphore::new(max))),
+                (None, _) => None,
+            };
+            let handshake_limit = l.handshakes_per_second.map(|rate| {
+                let burst = l.handshake_burst.unwrap_or((rate / 10.0).ceil().max(1.0) as u32);
+                Arc::new(crate::admission::HandshakeLimiter::new(rate, burst))
+            });
+            listeners.insert(
+                name.clone(),
+                ListenerRt {
+                    name,
+                    tls,
+                    conn_limit,
+                    handshake_limit,
+                },
+            );
+        }
+
+        let mut pools = Vec::new();
+        for p in &config.pools {
+            let pname: Arc<str> = Arc::from(p.name());
+            let mut pnodes = Vec::new();
+            for n in &p.nodes {
+                let key = NodeKey {
+                    pool: pname.clone(),
+                    name: Arc::from(n.name()),
+                    addr: n.addr,
+                };
+                let node = nodes
+                    .entry(key.clone())
+                    .or_insert_with(|| Arc::new(Node::new(key)))
+                    .clone();
+                pnodes.push(node);
+            }
+            pools.push(Pool {
+                name: pname,
+                nodes: pnodes,
+                cfg: p.clone(),
+                rr: AtomicUsize::new(0),
+            });
+        }
+
+        let mut routes: Vec<Route> = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let pool = pools.iter().position(|p| &*p.name == r.pool.get_ref())?;
+                Some(Route {
+                    host: r
+                        .host
+                        .as_deref()
+                        .filter(|h| *h != "*")
+                        .map(|h| h.to_ascii_lowercase()),
+                    prefix: r.path_prefix.clone(),
+                    pool,
+                    listeners: r.listeners.clone(),
+                    cfg: r.clone(),
+                })
+            })
+            .collect();
+        routes.sort_by_key(|r| (r.host.is_none(), std::cmp::Reverse(r.prefix.len())));
+
+        let http = match prev {
+            Some(p) if p.config.timeouts.backend_connect == config.timeouts.backend_connect => {
+                p.http.clone()
+            }
+            _ => http_client(config.timeouts.backend_connect.0),
+        };
+
+        Ok(Snapshot {
+            config,
+            generation,
+            listeners,
+            routes,
+            pools,
+            http,
+        })
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&ListenerRt> {
+        self.listeners.get(name)
+    }
+
+    /// The most specific route for (host, path) on `listener`.
+    pub fn route(&self, host: Option<&str>, path: &str, listener: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| {
+            r.host
+                .as_deref()
+                .is_none_or(|h| host.is_some_and(|x| x.eq_ignore_ascii_case(h)))
+                && path.starts_with(r.prefix.as_str())
+                && (r.listeners.is_empty() || r.listeners.iter().any(|l| l == listener))
+        })
+    }
+}
+
+fn prev_max(prev: Option<&Snapshot>, name: &str) -> Option<usize> {
+    prev?
+        .config
+        .listeners
+        .iter()
+        .find(|l| l.name() == name)?
+        .max_connections
+}

@@ -1,0 +1,101 @@
+//! Opening-handshake checks (RFC 6455 §4.2.1) done before any node is contacted.
+
+use crate::proxy::respond::ProxyError;
+use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderMap, Method, Request};
+
+fn has_token(h: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Is this a WebSocket upgrade? `Ok(false)`: an ordinary request. An upgrade to
+/// websocket that breaks §4.2.1 (not GET, not HTTP/1.1, no key, version != 13) is a 400
+/// here rather than a puzzle for the node.
+pub fn check_upgrade<B>(req: &Request<B>) -> Result<bool, ProxyError> {
+    let h = req.headers();
+    if !has_token(h, UPGRADE, "websocket") {
+        return Ok(false);
+    }
+    if !has_token(h, CONNECTION, "upgrade") {
+        return Ok(false);
+    }
+    if req.method() != Method::GET {
+        return Err(ProxyError::BadRequest("WebSocket upgrade must be a GET"));
+    }
+    if req.version() != http::Version::HTTP_11 {
+        return Err(ProxyError::BadRequest("WebSocket upgrade needs HTTP/1.1"));
+    }
+    let key_ok = h
+        .get("sec-websocket-key")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|k| k.len() == 24 && k.ends_with("=="));
+    if !key_ok {
+        return Err(ProxyError::BadRequest("missing or malformed Sec-WebSocket-Key"));
+    }
+    if h.get("sec-websocket-version").map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(ProxyError::BadRequest("unsupported Sec-WebSocket-Version (need 13)"));
+    }
+    Ok(true)
+}
+
+/// The Sec-WebSocket-Accept value for a key (RFC 6455 §4.2.2): used when herdgate
+/// completes a handshake itself (to close it at once with 1013).
+pub fn accept_key(key: &[u8]) -> String {
+    use base64::Engine;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(f: impl FnOnce(http::request::Builder) -> http::request::Builder) -> Request<()> {
+        f(Request::builder()
+            .header(UPGRADE, "websocket")
+            .header(CONNECTION, "keep-alive, Upgrade")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13"))
+        .body(())
+        .unwrap()
+    }
+
+    #[test]
+    fn valid_upgrade() {
+        assert!(check_upgrade(&req(|b| b)).unwrap());
+    }
+
+    #[test]
+    fn not_an_upgrade() {
+        let r = Request::builder().body(()).unwrap();
+        assert!(!check_upgrade(&r).unwrap());
+    }
+
+    #[test]
+    fn broken_upgrades_are_400() {
+        assert!(check_upgrade(&req(|b| b.method("POST"))).is_err());
+        assert!(check_upgrade(&req(|b| b.header("sec-websocket-version", "8"))).is_err());
+        let r = Request::builder()
+            .header(UPGRADE, "websocket")
+            .header(CONNECTION, "upgrade")
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap();
+        assert!(check_upgrade(&r).is_err());
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        // RFC 6455 §1.3.
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaGOlWSTzjOlBeLqEY="
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! One end of a tunnel, read and written without holding buffers while idle.
+//!
+//! An idle WebSocket holds no copy buffer here: the relay waits for socket readiness,
+//! then reads into a stack buffer that lives only for that poll. Over TLS we drive
+//! rustls by hand (instead of through tokio-rustls' AsyncRead) for the same reason:
+//! readiness comes from the TCP socket, and plaintext is pulled out of rustls only when
+//! it is there.
+
+use rustls::ServerConnection;
+use std::io::{self, Read, Write};
+use tokio::net::TcpStream;
+
+/// `std::io` view of a non-blocking tokio socket, for rustls' read_tls/write_tls.
+struct TryIo<'a>(&'a TcpStream);
+
+impl Read for TryIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for TryIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Largest plaintext rustls may hold for us before we stop feeding it (backpressure).
+const TLS_BUFFER_LIMIT: usize = 64 * 1024;
+
+pub enum Side {
+    Plain(TcpStream),
+    Tls(TcpStream, Box<ServerConnection>),
+}
+
+/// Outcome of a non-blocking read.
+pub enum ReadOutcome {
+    Data(usize),
+    Eof,
+    WouldBlock,
+}
+
+impl Side {
+    pub fn tls(tcp: TcpStream, mut conn: ServerConnection) -> Side {
+        conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+        Side::Tls(tcp, Box::new(conn))
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Side::Plain(t) | Side::Tls(t, _) => t,
+        }
+    }
+
+    /// Plaintext already decrypted and waiting (so the socket will not wake us for it).
+    pub fn has_buffered_input(&mut self) -> bool {
+        match self {
+            Side::Plain(_) => false,
+            Side::Tls(_, c) => c
+                .process_new_packets()
+                .map(|s| s.plaintext_bytes_to_read() > 0 || s.peer_has_closed())
+                .unwrap_or(true),
+        }
+    }
+
+    /// Read what is available now, without waiting.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<ReadOutcome> {
+        match self {
+            Side::Plain(t) => match t.try_read(buf) {
+                Ok(0) => Ok(ReadOutcome::Eof),
+                Ok(n) => Ok(ReadOutcome::Data(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::WouldBlock),
+                Err(e) => Err(e),
+            },
+            Side::Tls(t, c) => {
+                // Plaintext first: it may already be there from an earlier record.
+                loop {
+                    match c.reader().read(buf) {
+                        Ok(0) => return Ok(ReadOutcome::Eof),
+                        Ok(n) => return Ok(ReadOutcome::Data(n)),
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            return Ok(ReadOutcome::Eof)
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
+                    match c.read_tls(&mut TryIo(t)) {
+                        Ok(0) => {
+                            // TCP EOF: let the reader report it (after any plaintext).
+                            let _ = c.process_new_packets();
+                            return match c.reader().read(buf) {
+                                Ok(n) if n > 0 => Ok(ReadOutcome::Data(n)),
+                                _ => Ok(ReadOutcome::Eof),
+                            };
+                        }
+                        Ok(_) => {
+                            if let Err(e) = c.process_new_packets() {
+                                // Best effort: tell the peer why (the alert is queued).
+                                let _ = c.write_tls(&mut TryIo(t));
+                                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                            }
+                            if c.wants_write() {
+                                // e.g. a TLS 1.3 KeyUpdate response.
+                                let _ = c.write_tls(&mut TryIo(t));
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok(ReadOutcome::WouldBlock)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write what the socket takes now; returns how much of `data` was consumed.
+    /// Over TLS everything up to the buffer limit is taken and encrypted; `flush` sends it.
+    pub fn try_write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Side::Plain(t) => match t.try_write(data) {
+                Ok(n) => Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                Err(e) => Err(e),
+            },
+            Side::Tls(_, c) => {
+                let n = c.writer().write(data)?;
+                self.flush()?;
+                Ok(n)
+            }
+        }
+    }
+
+    /// Push encrypted bytes held by rustls to the socket. Returns true when all are out.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        match self {
+            Side::Plain(_) => Ok(true),
+            Side::Tls(t, c) => {
+                while c.wants_write() {
+                    match c.write_tls(&mut TryIo(t)) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Output is waiting inside this side (TLS records not yet on the socket).
+    pub fn has_pending_output(&self) -> bool {
+        match self {
+            Side::Plain(_) => false,
+            Side::Tls(_, c) => c.wants_write(),
+        }
+    }
+
+    /// Half-close our sending direction (TLS: close_notify first).
+    pub fn shutdown_write(&mut self) {
+        if let Side::Tls(_, c) = self {
+            c.send_close_notify();
+            let _ = self.flush();
+        }
+        let _ = socket2::SockRef::from(self.tcp()).shutdown(std::net::Shutdown::Write);
+    }
+}

@@ -1,0 +1,465 @@
+//! The tunnel: relays bytes both ways after the 101, tracking frame boundaries.
+//!
+//! Bytes are copied from socket to socket through a stack buffer; nothing is held while
+//! the tunnel is idle (no copy buffers: an idle tunnel costs its sockets, this task and a
+//! few words of frame-tracker state). A `pending` vector exists only while the far side
+//! pushes back.
+//!
+//! Closing is frame-aware (RFC 6455 §5.5.1, §7.1): on drain or shutdown a Close frame is
+//! injected towards the client at a *message* boundary, so every message the node sent
+//! before is delivered whole and no frame is cut. The client's Close reply (masked, as a
+//! client frame must be) is passed on to the node, so the node sees an ordinary close
+//! handshake. If the client does not answer within `close_timeout`, herdgate sends the
+//! node a masked Close of its own (at a boundary) and cuts both connections.
+
+use super::frame::{write_close_frame, Direction, FrameTracker};
+use super::side::{ReadOutcome, Side};
+use crate::backend::Node;
+use crate::metrics as m;
+use bytes::Bytes;
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// RFC 6455 §7.4.1 close codes herdgate sends.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
+const CMD_NONE: u8 = 0;
+const CMD_DRAIN: u8 = 1;
+const CMD_CLOSE_NOW: u8 = 2;
+
+/// Handle the drain machinery holds on a running tunnel.
+#[derive(Debug)]
+pub struct TunnelCtl {
+    pub id: u64,
+    pub node: Arc<Node>,
+    command: AtomicU8,
+    hint_ms: AtomicU64,
+    notify: Notify,
+}
+
+impl TunnelCtl {
+    pub fn new(id: u64, node: Arc<Node>) -> Self {
+        TunnelCtl {
+            id,
+            node,
+            command: AtomicU8::new(CMD_NONE),
+            hint_ms: AtomicU64::new(0),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Close cleanly with 1012 (Service Restart) and a retry hint for the client.
+    pub fn drain(&self, retry_after: Duration) {
+        self.hint_ms
+            .store(retry_after.as_millis() as u64, Ordering::Relaxed);
+        let _ = self.command.compare_exchange(
+            CMD_NONE,
+            CMD_DRAIN,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        self.notify.notify_one();
+    }
+
+    /// Close now with 1001 (Going Away).
+    pub fn close_now(&self) {
+        self.command.store(CMD_CLOSE_NOW, Ordering::Release);
+        self.notify.notify_one();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelSettings {
+    /// Close after this long without a byte either way (None: never).
+    pub idle: Option<Duration>,
+    /// Bound on a close handshake and on a half-closed tunnel.
+    pub close_timeout: Duration,
+}
+
+/// How a tunnel ended (for logs and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// Both sides closed their connections.
+    Closed,
+    /// A socket error (reset) on one side; the other was closed at once.
+    Error,
+    /// Drained or shut down by herdgate.
+    Drained,
+    /// Idle for too long.
+    Idle,
+    /// A close handshake or half-close did not finish within close_timeout.
+    TimedOut,
+}
+
+struct Dir {
+    tracker: FrameTracker,
+    /// False after the stream broke framing rules: we still relay, but never inject.
+    tracking: bool,
+    /// Bytes read but not yet taken by the destination (allocated only under backpressure).
+    pending: Vec<u8>,
+    /// Source not at EOF yet.
+    open: bool,
+    /// Destination write side shut down (or to be, once `pending` is flushed).
+    shut: bool,
+    /// Drop what the source sends (a Close was injected towards the destination).
+    discard: bool,
+}
+
+impl Dir {
+    fn new(d: Direction) -> Self {
+        Dir {
+            tracker: FrameTracker::new(d),
+            tracking: true,
+            pending: Vec::new(),
+            open: true,
+            shut: false,
+            discard: false,
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.tracking && self.pending.is_empty() && self.tracker.at_message_boundary()
+    }
+
+    fn track(&mut self, data: &[u8], stop: bool) -> usize {
+        if !self.tracking {
+            return data.len();
+        }
+        match self.tracker.advance(data, stop) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("frame tracking stopped: {e}");
+                self.tracking = false;
+                data.len()
+            }
+        }
+    }
+}
+
+enum Pump {
+    /// Source has nothing more right now.
+    Idle,
+    /// Destination pushed back; `pending` holds the rest.
+    Blocked,
+    /// Stopped at a message boundary because a close is due.
+    Boundary,
+    /// Read budget used up; call again.
+    More,
+    Eof,
+}
+
+const READ_BUF: usize = 16 * 1024;
+const ROUNDS: usize = 16;
+
+/// Move bytes `src` → `dst` until the source would block, the destination pushes back,
+/// or (with `stop_at_boundary`) a message boundary is reached.
+fn pump(
+    src: &mut Side,
+    dst: &mut Side,
+    dir: &mut Dir,
+    stop_at_boundary: bool,
+    counter: &metrics::Counter,
+) -> io::Result<Pump> {
+    for _ in 0..ROUNDS {
+        let mut buf = [0u8; READ_BUF];
+        let n = match src.try_read(&mut buf)? {
+            ReadOutcome::WouldBlock => return Ok(Pump::Idle),
+            ReadOutcome::Eof => {
+                dir.open = false;
+                return Ok(Pump::Eof);
+            }
+            ReadOutcome::Data(n) => n,
+        };
+        counter.increment(n as u64);
+        if dir.discard {
+            dir.track(&buf[..n], false);
+            continue;
+        }
+        let k = dir.track(&buf[..n], stop_at_boundary);
+        let data = &buf[..k];
+        let w = dst.try_write(data)?;
+        if w < k {
+            dir.pending.extend_from_slice(&data[w..]);
+        }
+        if k < n {
+            // A close goes out right after this boundary; what follows is for nobody.
+            dir.track(&buf[k..n], false);
+            dir.discard = true;
+            return Ok(Pump::Boundary);
+        }
+        if stop_at_boundary && dir.tracking && dir.tracker.at_message_boundary() {
+            return Ok(if dir.pending.is_empty() {
+                Pump::Boundary
+            } else {
+                Pump::Blocked
+            });
+        }
+        if !dir.pending.is_empty() {
+            return Ok(Pump::Blocked);
+        }
+    }
+    Ok(Pump::More)
+}
+
+/// Write `pending` out; true when empty.
+fn flush_pending(dst: &mut Side, dir: &mut Dir) -> io::Result<bool> {
+    if !dir.pending.is_empty() {
+        let w = dst.try_write(&dir.pending)?;
+        dir.pending.drain(..w);
+        if dir.pending.is_empty() {
+            // Free the backpressure buffer: idle tunnels hold none.
+            dir.pending = Vec::new();
+        }
+    }
+    Ok(dst.flush()? && dir.pending.is_empty())
+}
+
+struct Closing {
+    code: u16,
+    hint_ms: Option<u64>,
+    deadline: Instant,
+    client_close_sent: bool,
+}
+
+fn close_reason(hint_ms: Option<u64>) -> String {
+    match hint_ms {
+        Some(ms) => format!("{{\"retry_after_ms\":{ms}}}"),
+        None => String::new(),
+    }
+}
+
+/// Queue a close frame towards `dst` after whatever is pending.
+fn send_close(dst: &mut Side, dir: &mut Dir, code: u16, reason: &str, mask: bool) -> io::Result<()> {
+    let mut frame = [0u8; 131];
+    let key = mask.then(rand::random::<[u8; 4]>);
+    let len = write_close_frame(&mut frame, code, reason, key);
+    if dir.pending.is_empty() {
+        let w = dst.try_write(&frame[..len])?;
+        dir.pending.extend_from_slice(&frame[w..len]);
+    } else {
+        dir.pending.extend_from_slice(&frame[..len]);
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Ev {
+    Command,
+    ClientReadable,
+    BackendReadable,
+    ClientWritable,
+    BackendWritable,
+    Timer,
+    Again,
+}
+
+/// Relay until both sides are done. `client_pre`/`backend_pre` are bytes each side sent
+/// right behind its HTTP head (read by hyper before the upgrade).
+pub async fn relay(
+    mut client: Side,
+    client_pre: Bytes,
+    mut backend: Side,
+    backend_pre: Bytes,
+    ctl: Arc<TunnelCtl>,
+    settings: TunnelSettings,
+) -> TunnelEnd {
+    let c2s_bytes = m::bytes_counter(m::Dir::ClientToNode);
+    let s2c_bytes = m::bytes_counter(m::Dir::NodeToClient);
+    let mut c2s = Dir::new(Direction::ClientToServer);
+    let mut s2c = Dir::new(Direction::ServerToClient);
+    c2s.track(&client_pre, false);
+    c2s.pending.extend_from_slice(&client_pre);
+    s2c.track(&backend_pre, false);
+    s2c.pending.extend_from_slice(&backend_pre);
+    drop((client_pre, backend_pre));
+
+    let mut closing: Option<Closing> = None;
+    let mut end = TunnelEnd::Closed;
+    let mut last_activity = Instant::now();
+    let mut half_closed_deadline: Option<Instant> = None;
+    let timer = tokio::time::sleep_until(next_timer(settings, last_activity, None, None));
+    tokio::pin!(timer);
+    let mut again = !c2s.pending.is_empty() || !s2c.pending.is_empty();
+
+    loop {
+        // Closing: put the close towards the client as soon as the node's stream is at a
+        // message boundary.
+        if let Some(cl) = &mut closing {
+            if !cl.client_close_sent && s2c.at_boundary() {
+                let reason = close_reason(cl.hint_ms);
+                if let Err(e) = send_close(&mut client, &mut s2c, cl.code, &reason, false) {
+                    tracing::debug!("tunnel {}: close to client failed: {e}", ctl.id);
+                    return TunnelEnd::Error;
+                }
+                cl.client_close_sent = true;
+                s2c.discard = true;
+            }
+            if c2s.tracker.close_seen() && !c2s.discard {
+                // The client's Close reply went to the node; nothing may follow it.
+                c2s.discard = true;
+            }
+        }
+        // Shut write sides whose source ended, once their pending bytes are out.
+        for (dir, dst) in [(&mut c2s, &mut backend), (&mut s2c, &mut client)] {
+            if !dir.open && !dir.shut && dir.pending.is_empty() {
+                dst.shutdown_write();
+                dir.shut = true;
+            }
+        }
+        if c2s.shut && s2c.shut && !client.has_pending_output() {
+            return end;
+        }
+        if (!c2s.open || !s2c.open) && half_closed_deadline.is_none() {
+            half_closed_deadline = Some(Instant::now() + settings.close_timeout);
+            timer.as_mut().reset(next_timer(
+                settings,
+                last_activity,
+                closing.as_ref().map(|c| c.deadline),
+                half_closed_deadline,
+            ));
+        }
+
+        let stop_s2c = closing.as_ref().is_some_and(|c| !c.client_close_sent);
+        let can_read_client = c2s.open && c2s.pending.is_empty();
+        let can_read_backend = s2c.open && s2c.pending.is_empty() && !client.has_pending_output();
+        if can_read_client && client.has_buffered_input() {
+            again = true;
+        }
+        let ev = if again {
+            again = false;
+            Ev::Again
+        } else {
+            tokio::select! {
+                biased;
+                _ = ctl.notify.notified() => Ev::Command,
+                _ = &mut timer => Ev::Timer,
+                r = client.tcp().readable(), if can_read_client => match r { Ok(()) => Ev::ClientReadable, Err(_) => return TunnelEnd::Error },
+                r = backend.tcp().readable(), if can_read_backend => match r { Ok(()) => Ev::BackendReadable, Err(_) => return TunnelEnd::Error },
+                r = client.tcp().writable(), if !s2c.pending.is_empty() || client.has_pending_output() => match r { Ok(()) => Ev::ClientWritable, Err(_) => return TunnelEnd::Error },
+                r = backend.tcp().writable(), if !c2s.pending.is_empty() => match r { Ok(()) => Ev::BackendWritable, Err(_) => return TunnelEnd::Error },
+            }
+        };
+
+        let res: io::Result<()> = (|| {
+            match ev {
+                Ev::Command => {
+                    let cmd = ctl.command.load(Ordering::Acquire);
+                    let now = Instant::now();
+                    match cmd {
+                        CMD_DRAIN if closing.is_none() => {
+                            closing = Some(Closing {
+                                code: CLOSE_SERVICE_RESTART,
+                                hint_ms: Some(ctl.hint_ms.load(Ordering::Relaxed)),
+                                deadline: now + settings.close_timeout,
+                                client_close_sent: false,
+                            });
+                            end = TunnelEnd::Drained;
+                        }
+                        CMD_CLOSE_NOW => {
+                            // Shutdown is here: whatever was under way ends with 1001 now.
+                            let c = closing.get_or_insert(Closing {
+                                code: CLOSE_GOING_AWAY,
+                                hint_ms: None,
+                                deadline: now + settings.close_timeout,
+                                client_close_sent: false,
+                            });
+                            c.code = CLOSE_GOING_AWAY;
+                            c.hint_ms = None;
+                            c.deadline = c.deadline.min(now + settings.close_timeout);
+                            end = TunnelEnd::Drained;
+                        }
+                        _ => {}
+                    }
+                }
+                Ev::Timer => {}
+                Ev::Again | Ev::ClientReadable | Ev::BackendReadable => {
+                    if can_read_client {
+                        match pump(&mut client, &mut backend, &mut c2s, false, &c2s_bytes)? {
+                            Pump::More => again = true,
+                            Pump::Idle | Pump::Blocked | Pump::Boundary | Pump::Eof => {}
+                        }
+                        last_activity = Instant::now();
+                    }
+                    if can_read_backend {
+                        match pump(&mut backend, &mut client, &mut s2c, stop_s2c, &s2c_bytes)? {
+                            Pump::More => again = true,
+                            Pump::Idle | Pump::Blocked | Pump::Boundary | Pump::Eof => {}
+                        }
+                        last_activity = Instant::now();
+                    }
+                }
+                Ev::ClientWritable => {
+                    flush_pending(&mut client, &mut s2c)?;
+                }
+                Ev::BackendWritable => {
+                    flush_pending(&mut backend, &mut c2s)?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            tracing::debug!("tunnel {}: {e}", ctl.id);
+            return TunnelEnd::Error;
+        }
+
+        let now = Instant::now();
+        if let Some(cl) = &closing {
+            if now >= cl.deadline {
+                // The client never answered: close towards the node ourselves, then cut.
+                if !c2s.discard && c2s.at_boundary() {
+                    let _ = send_close(&mut backend, &mut c2s, CLOSE_GOING_AWAY, "", true);
+                }
+                let _ = flush_pending(&mut backend, &mut c2s);
+                let _ = client.flush();
+                return if end == TunnelEnd::Closed {
+                    TunnelEnd::TimedOut
+                } else {
+                    end
+                };
+            }
+        }
+        if half_closed_deadline.is_some_and(|d| now >= d) {
+            return TunnelEnd::TimedOut;
+        }
+        if let Some(idle) = settings.idle {
+            if closing.is_none() && now.duration_since(last_activity) >= idle {
+                closing = Some(Closing {
+                    code: CLOSE_GOING_AWAY,
+                    hint_ms: None,
+                    deadline: now + settings.close_timeout,
+                    client_close_sent: false,
+                });
+                end = TunnelEnd::Idle;
+            }
+        }
+        if matches!(ev, Ev::Timer | Ev::Command) || closing.is_some() {
+            timer.as_mut().reset(next_timer(
+                settings,
+                last_activity,
+                closing.as_ref().map(|c| c.deadline),
+                half_closed_deadline,
+            ));
+        }
+    }
+}
+
+fn next_timer(
+    settings: TunnelSettings,
+    last_activity: Instant,
+    closing: Option<Instant>,
+    half_closed: Option<Instant>,
+) -> Instant {
+    let far = last_activity + Duration::from_secs(86400 * 365);
+    let idle = settings.idle.map_or(far, |d| last_activity + d);
+    [Some(idle), closing, half_closed]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(far)
+}
