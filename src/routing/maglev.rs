@@ -16,6 +16,9 @@
 //! proportion to their weights, and every instance agrees without coordination. That
 //! fallback is O(nodes), paid only by the keys of ineligible nodes.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
 use super::hash::{fmix64, xxh64, NodeRef, Preference, RendezvousTable};
 use super::RoutingError;
 
@@ -113,7 +116,7 @@ fn populate(table: &RendezvousTable) -> Box<[u16]> {
     struct Turn {
         index: u16,
         weight: u64,
-        credit: u64,
+        taken: u64,
         pos: u64,
         skip: u64,
     }
@@ -125,33 +128,38 @@ fn populate(table: &RendezvousTable) -> Box<[u16]> {
             Turn {
                 index: i as u16,
                 weight: u64::from(table.weight(i).unwrap_or(0)),
-                credit: 0,
+                taken: 0,
                 pos: xxh64(n, OFFSET_SEED) % m,
                 skip: xxh64(n, SKIP_SEED) % (m - 1) + 1,
             }
         })
         .collect();
     let max_weight = turns.iter().map(|t| t.weight).max().unwrap_or(1);
+    // Round in which a node takes its next turn: it earns `weight` credits per round and a
+    // turn costs `max_weight`, so its t-th turn falls in round ceil(t * max / weight).
+    // A heap ordered by (round, position) replays those rounds without visiting nodes that
+    // have no turn, so skewed weights cost O(size log nodes), not O(size * nodes).
+    let next_round = |t: &Turn| ((t.taken + 1) * max_weight).div_ceil(t.weight);
+    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = turns
+        .iter()
+        .enumerate()
+        .map(|(p, t)| Reverse((next_round(t), p)))
+        .collect();
 
     let mut lookup = vec![EMPTY; size].into_boxed_slice();
-    let mut filled = 0usize;
-    // Terminates: the heaviest node takes a turn every round, and since `size` is prime and
-    // 0 < skip < size, each permutation visits every slot.
-    'fill: loop {
-        for t in turns.iter_mut() {
-            t.credit += t.weight;
-            while t.credit >= max_weight {
-                t.credit -= max_weight;
-                while lookup[t.pos as usize] != EMPTY {
-                    t.pos = (t.pos + t.skip) % m;
-                }
-                lookup[t.pos as usize] = t.index;
-                filled += 1;
-                if filled == size {
-                    break 'fill;
-                }
-            }
+    // Every pop fills one slot; `size` is prime and 0 < skip < size, so each permutation
+    // visits every slot and the probe loop ends.
+    for _ in 0..size {
+        let Some(Reverse((_, p))) = heap.pop() else {
+            break;
+        };
+        let t = &mut turns[p];
+        while lookup[t.pos as usize] != EMPTY {
+            t.pos = (t.pos + t.skip) % m;
         }
+        lookup[t.pos as usize] = t.index;
+        t.taken += 1;
+        heap.push(Reverse((next_round(t), p)));
     }
     lookup
 }
@@ -268,6 +276,27 @@ mod tests {
         assert_eq!(t.table_size(), 0);
         assert_eq!(t.pick(3, |_| true), None);
         assert_eq!(t.order(3, |_| true).next(), None);
+    }
+
+    #[test]
+    fn skewed_weights_build_quickly_and_proportionally() {
+        let n = names(400);
+        let t = MaglevTable::new(n.iter().enumerate().map(|(i, n)| NodeRef {
+            name: n,
+            weight: if i == 0 { u32::MAX } else { 1 },
+        }))
+        .unwrap();
+        let heavy = t.lookup.iter().filter(|&&s| s == 0).count();
+        // 399 light nodes share 399 / (2^32 + 398) of the table: none gets a slot.
+        assert_eq!(heavy, t.table_size());
+        let t = MaglevTable::new(n.iter().enumerate().map(|(i, n)| NodeRef {
+            name: n,
+            weight: if i < 200 { 1000 } else { 1 },
+        }))
+        .unwrap();
+        let heavy = t.lookup.iter().filter(|&&s| s < 200).count() as f64;
+        let ideal = t.table_size() as f64 * 200_000.0 / 200_200.0;
+        assert!((heavy - ideal).abs() <= 200.0, "{heavy} vs {ideal}");
     }
 
     #[test]
