@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod drain;
+pub mod echo;
 pub mod fdlimit;
 pub mod listener;
 pub mod metrics;

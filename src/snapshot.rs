@@ -2,7 +2,8 @@
 
 use crate::backend::connect::{http_client, HttpClient};
 use crate::backend::{Node, NodeKey};
-use crate::config::{Config, PoolConfig, RouteConfig};
+use crate::config::{Config, PoolConfig, RouteConfig, StickyConfig, StickyFallback};
+use crate::routing::{HashRing, NodeRef, RoutingError, StickySource, StickyTable};
 use crate::listener::tls::{server_config, TlsError};
 use crate::listener::ListenerRt;
 use dashmap::DashMap;
@@ -27,17 +28,35 @@ pub struct Route {
     pub prefix: String,
     pub pool: usize,
     pub listeners: Vec<String>,
+    pub sticky: Option<RouteSticky>,
     pub cfg: RouteConfig,
+}
+
+/// A route's sticky settings, resolved.
+pub struct RouteSticky {
+    pub source: StickySource,
+    pub fallback: StickyFallback,
+    /// `Some(cookie name)` when herdgate sets the cookie for clients without one.
+    pub insert: Option<String>,
+    pub ttl: std::time::Duration,
 }
 
 pub struct Pool {
     pub name: Arc<str>,
     pub nodes: Vec<Arc<Node>>,
+    pub ring: HashRing,
+    /// Learned key → node table; shared by snapshots while its settings are unchanged.
+    pub sticky: Option<Arc<StickyTable<Arc<str>>>>,
     pub cfg: PoolConfig,
+    by_name: HashMap<Arc<str>, usize>,
     rr: AtomicUsize,
 }
 
 impl Pool {
+    pub fn node_by_name(&self, name: &str) -> Option<&Arc<Node>> {
+        self.by_name.get(name).map(|&i| &self.nodes[i])
+    }
+
     /// Round robin over eligible nodes (the fallback when a route has no sticky key).
     pub fn next_rr(&self) -> Option<&Arc<Node>> {
         let n = self.nodes.len();
@@ -55,6 +74,8 @@ impl Pool {
 pub enum BuildError {
     #[error("listener {listener}: {source}")]
     Tls { listener: String, source: TlsError },
+    #[error("pool {pool}: {source}")]
+    Routing { pool: String, source: RoutingError },
 }
 
 impl Snapshot {
@@ -115,32 +136,84 @@ impl Snapshot {
                     .clone();
                 pnodes.push(node);
             }
+            let ring = HashRing::build(
+                p.hash,
+                p.nodes.iter().map(|n| NodeRef {
+                    name: n.name(),
+                    weight: n.weight,
+                }),
+            )
+            .map_err(|source| BuildError::Routing {
+                pool: p.name().to_string(),
+                source,
+            })?;
+            // The first sticky route of the pool sets the table's size and TTL.
+            let sticky_cfg = config
+                .routes
+                .iter()
+                .filter(|r| r.pool.get_ref() == p.name())
+                .find_map(|r| r.sticky.as_ref());
+            let sticky = match sticky_cfg {
+                None => None,
+                Some(sc) => {
+                    let reuse = prev
+                        .and_then(|pv| pv.pools.iter().find(|pp| pp.name == pname))
+                        .and_then(|pp| pp.sticky.clone())
+                        .filter(|t| t.ttl() == sc.ttl.0 && t.max_entries() == sc.max_entries);
+                    match reuse {
+                        Some(t) => Some(t),
+                        None => Some(Arc::new(
+                            StickyTable::new(sc.ttl.0, sc.max_entries).map_err(|source| {
+                                BuildError::Routing {
+                                    pool: p.name().to_string(),
+                                    source,
+                                }
+                            })?,
+                        )),
+                    }
+                }
+            };
+            let by_name = pnodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.key.name.clone(), i))
+                .collect();
             pools.push(Pool {
+                by_name,
                 name: pname,
                 nodes: pnodes,
+                ring,
+                sticky,
                 cfg: p.clone(),
                 rr: AtomicUsize::new(0),
             });
         }
 
-        let mut routes: Vec<Route> = config
-            .routes
-            .iter()
-            .filter_map(|r| {
-                let pool = pools.iter().position(|p| &*p.name == r.pool.get_ref())?;
-                Some(Route {
+        let mut routes: Vec<Route> = Vec::new();
+        for r in &config.routes {
+            let Some(pool) = pools.iter().position(|p| &*p.name == r.pool.get_ref()) else {
+                continue;
+            };
+            let sticky = match &r.sticky {
+                None => None,
+                Some(sc) => Some(route_sticky(sc).map_err(|source| BuildError::Routing {
+                    pool: r.pool.get_ref().clone(),
+                    source,
+                })?),
+            };
+            routes.push(Route {
                     host: r
-                        .host
-                        .as_deref()
-                        .filter(|h| *h != "*")
-                        .map(|h| h.to_ascii_lowercase()),
-                    prefix: r.path_prefix.clone(),
-                    pool,
-                    listeners: r.listeners.clone(),
-                    cfg: r.clone(),
-                })
-            })
-            .collect();
+                    .host
+                    .as_deref()
+                    .filter(|h| *h != "*")
+                    .map(|h| h.to_ascii_lowercase()),
+                prefix: r.path_prefix.clone(),
+                pool,
+                listeners: r.listeners.clone(),
+                sticky,
+                cfg: r.clone(),
+            });
+        }
         routes.sort_by_key(|r| (r.host.is_none(), std::cmp::Reverse(r.prefix.len())));
 
         let http = match prev {
@@ -183,4 +256,22 @@ fn prev_max(prev: Option<&Snapshot>, name: &str) -> Option<usize> {
         .iter()
         .find(|l| l.name() == name)?
         .max_connections
+}
+
+fn route_sticky(sc: &StickyConfig) -> Result<RouteSticky, RoutingError> {
+    let source = if let Some(c) = &sc.cookie {
+        StickySource::cookie(c)?
+    } else if let Some(h) = &sc.header {
+        StickySource::header(h)?
+    } else if let Some(q) = &sc.query {
+        StickySource::query(q)?
+    } else {
+        StickySource::ClientIp
+    };
+    Ok(RouteSticky {
+        source,
+        fallback: sc.fallback,
+        insert: if sc.insert { sc.cookie.clone() } else { None },
+        ttl: sc.ttl.0,
+    })
 }

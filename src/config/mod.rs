@@ -318,7 +318,8 @@ fn default_prefix() -> String {
     "/".to_string()
 }
 
-/// `[route.sticky]`: where the session key comes from.
+/// `[route.sticky]`: where the session key comes from (exactly one of cookie, header,
+/// query, client_ip).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StickyConfig {
@@ -330,7 +331,7 @@ pub struct StickyConfig {
     pub query: Option<String>,
     #[serde(default)]
     pub client_ip: bool,
-    /// When the key is absent: "client-ip" (hash the address) or "none" (any node).
+    /// When the key is absent: "client-ip" (hash the address) or "none" (round robin).
     #[serde(default)]
     pub fallback: StickyFallback,
     /// With `cookie`: set it on the response when the client has none (HAProxy's
@@ -383,21 +384,14 @@ pub enum ClientLimitKey {
     StickyKey,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum HashKind {
-    #[default]
-    Rendezvous,
-    Maglev,
-}
-
 /// `[[pool]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub name: Spanned<String>,
+    /// "rendezvous" (default) or "maglev" (O(1) lookups for pools of hundreds of nodes).
     #[serde(default)]
-    pub hash: HashKind,
+    pub hash: crate::routing::HashAlgo,
     /// New connections per second each node accepts (token bucket rate).
     #[serde(default = "default_admit_rate")]
     pub admit_rate: f64,

@@ -331,6 +331,14 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
                     format!("set exactly one of cookie, header, query, client_ip (got {sources})"),
                 );
             }
+            let named = [
+                s.cookie.as_deref().map(crate::routing::StickySource::cookie),
+                s.header.as_deref().map(crate::routing::StickySource::header),
+                s.query.as_deref().map(crate::routing::StickySource::query),
+            ];
+            for e in named.into_iter().flatten().filter_map(Result::err) {
+                r.at(format!("{key}.sticky"), at, e.to_string());
+            }
             if s.insert && s.cookie.is_none() {
                 r.at(
                     format!("{key}.sticky.insert"),

@@ -6,10 +6,10 @@ mod http_fwd;
 pub mod respond;
 mod upgrade;
 
-use crate::backend::Node;
 use crate::listener::ConnInfo;
 use crate::server::Shared;
-use crate::snapshot::{Pool, Route, Snapshot};
+use crate::routing;
+use crate::snapshot::Snapshot;
 use body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -50,19 +50,18 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
         .ok_or(ProxyError::NoRoute)?;
     let pool = &ctx.snap.pools[route.pool];
     let ws = crate::websocket::handshake::check_upgrade(&req)?;
-    let node = pick_node(pool, route, &req)?;
-    if ws {
-        upgrade::forward(req, node, ctx).await
+    let (parts, body) = req.into_parts();
+    let (key, cookie) = routing::session_key(route, &parts, ctx.info.peer.ip(), ctx.info.tls);
+    let choice = routing::choose(pool, key, cookie)
+        .ok_or_else(|| ProxyError::NoNode(pool.name.to_string()))?;
+    let req = Request::from_parts(parts, body);
+    let mut resp = if ws {
+        upgrade::forward(req, choice.node, ctx, choice.key_hash).await?
     } else {
-        http_fwd::forward(req, node, ctx, host.as_deref()).await
+        http_fwd::forward(req, choice.node, ctx, host.as_deref()).await?
+    };
+    if let Some(c) = choice.set_cookie {
+        resp.headers_mut().append(http::header::SET_COOKIE, c);
     }
-}
-
-fn pick_node<'a>(
-    pool: &'a Pool,
-    _route: &Route,
-    _req: &Request<Incoming>,
-) -> Result<&'a Arc<Node>, ProxyError> {
-    pool.next_rr()
-        .ok_or_else(|| ProxyError::NoNode(pool.name.to_string()))
+    Ok(resp)
 }

@@ -16,11 +16,13 @@
 pub mod hash;
 pub mod key;
 pub mod maglev;
+pub mod select;
 pub mod sticky;
 
 pub use hash::{key_hash, rendezvous_pick, NodeRef, Preference, RendezvousTable};
 pub use key::{extract, extract_hash, new_sticky_cookie, random_cookie_value, StickySource};
 pub use maglev::MaglevTable;
+pub use select::{choose, forget_node, landing, session_key, Choice};
 pub use sticky::StickyTable;
 
 use serde::Deserialize;

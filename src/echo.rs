@@ -1,0 +1,138 @@
+//! A WebSocket echo node: the backend of the demo, the tests and the benches.
+//!
+//! It echoes every data message, answers pings (tungstenite does), selects the first
+//! subprotocol a client offers, and records what it saw of each handshake (so tests can
+//! check the headers herdgate forwarded).
+
+use futures_util::{SinkExt, StreamExt};
+use http::HeaderMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+pub struct EchoStats {
+    /// Completed WebSocket handshakes.
+    pub accepted: AtomicU64,
+    /// Currently open WebSockets.
+    pub open: AtomicU64,
+    /// Messages echoed.
+    pub messages: AtomicU64,
+    /// Request headers of the last handshake.
+    pub last_headers: Mutex<Option<HeaderMap>>,
+    /// Close frames received (code), most recent last.
+    pub closes: Mutex<Vec<u16>>,
+}
+
+/// A running echo node; dropping it (or `stop`) closes the listener and every socket.
+pub struct EchoNode {
+    pub addr: SocketAddr,
+    pub stats: Arc<EchoStats>,
+    stop: CancellationToken,
+}
+
+impl EchoNode {
+    /// Listen on `addr` (port 0 for an ephemeral port).
+    pub async fn start(addr: SocketAddr) -> std::io::Result<EchoNode> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self::from_listener(listener))
+    }
+
+    pub fn from_listener(listener: TcpListener) -> EchoNode {
+        let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let stats = Arc::new(EchoStats::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, stats.clone(), stop.clone()));
+        EchoNode { addr, stats, stop }
+    }
+
+    /// Kill the node: listener and all connections close at once (RST-like, no close
+    /// frame), as when a backend process dies.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for EchoNode {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, stats: Arc<EchoStats>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => continue,
+                    }
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let stats = stats.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let st = stats.clone();
+            let cb = move |req: &Request, mut resp: Response| {
+                if let Ok(mut g) = st.last_headers.lock() {
+                    *g = Some(req.headers().clone());
+                }
+                if let Some(p) = req
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(',').next())
+                {
+                    if let Ok(v) = p.trim().parse() {
+                        resp.headers_mut().insert("sec-websocket-protocol", v);
+                    }
+                }
+                Ok(resp)
+            };
+            let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
+            cfg.max_message_size = Some(64 << 20);
+            cfg.max_frame_size = Some(64 << 20);
+            let ws = match tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(cfg)).await {
+                Ok(ws) => ws,
+                Err(_) => return,
+            };
+            stats.accepted.fetch_add(1, Ordering::Relaxed);
+            stats.open.fetch_add(1, Ordering::Relaxed);
+            let (mut tx, mut rx) = ws.split();
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    m = rx.next() => m,
+                };
+                match msg {
+                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                        stats.messages.fetch_add(1, Ordering::Relaxed);
+                        if tx.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Close(f))) => {
+                        if let Ok(mut g) = stats.closes.lock() {
+                            g.push(f.as_ref().map_or(1005, |f| u16::from(f.code)));
+                        }
+                        // tungstenite queues the close reply; flush it, then we are done.
+                        let _ = tx.close().await;
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}

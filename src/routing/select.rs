@@ -1,0 +1,104 @@
+//! Choosing the node for a request: learned sticky entry, else consistent hash over the
+//! eligible nodes, else (no key) round robin.
+
+use crate::backend::Node;
+use crate::config::StickyFallback;
+use crate::routing::{extract_hash, key, key_hash, StickySource};
+use crate::server::Shared;
+use crate::snapshot::{Pool, Route};
+use http::HeaderValue;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The node picked for one request.
+pub struct Choice<'a> {
+    pub node: &'a Arc<Node>,
+    /// The session key's hash, when the request had one (or got one).
+    pub key_hash: Option<u64>,
+    /// A `Set-Cookie` to add to the response (cookie insertion).
+    pub set_cookie: Option<HeaderValue>,
+}
+
+/// The session key hash of a request (and a cookie to set when the route inserts one).
+pub fn session_key(
+    route: &Route,
+    parts: &http::request::Parts,
+    peer: IpAddr,
+    tls: bool,
+) -> (Option<u64>, Option<HeaderValue>) {
+    let Some(st) = &route.sticky else {
+        return (None, None);
+    };
+    if let Some(h) = extract_hash(&st.source, parts, peer) {
+        return (Some(h), None);
+    }
+    if let Some(name) = &st.insert {
+        let value = key::random_cookie_value();
+        let cookie = key::new_sticky_cookie(name, &value, Some(st.ttl), tls).ok();
+        return (Some(key_hash(value.as_bytes())), cookie);
+    }
+    match st.fallback {
+        StickyFallback::ClientIp => (extract_hash(&StickySource::ClientIp, parts, peer), None),
+        StickyFallback::None => (None, None),
+    }
+}
+
+/// Pick the node: learned entry if its node is eligible, else the hash's choice among the
+/// eligible nodes (learning it), else round robin when there is no key.
+pub fn choose<'a>(
+    pool: &'a Pool,
+    key_hash: Option<u64>,
+    set_cookie: Option<HeaderValue>,
+) -> Option<Choice<'a>> {
+    let Some(h) = key_hash else {
+        return pool.next_rr().map(|node| Choice {
+            node,
+            key_hash: None,
+            set_cookie,
+        });
+    };
+    let now = Instant::now();
+    if let Some(table) = &pool.sticky {
+        if let Some(name) = table.get(h, now) {
+            if let Some(node) = pool.node_by_name(&name).filter(|n| n.is_eligible()) {
+                return Some(Choice {
+                    node,
+                    key_hash: Some(h),
+                    set_cookie,
+                });
+            }
+        }
+    }
+    let idx = pool.ring.pick(h, |i| pool.nodes[i].is_eligible())?;
+    let node = &pool.nodes[idx];
+    if let Some(table) = &pool.sticky {
+        table.insert(h, node.key.name.clone(), now);
+    }
+    Some(Choice {
+        node,
+        key_hash: Some(h),
+        set_cookie,
+    })
+}
+
+/// Where a client with this key would land now (drain hints).
+pub fn landing<'a>(pool: &'a Pool, key_hash: Option<u64>) -> Option<&'a Arc<Node>> {
+    match key_hash {
+        Some(h) => pool
+            .ring
+            .pick(h, |i| pool.nodes[i].is_eligible())
+            .map(|i| &pool.nodes[i]),
+        None => pool.nodes.iter().find(|n| n.is_eligible()),
+    }
+}
+
+/// Drop a removed node's learned entries.
+pub fn forget_node(shared: &Shared, node: &Arc<Node>) {
+    let snap = shared.snapshot.load();
+    for pool in snap.pools.iter().filter(|p| p.name == node.key.pool) {
+        if let Some(t) = &pool.sticky {
+            t.remove_node(&node.key.name);
+        }
+    }
+}
