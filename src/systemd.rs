@@ -1,1 +1,523 @@
-//! systemd integration
+//! systemd integration: readiness notification (sd_notify(3)) and socket
+//! activation (sd_listen_fds(3)), in safe Rust without libsystemd.
+//!
+//! The lifecycle herdgate is expected to follow (see systemd.service(5),
+//! `Type=notify` and `Type=notify-reload`):
+//!
+//! ```text
+//! start:   listen_fds() (before any thread is spawned: it edits the environment)
+//!          → match_listeners() → bind the configured listeners nobody passed us
+//!          → ready()                                        "READY=1"
+//! SIGHUP:  reloading()        "RELOADING=1\nMONOTONIC_USEC=…"
+//!          → reload (on error keep the old Snapshot, status("reload failed: …"))
+//!          → ready()   ALWAYS, even after a failed reload: with Type=notify-reload
+//!                      `systemctl reload` blocks until READY=1 arrives
+//! SIGTERM: stopping()         "STOPPING=1" → drain → exit
+//! ```
+//!
+//! Every sender returns `Ok(false)` when `$NOTIFY_SOCKET` is unset, so the same
+//! code runs outside systemd. `NOTIFY_SOCKET` is left in the environment on
+//! purpose: herdgate notifies many times over its life.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+use std::path::Path;
+
+/// Environment variable naming the datagram socket of the service manager.
+pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+/// Socket-activation variables, sd_listen_fds(3).
+pub const LISTEN_PID: &str = "LISTEN_PID";
+pub const LISTEN_FDS: &str = "LISTEN_FDS";
+pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+/// `listenfd`'s private extension (not part of sd_listen_fds(3)); removed so
+/// that the first inherited fd is always `SD_LISTEN_FDS_START`.
+const LISTEN_FDS_FIRST_FD: &str = "LISTEN_FDS_FIRST_FD";
+/// `SD_LISTEN_FDS_START` from sd-daemon.h.
+pub const LISTEN_FDS_START: i32 = 3;
+/// More inherited sockets than this is a broken environment, not a config.
+const MAX_LISTEN_FDS: usize = 4096;
+
+/// Errors of socket activation. Notification errors are plain `io::Error`s:
+/// a failed notification is worth a log line, never a refusal to serve.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error("{var}={value:?} is not valid: {reason}")]
+    InvalidEnv {
+        var: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error(
+        "LISTEN_FDNAMES={names:?} has {count} names but LISTEN_FDS={fds}: \
+         sd_listen_fds(3) requires one name per descriptor"
+    )]
+    NameCount {
+        names: String,
+        count: usize,
+        fds: usize,
+    },
+    #[error(
+        "inherited fd {fd} (index {index}, name {name}) is not a TCP listening socket: \
+         {source}; herdgate accepts only ListenStream= TCP sockets (no unix, UDP or Accept=yes)"
+    )]
+    NotTcpListener {
+        index: usize,
+        fd: i32,
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("inherited fd {fd} (index {index}, name {name}): cannot set O_NONBLOCK: {source}")]
+    NonBlocking {
+        index: usize,
+        fd: i32,
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// sd_notify
+// ---------------------------------------------------------------------------
+
+/// Sends `msg` (newline-separated `KEY=VALUE` assignments) to `$NOTIFY_SOCKET`.
+/// Returns `Ok(false)` when the variable is unset or empty (not under systemd).
+pub fn notify(msg: &str) -> io::Result<bool> {
+    match std::env::var_os(NOTIFY_SOCKET) {
+        Some(socket) if !socket.is_empty() => notify_to(&socket, msg).map(|()| true),
+        _ => Ok(false),
+    }
+}
+
+/// Sends `msg` to the notification socket `socket`, written as in
+/// `$NOTIFY_SOCKET`: an absolute path, or `@name` for the Linux abstract
+/// namespace (the '@' stands for the leading NUL byte).
+pub fn notify_to(socket: &OsStr, msg: &str) -> io::Result<()> {
+    let bytes = socket.as_bytes();
+    let sender = UnixDatagram::unbound()?;
+    let sent = match bytes.first() {
+        Some(b'/') => sender.send_to(msg.as_bytes(), Path::new(socket))?,
+        Some(b'@') => {
+            let addr = UnixAddr::from_abstract_name(&bytes[1..])?;
+            sender.send_to_addr(msg.as_bytes(), &addr)?
+        }
+        // systemd >= 254 also knows "vsock:CID:PORT"; herdgate never runs in a VM
+        // guest that needs it, so it is refused loudly instead of ignored.
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{NOTIFY_SOCKET}={socket:?}: expected an absolute path or an \
+                     abstract socket name starting with '@'"
+                ),
+            ))
+        }
+    };
+    if sent != msg.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("notification truncated: sent {sent} of {} bytes", msg.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// `READY=1`: startup finished, or a reload finished (successful or not).
+pub fn ready() -> io::Result<bool> {
+    notify("READY=1")
+}
+
+/// `RELOADING=1` with `MONOTONIC_USEC`: systemd >= 253 (`Type=notify-reload`)
+/// ignores a RELOADING=1 whose timestamp is older than the reload signal it
+/// sent, so the clock is read here, after SIGHUP arrived, not cached.
+pub fn reloading() -> io::Result<bool> {
+    notify(&reloading_message(monotonic_usec()))
+}
+
+/// `STOPPING=1`: shutdown (drain) has begun.
+pub fn stopping() -> io::Result<bool> {
+    notify("STOPPING=1")
+}
+
+/// `STATUS=<text>`, shown by `systemctl status`.
+pub fn status(text: &str) -> io::Result<bool> {
+    notify(&status_message(text))
+}
+
+/// The datagram [`reloading`] sends for a given CLOCK_MONOTONIC reading.
+pub fn reloading_message(monotonic_usec: u64) -> String {
+    format!("RELOADING=1\nMONOTONIC_USEC={monotonic_usec}")
+}
+
+/// The datagram [`status`] sends. Line breaks become spaces: a newline in
+/// the text (an error message, say) would otherwise start a new assignment
+/// such as `READY=1` in the protocol.
+pub fn status_message(text: &str) -> String {
+    let mut msg = String::with_capacity(7 + text.len());
+    msg.push_str("STATUS=");
+    msg.extend(
+        text.chars()
+            .map(|c| if c == '\n' || c == '\r' { ' ' } else { c }),
+    );
+    msg
+}
+
+/// CLOCK_MONOTONIC in microseconds, the clock systemd compares MONOTONIC_USEC
+/// with (std's `Instant` uses the same clock but exposes no raw value).
+pub fn monotonic_usec() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    // Both fields are non-negative for CLOCK_MONOTONIC.
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+    secs.saturating_mul(1_000_000).saturating_add(nanos / 1_000)
+}
+
+// ---------------------------------------------------------------------------
+// Socket activation
+// ---------------------------------------------------------------------------
+
+/// A listening TCP socket handed over by the service manager.
+#[derive(Debug)]
+pub struct InheritedListener {
+    /// The socket unit's `FileDescriptorName=` (systemd's default is the unit
+    /// name, e.g. `herdgate.socket`); `None` when LISTEN_FDNAMES is absent or
+    /// the entry is empty.
+    pub name: Option<String>,
+    /// Already non-blocking and close-on-exec: ready for
+    /// `tokio::net::TcpListener::from_std`.
+    pub listener: TcpListener,
+}
+
+impl InheritedListener {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Takes the sockets passed by socket activation, following sd_listen_fds(3):
+/// only if `LISTEN_PID` is our pid, `LISTEN_FDS` descriptors starting at fd 3,
+/// names from `LISTEN_FDNAMES` (colon separated). Returns an empty list when
+/// nothing was passed to this process.
+///
+/// The three variables are removed on every path (like
+/// `sd_listen_fds(unset_environment = 1)`), so no child inherits them. Call
+/// it once, early in `main`, before the runtime spawns threads: the
+/// environment is process-global.
+///
+/// Stricter than `listenfd::ListenFd::from_env` on its own: a missing
+/// `LISTEN_PID` means "not for us" (listenfd accepts it), because
+/// variables leaked through an intermediate process would otherwise make us
+/// adopt whatever happens to sit at fd 3.
+pub fn listen_fds() -> Result<Vec<InheritedListener>, SystemdError> {
+    let plan = parse_listen_env(
+        std::env::var_os(LISTEN_PID).as_deref(),
+        std::env::var_os(LISTEN_FDS).as_deref(),
+        std::env::var_os(LISTEN_FDNAMES).as_deref(),
+        std::process::id(),
+    );
+    let names = match plan {
+        Ok(Some(names)) => names,
+        other => {
+            remove_listen_env();
+            return other.map(|_| Vec::new());
+        }
+    };
+    // listenfd reads the same variables; ours were validated above, and its
+    // private first-fd override must not move us off fd 3.
+    std::env::remove_var(LISTEN_FDS_FIRST_FD);
+    let mut fds = listenfd::ListenFd::from_env();
+    remove_listen_env();
+    take_listeners(&mut fds, names)
+}
+
+fn remove_listen_env() {
+    for var in [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES] {
+        std::env::remove_var(var);
+    }
+}
+
+fn take_listeners(
+    fds: &mut listenfd::ListenFd,
+    names: Vec<Option<String>>,
+) -> Result<Vec<InheritedListener>, SystemdError> {
+    let mut out = Vec::with_capacity(names.len());
+    for (index, name) in names.into_iter().enumerate() {
+        let fd = LISTEN_FDS_START + index as i32;
+        let shown = || name.clone().unwrap_or_else(|| "(none)".to_owned());
+        let not_tcp = |source: io::Error| SystemdError::NotTcpListener {
+            index,
+            fd,
+            name: shown(),
+            source,
+        };
+        // listenfd checks fstat + SO_TYPE + family and sets FD_CLOEXEC.
+        let listener = match fds.take_tcp_listener(index) {
+            Ok(Some(listener)) => listener,
+            Ok(None) => {
+                return Err(not_tcp(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "descriptor missing from LISTEN_FDS",
+                )))
+            }
+            Err(e) => return Err(not_tcp(e)),
+        };
+        // An Accept=yes socket unit passes a connected stream, which passes
+        // the type checks above but cannot accept().
+        match socket2::SockRef::from(&listener).is_listener() {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(not_tcp(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "socket is not listening (Accept=yes passes connections, not listeners)",
+                )))
+            }
+            Err(e) => return Err(not_tcp(e)),
+        }
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| SystemdError::NonBlocking {
+                index,
+                fd: listener.as_raw_fd(),
+                name: shown(),
+                source,
+            })?;
+        out.push(InheritedListener { name, listener });
+    }
+    Ok(out)
+}
+
+/// Interprets the socket-activation variables for process `our_pid`.
+/// `Ok(None)`: nothing is meant for us. `Ok(Some(names))`: one entry per
+/// descriptor, starting at fd 3.
+fn parse_listen_env(
+    listen_pid: Option<&OsStr>,
+    listen_fds: Option<&OsStr>,
+    listen_fdnames: Option<&OsStr>,
+    our_pid: u32,
+) -> Result<Option<Vec<Option<String>>>, SystemdError> {
+    let Some(pid) = listen_pid else {
+        return Ok(None);
+    };
+    let pid: u32 = utf8(LISTEN_PID, pid)?
+        .parse()
+        .map_err(|_| invalid(LISTEN_PID, pid, "not a process id"))?;
+    if pid != our_pid {
+        return Ok(None);
+    }
+    let Some(fds) = listen_fds else {
+        return Ok(None);
+    };
+    let count: usize = utf8(LISTEN_FDS, fds)?
+        .parse()
+        .map_err(|_| invalid(LISTEN_FDS, fds, "not a descriptor count"))?;
+    if count > MAX_LISTEN_FDS {
+        return Err(invalid(LISTEN_FDS, fds, "more than 4096 descriptors"));
+    }
+    let Some(names) = listen_fdnames else {
+        return Ok(Some(vec![None; count]));
+    };
+    let names_str = utf8(LISTEN_FDNAMES, names)?;
+    // systemd writes an empty LISTEN_FDNAMES for zero fds; split would
+    // otherwise yield one empty name.
+    let parsed: Vec<Option<String>> = if count == 0 && names_str.is_empty() {
+        Vec::new()
+    } else {
+        names_str
+            .split(':')
+            .map(|n| (!n.is_empty()).then(|| n.to_owned()))
+            .collect()
+    };
+    if parsed.len() != count {
+        return Err(SystemdError::NameCount {
+            names: names_str.to_owned(),
+            count: parsed.len(),
+            fds: count,
+        });
+    }
+    Ok(Some(parsed))
+}
+
+fn utf8<'a>(var: &'static str, value: &'a OsStr) -> Result<&'a str, SystemdError> {
+    value
+        .to_str()
+        .ok_or_else(|| invalid(var, value, "not UTF-8"))
+}
+
+fn invalid(var: &'static str, value: &OsStr, reason: &'static str) -> SystemdError {
+    SystemdError::InvalidEnv {
+        var,
+        value: OsString::from(value).to_string_lossy().into_owned(),
+        reason,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Matching inherited sockets to configured listeners
+// ---------------------------------------------------------------------------
+
+/// Removes from `inherited` and returns the socket for the configured
+/// listener `name` bound at `addr`, trying in order:
+///
+/// 1. the first socket whose LISTEN_FDNAMES name equals `name`
+///    (`FileDescriptorName=` in the socket unit; the socket unit is then the
+///    authority on the address, which may differ from `addr`);
+/// 2. the first socket whose local address equals `addr`;
+/// 3. the first socket bound to the unspecified address of either family on
+///    the same port when `addr` is unspecified too: `ListenStream=443` gives
+///    a dual-stack `[::]:443`, which serves what `0.0.0.0:443` would.
+///
+/// `None`: bind `addr` yourself. Sockets left in `inherited` after every
+/// listener was matched are ones systemd keeps accepting connections on that
+/// nobody will serve: report them as a configuration error.
+pub fn match_listener(
+    inherited: &mut Vec<InheritedListener>,
+    name: &str,
+    addr: SocketAddr,
+) -> Option<InheritedListener> {
+    by_name(inherited, name).or_else(|| by_addr(inherited, addr))
+}
+
+/// [`match_listener`] for a whole configuration, with every name match made
+/// before any address match, so that an address fallback never steals a
+/// socket that a later listener names. Returns one slot per `wanted` entry
+/// (in order) and the inherited sockets nothing claimed.
+pub fn match_listeners(
+    mut inherited: Vec<InheritedListener>,
+    wanted: &[(&str, SocketAddr)],
+) -> (Vec<Option<InheritedListener>>, Vec<InheritedListener>) {
+    let mut slots: Vec<Option<InheritedListener>> = wanted
+        .iter()
+        .map(|(name, _)| by_name(&mut inherited, name))
+        .collect();
+    for (slot, (_, addr)) in slots.iter_mut().zip(wanted) {
+        if slot.is_none() {
+            *slot = by_addr(&mut inherited, *addr);
+        }
+    }
+    (slots, inherited)
+}
+
+fn by_name(inherited: &mut Vec<InheritedListener>, name: &str) -> Option<InheritedListener> {
+    let pos = inherited
+        .iter()
+        .position(|l| l.name.as_deref() == Some(name))?;
+    Some(inherited.remove(pos))
+}
+
+fn by_addr(inherited: &mut Vec<InheritedListener>, addr: SocketAddr) -> Option<InheritedListener> {
+    let local = |l: &InheritedListener| l.local_addr().ok();
+    let pos = inherited
+        .iter()
+        .position(|l| local(l) == Some(addr))
+        .or_else(|| {
+            if !addr.ip().is_unspecified() {
+                return None;
+            }
+            inherited.iter().position(|l| {
+                local(l).is_some_and(|a| a.ip().is_unspecified() && a.port() == addr.port())
+            })
+        })?;
+    Some(inherited.remove(pos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(
+        pid: Option<&str>,
+        fds: Option<&str>,
+        names: Option<&str>,
+    ) -> Result<Option<Vec<Option<String>>>, SystemdError> {
+        parse_listen_env(
+            pid.map(OsStr::new),
+            fds.map(OsStr::new),
+            names.map(OsStr::new),
+            4242,
+        )
+    }
+
+    fn some(names: &[Option<&str>]) -> Option<Vec<Option<String>>> {
+        Some(names.iter().map(|n| n.map(str::to_owned)).collect())
+    }
+
+    #[test]
+    fn nothing_without_listen_pid() {
+        // listenfd alone would accept this; sd_listen_fds(3) does not.
+        assert!(parse(None, Some("2"), None).unwrap().is_none());
+    }
+
+    #[test]
+    fn nothing_for_another_pid() {
+        assert!(parse(Some("4243"), Some("2"), Some("a:b"))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn nothing_without_listen_fds() {
+        assert!(parse(Some("4242"), None, None).unwrap().is_none());
+    }
+
+    #[test]
+    fn counts_and_names() {
+        assert_eq!(
+            parse(Some("4242"), Some("2"), Some("public-tls:public")).unwrap(),
+            some(&[Some("public-tls"), Some("public")])
+        );
+        assert_eq!(
+            parse(Some("4242"), Some("2"), None).unwrap(),
+            some(&[None, None])
+        );
+        assert_eq!(
+            parse(Some("4242"), Some("3"), Some("a::c")).unwrap(),
+            some(&[Some("a"), None, Some("c")])
+        );
+        assert_eq!(parse(Some("4242"), Some("0"), Some("")).unwrap(), some(&[]));
+    }
+
+    #[test]
+    fn name_count_must_match() {
+        let err = parse(Some("4242"), Some("2"), Some("only-one")).unwrap_err();
+        assert!(matches!(
+            err,
+            SystemdError::NameCount {
+                count: 1,
+                fds: 2,
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("only-one"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_an_error_naming_the_value() {
+        let err = parse(Some("12x"), Some("1"), None).unwrap_err();
+        assert!(err.to_string().contains("LISTEN_PID=\"12x\""), "{err}");
+        let err = parse(Some("4242"), Some("-1"), None).unwrap_err();
+        assert!(err.to_string().contains("LISTEN_FDS=\"-1\""), "{err}");
+        let err = parse(Some("4242"), Some("100000"), None).unwrap_err();
+        assert!(matches!(
+            err,
+            SystemdError::InvalidEnv {
+                var: LISTEN_FDS,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn status_cannot_inject_assignments() {
+        assert_eq!(status_message("bad\nREADY=1\r"), "STATUS=bad READY=1 ");
+        assert_eq!(
+            reloading_message(17),
+            "RELOADING=1\nMONOTONIC_USEC=17".to_owned()
+        );
+    }
+}
