@@ -369,7 +369,7 @@ impl NodeAdmission {
         // d. Take a slot. A ticket-capable client cannot use a promise (step b), so when the
         // reservation window is full it is told to come back later, like an overflow.
         let full = input.wants_ticket && st.ledger.is_full();
-        let Some(slot) = (!full).then(|| st.take_slot(now, shape)).flatten() else {
+        let Some((slot, t_slot)) = (!full).then(|| st.take_slot(now)).flatten() else {
             st.stats.rejected += 1;
             st.stats.overflow += 1;
             let retry_after = st.overflow_hint();
@@ -393,7 +393,7 @@ impl NodeAdmission {
         st.stats.rejected += 1;
         let ticket = self.promise_or_reserve(&mut st, slot, input.wants_ticket);
         Decision::Reject {
-            retry_after: st.slot_hint(now, slot, shape),
+            retry_after: st.slot_hint(now, slot, t_slot),
             ticket,
             overflow: false,
             ticket_check: check,
@@ -414,16 +414,15 @@ impl NodeAdmission {
 
     fn hint_inner(&self, now: Nanos, wants_ticket: bool) -> (Duration, Option<String>) {
         let mut st = self.lock();
-        let shape = st.shape(now);
         st.expire(now);
         let full = wants_ticket && st.ledger.is_full();
-        let Some(slot) = (!full).then(|| st.take_slot(now, shape)).flatten() else {
+        let Some((slot, t_slot)) = (!full).then(|| st.take_slot(now)).flatten() else {
             st.stats.overflow += 1;
             return (st.overflow_hint(), None);
         };
         st.stats.hinted += 1;
         let ticket = self.promise_or_reserve(&mut st, slot, wants_ticket);
-        (st.slot_hint(now, slot, shape), ticket)
+        (st.slot_hint(now, slot, t_slot), ticket)
     }
 
     /// Gives back the token of a [`Decision::Queue`] whose client went away: it becomes a
@@ -459,7 +458,7 @@ impl NodeAdmission {
 
     /// Admissions per second in force at `now` (below `rate` during slow start).
     pub fn effective_rate(&self, now: Nanos) -> f64 {
-        let mut st = self.lock();
+        let st = self.lock();
         st.params.rate * st.ramp_factor(now)
     }
 
@@ -547,29 +546,35 @@ impl NodeAdmission {
 }
 
 impl State {
-    fn ramp_factor(&mut self, now: Nanos) -> f64 {
+    /// Fraction of the rate in force at `at` (1 outside slow start).
+    fn ramp_factor(&self, at: Nanos) -> f64 {
         let Some(start) = self.slow_start_from else {
             return 1.0;
         };
         let ramp = duration_to_nanos(self.params.slow_start);
-        let elapsed = now.saturating_sub(start);
+        let elapsed = at.saturating_sub(start);
         if ramp == 0 || elapsed >= ramp {
-            self.slow_start_from = None;
             return 1.0;
         }
         let floor = self.params.slow_start_floor;
         floor + (1.0 - floor) * (elapsed as f64 / ramp as f64)
     }
 
-    fn shape(&mut self, now: Nanos) -> Shape {
+    /// Emission interval and tolerance in force at `at`.
+    fn shape(&self, at: Nanos) -> Shape {
         if self.slow_start_from.is_none() {
             return self.base;
         }
-        let factor = self.ramp_factor(now);
-        Shape::of(&self.params, factor)
+        Shape::of(&self.params, self.ramp_factor(at))
     }
 
     fn expire(&mut self, now: Nanos) {
+        if let Some(start) = self.slow_start_from {
+            let ramp = duration_to_nanos(self.params.slow_start);
+            if now.saturating_sub(start) >= ramp {
+                self.slow_start_from = None;
+            }
+        }
         let cw = duration_to_nanos(self.params.claim_window);
         self.stats.unclaimed_promises += self.promises.expire(now, cw);
         self.stats.unclaimed_reservations += self.ledger.expire(now, cw);
@@ -577,19 +582,23 @@ impl State {
     }
 
     /// Charges the next free slot, or `None` (overflow) if it lies beyond max_retry_after.
-    fn take_slot(&mut self, now: Nanos, shape: Shape) -> Option<Nanos> {
+    /// Returns the slot and the emission interval in force *at the slot*: during slow start a
+    /// herd booked at once is spaced along the ramp, not at the rate of the booking instant
+    /// (which would keep the node at its floor rate long after the ramp is over).
+    fn take_slot(&mut self, now: Nanos) -> Option<(Nanos, Nanos)> {
         let slot = self.tat.max(now);
         if slot - now > duration_to_nanos(self.params.max_retry_after) {
             return None;
         }
-        self.tat = slot.saturating_add(shape.t);
-        Some(slot)
+        let t = self.shape(slot).t;
+        self.tat = slot.saturating_add(t);
+        Some((slot, t))
     }
 
     /// Time until `slot` plus jitter in [0, T): clients told adjacent slots never land on the
     /// same instant, and every arrival stays inside its own emission interval.
-    fn slot_hint(&mut self, now: Nanos, slot: Nanos, shape: Shape) -> Duration {
-        Duration::from_nanos((slot - now).saturating_add(self.jitter.below(shape.t)))
+    fn slot_hint(&mut self, now: Nanos, slot: Nanos, t: Nanos) -> Duration {
+        Duration::from_nanos((slot - now).saturating_add(self.jitter.below(t)))
     }
 
     /// max_retry_after, jittered down within its last second, so an overflowing herd does not

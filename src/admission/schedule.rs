@@ -6,6 +6,13 @@ use std::collections::{HashMap, VecDeque};
 
 use super::clock::{Nanos, NANOS_PER_MILLI};
 
+/// A storm that has passed should give its memory back; the hysteresis keeps this rare.
+fn shrink_if_sparse<T>(q: &mut VecDeque<T>) {
+    if q.capacity() > 1024 && q.len() < q.capacity() / 8 {
+        q.shrink_to(q.len() * 2);
+    }
+}
+
 /// Promise credits: tokens charged for ticketless clients, claimable from their slot on.
 ///
 /// Kept sorted by slot. Slots come from the GCRA schedule, which only moves forward, so pushes
@@ -47,6 +54,7 @@ impl PromiseQueue {
             self.slots.pop_front();
             n += 1;
         }
+        shrink_if_sparse(&mut self.slots);
         n
     }
 
@@ -153,6 +161,7 @@ impl ReservationLedger {
             self.front_seq += 1;
             unclaimed += u64::from(!claimed);
         }
+        shrink_if_sparse(&mut self.entries);
         unclaimed
     }
 
