@@ -31,7 +31,7 @@ use std::time::Duration;
 use super::clock::{duration_to_nanos, Nanos, NANOS_PER_MILLI, NANOS_PER_SEC};
 use super::params::AdmissionParams;
 use super::schedule::{ForeignClaims, LedgerClaim, PromiseQueue, ReservationLedger};
-use super::ticket::{TicketCheck, TicketSigner};
+use super::ticket::{TicketCheck, TicketClaims, TicketSigner};
 use super::AdmissionError;
 
 /// Most live reservations one node tracks (its anti-replay window). Memory is used only as
@@ -327,14 +327,16 @@ impl NodeAdmission {
 
     /// Decides one admission request at `now`.
     pub fn check(&self, now: Nanos, input: &AdmitInput<'_>) -> Decision {
+        // The MAC needs no state: compute it before taking the lock.
+        let verified = input.ticket.map(|t| self.signer.verify(t));
         let mut st = self.lock();
         let shape = st.shape(now);
         st.expire(now);
 
         // a. A valid ticket claims the token reserved for it.
         let mut check = TicketCheck::None;
-        if let Some(ticket) = input.ticket {
-            match self.claim_ticket(&mut st, ticket, now, shape) {
+        if let Some(verified) = verified {
+            match self.claim_ticket(&mut st, verified, now, shape) {
                 Ok(()) => {
                     st.stats.admitted_ticket += 1;
                     return Decision::Admit {
@@ -391,17 +393,19 @@ impl NodeAdmission {
             }
         }
         st.stats.rejected += 1;
-        let ticket = self.promise_or_reserve(&mut st, slot, input.wants_ticket);
+        let seq = st.promise_or_reserve(slot, input.wants_ticket);
+        let retry_after = st.slot_hint(now, slot, t_slot);
+        drop(st);
         Decision::Reject {
-            retry_after: st.slot_hint(now, slot, t_slot),
-            ticket,
+            retry_after,
+            ticket: seq.map(|seq| self.sign(slot, seq)),
             overflow: false,
             ticket_check: check,
         }
     }
 
     /// Takes a promise slot without a request: tells a client closed by drain when to come
-    /// back to this node. Same slot logic as a rejection; `None` ticket.
+    /// back to this node. Same slot logic as a rejection (overflow gives max_retry_after).
     pub fn hint(&self, now: Nanos) -> Duration {
         self.hint_inner(now, false).0
     }
@@ -421,8 +425,10 @@ impl NodeAdmission {
             return (st.overflow_hint(), None);
         };
         st.stats.hinted += 1;
-        let ticket = self.promise_or_reserve(&mut st, slot, wants_ticket);
-        (st.slot_hint(now, slot, t_slot), ticket)
+        let seq = st.promise_or_reserve(slot, wants_ticket);
+        let retry_after = st.slot_hint(now, slot, t_slot);
+        drop(st);
+        (retry_after, seq.map(|seq| self.sign(slot, seq)))
     }
 
     /// Gives back the token of a [`Decision::Queue`] whose client went away: it becomes a
@@ -484,32 +490,20 @@ impl NodeAdmission {
     }
 
     /// Parks the charged `slot` as a promise, or reserves it and signs a ticket.
-    fn promise_or_reserve(
-        &self,
-        st: &mut State,
-        slot: Nanos,
-        wants_ticket: bool,
-    ) -> Option<String> {
-        if wants_ticket {
-            if let Some(seq) = st.ledger.reserve(slot) {
-                st.stats.reserved += 1;
-                // The ticket carries the low 32 bits; the ledger recovers the rest.
-                return Some(self.signer.sign(self.node, slot, seq as u32));
-            }
-        }
-        st.promises.push(slot);
-        st.stats.promised += 1;
-        None
+    /// Signs the ticket of reservation `seq` (outside the lock: HMAC and allocation).
+    fn sign(&self, slot: Nanos, seq: u64) -> String {
+        // The ticket carries the low 32 bits; the ledger recovers the rest.
+        self.signer.sign(self.node, slot, seq as u32)
     }
 
     fn claim_ticket(
         &self,
         st: &mut State,
-        ticket: &str,
+        verified: Result<TicketClaims, TicketCheck>,
         now: Nanos,
         shape: Shape,
     ) -> Result<(), TicketCheck> {
-        let claims = self.signer.verify(ticket)?;
+        let claims = verified?;
         if claims.node != self.node {
             return Err(TicketCheck::OtherNode);
         }
@@ -546,6 +540,20 @@ impl NodeAdmission {
 }
 
 impl State {
+    /// Parks the charged `slot` as a promise, or records a reservation and returns its seq
+    /// for the caller to sign.
+    fn promise_or_reserve(&mut self, slot: Nanos, wants_ticket: bool) -> Option<u64> {
+        if wants_ticket {
+            if let Some(seq) = self.ledger.reserve(slot) {
+                self.stats.reserved += 1;
+                return Some(seq);
+            }
+        }
+        self.promises.push(slot);
+        self.stats.promised += 1;
+        None
+    }
+
     /// Fraction of the rate in force at `at` (1 outside slow start).
     fn ramp_factor(&self, at: Nanos) -> f64 {
         let Some(start) = self.slow_start_from else {
