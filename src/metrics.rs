@@ -26,6 +26,7 @@ pub const RETRY_AFTER: &str = "herdgate_retry_after_seconds";
 pub const RETRY_AFTER_OVERFLOW: &str = "herdgate_retry_after_overflow_total";
 pub const SCHEDULE_BACKLOG: &str = "herdgate_schedule_backlog_seconds";
 pub const QUEUE_LENGTH: &str = "herdgate_queue_length";
+pub const QUEUED: &str = "herdgate_admission_queued_total";
 pub const UNCLAIMED: &str = "herdgate_admission_unclaimed_total";
 pub const CLIENT_LIMITED: &str = "herdgate_client_limited_total";
 pub const NODE_HEALTHY: &str = "herdgate_node_healthy";
@@ -107,7 +108,12 @@ pub struct NodeMetrics {
     pub backend_refused: Counter,
     pub backend_timeout: Counter,
     pub backend_other: Counter,
-    pub admitted: Counter,
+    pub admitted_bucket: Counter,
+    pub admitted_promise: Counter,
+    pub admitted_ticket: Counter,
+    pub admitted_queue: Counter,
+    pub unclaimed_promises: Counter,
+    pub unclaimed_reservations: Counter,
     pub rejected_busy: Counter,
     pub rejected_overflow: Counter,
     pub queued: Counter,
@@ -130,10 +136,15 @@ impl NodeMetrics {
             backend_refused: counter!(BACKEND_ERRORS, "pool" => p.clone(), "node" => n.clone(), "kind" => "refused"),
             backend_timeout: counter!(BACKEND_ERRORS, "pool" => p.clone(), "node" => n.clone(), "kind" => "timeout"),
             backend_other: counter!(BACKEND_ERRORS, "pool" => p.clone(), "node" => n.clone(), "kind" => "other"),
-            admitted: counter!(ADMITTED, &l()),
+            admitted_bucket: counter!(ADMITTED, "pool" => p.clone(), "node" => n.clone(), "via" => "bucket"),
+            admitted_promise: counter!(ADMITTED, "pool" => p.clone(), "node" => n.clone(), "via" => "promise"),
+            admitted_ticket: counter!(ADMITTED, "pool" => p.clone(), "node" => n.clone(), "via" => "ticket"),
+            admitted_queue: counter!(ADMITTED, "pool" => p.clone(), "node" => n.clone(), "via" => "queue"),
+            unclaimed_promises: counter!(UNCLAIMED, "pool" => p.clone(), "node" => n.clone(), "kind" => "promise"),
+            unclaimed_reservations: counter!(UNCLAIMED, "pool" => p.clone(), "node" => n.clone(), "kind" => "reservation"),
             rejected_busy: counter!(REJECTED, "pool" => p.clone(), "node" => n.clone(), "reason" => "busy"),
             rejected_overflow: counter!(REJECTED, "pool" => p.clone(), "node" => n.clone(), "reason" => "overflow"),
-            queued: counter!(REJECTED, "pool" => p.clone(), "node" => n.clone(), "reason" => "queued"),
+            queued: counter!(QUEUED, &l()),
             retry_after: histogram!(RETRY_AFTER, &l()),
             backlog: gauge!(SCHEDULE_BACKLOG, &l()),
             queue_len: gauge!(QUEUE_LENGTH, &l()),

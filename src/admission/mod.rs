@@ -22,6 +22,7 @@ mod handshake;
 mod params;
 mod schedule;
 mod ticket;
+pub mod wire;
 
 pub use bucket::{
     AdmissionStats, AdmitInput, AdmitVia, Decision, NodeAdmission, NodeAdmissionBuilder,
@@ -33,6 +34,9 @@ pub use clock::{
 };
 pub use handshake::HandshakeLimiter;
 pub use params::AdmissionParams;
+pub use wire::{
+    apply_snapshot, drain_hint, node_rate_backlog, on_node_up, refresh_gauges, RouteLimiter,
+};
 pub use ticket::{
     node_id, TicketCheck, TicketClaims, TicketKey, TicketSigner, TICKET_KEY_MIN_LEN, TICKET_MAX_LEN,
 };

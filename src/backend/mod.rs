@@ -3,6 +3,7 @@
 pub mod connect;
 pub mod health;
 
+use crate::admission::NodeAdmission;
 use crate::metrics::NodeMetrics;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -54,10 +55,14 @@ pub struct Node {
     /// A recovery probe is running.
     pub probing: AtomicBool,
     pub metrics: NodeMetrics,
+    /// Token bucket and retry schedule for new connections.
+    pub admission: NodeAdmission,
+    /// Requests waiting in queue mode.
+    pub queue_len: AtomicU64,
 }
 
 impl Node {
-    pub fn new(key: NodeKey) -> Self {
+    pub fn new(key: NodeKey, admission: NodeAdmission) -> Self {
         let metrics = NodeMetrics::new(&key.pool, &key.name);
         metrics.healthy.set(1.0);
         Node {
@@ -70,6 +75,8 @@ impl Node {
             passive_threshold: AtomicU32::new(3),
             actively_checked: AtomicBool::new(false),
             probing: AtomicBool::new(false),
+            admission,
+            queue_len: AtomicU64::new(0),
         }
     }
 

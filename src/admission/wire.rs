@@ -1,0 +1,227 @@
+//! Admission wired into the proxy: parameters from the config, the request's ticket,
+//! per-decision metrics, drain hints, slow start on recovery.
+
+use super::{
+    AdmissionParams, AdmitInput, AdmitVia, ClientKey, ClientLimiter, Clock, Decision,
+    MonotonicClock, NodeAdmission, TicketCheck, TicketKey, TicketSigner,
+};
+use crate::backend::Node;
+use crate::config::{Config, NodeConfig, PoolConfig};
+use crate::metrics as m;
+use crate::server::Shared;
+use crate::snapshot::Snapshot;
+use crate::websocket::tunnel::TunnelCtl;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Request header / query parameter by which a client says it can carry a ticket.
+pub const ACCEPT_TICKET_HEADER: &str = "herdgate-accept-ticket";
+pub const ACCEPT_TICKET_QUERY: &str = "herdgate_accept_ticket";
+/// Where a ticket travels: response and request header, cookie, query parameter.
+pub const TICKET_HEADER: &str = "herdgate-ticket";
+pub const TICKET_COOKIE: &str = "herdgate_ticket";
+pub const TICKET_QUERY: &str = "herdgate_ticket";
+
+/// Slow start begins at this fraction of the rate.
+const SLOW_START_FLOOR: f64 = 0.1;
+
+/// The process clock: monotonic, unix-aligned (tickets carry unix time so that several
+/// instances agree on slots).
+pub fn clock() -> &'static MonotonicClock {
+    static C: OnceLock<MonotonicClock> = OnceLock::new();
+    C.get_or_init(MonotonicClock::new)
+}
+
+pub fn now() -> super::Nanos {
+    clock().now()
+}
+
+/// The ticket signer: key from `tickets.key_file` (shared by every instance that must
+/// accept the others' tickets) or random; a random instance id per process.
+pub fn signer(config: &Config) -> Result<Arc<TicketSigner>, super::AdmissionError> {
+    let key = match &config.tickets.key_file {
+        Some(p) => TicketKey::from_file(p)?,
+        None => TicketKey::random(),
+    };
+    Ok(Arc::new(TicketSigner::with_random_instance(key)))
+}
+
+/// Parameters of one node from its pool (and its own overrides).
+pub fn params(config: &Config, pool: &PoolConfig, node: &NodeConfig) -> AdmissionParams {
+    AdmissionParams {
+        rate: node.admit_rate.unwrap_or(pool.admit_rate),
+        burst: node.admit_burst.unwrap_or(pool.admit_burst),
+        max_retry_after: pool.max_retry_after.0,
+        claim_window: config.tickets.claim_window.0,
+        slow_start: pool.slow_start.0,
+        slow_start_floor: SLOW_START_FLOOR,
+    }
+}
+
+/// Build a node's admission state (a node added by a reload starts in slow start).
+pub fn node_admission(
+    signer: &Arc<TicketSigner>,
+    pool: &str,
+    node: &str,
+    params: AdmissionParams,
+    slow_start: bool,
+) -> Result<NodeAdmission, super::AdmissionError> {
+    NodeAdmission::builder(super::node_id(pool, node), params, signer.clone())
+        .slow_start(slow_start && !params.slow_start.is_zero())
+        .build(now())
+}
+
+/// After a reload: new parameters for every node, keeping its schedule and bucket.
+pub fn apply_snapshot(_shared: &Shared, snap: &Snapshot) {
+    let t = now();
+    for pool in &snap.pools {
+        for (node, cfg) in pool.nodes.iter().zip(&pool.cfg.nodes) {
+            let p = params(&snap.config, &pool.cfg, cfg);
+            if let Err(e) = node.admission.update_params(p, t) {
+                tracing::error!(node = %node.key, "admission parameters rejected: {e}");
+            }
+        }
+    }
+}
+
+/// A node came back up: ramp its rate.
+pub fn on_node_up(_shared: &Shared, node: &Arc<Node>) {
+    node.admission.begin_slow_start(now());
+}
+
+/// (effective rate now, schedule backlog) for reports.
+pub fn node_rate_backlog(node: &Node) -> (f64, Duration) {
+    let t = now();
+    (node.admission.effective_rate(t), node.admission.backlog(t))
+}
+
+/// Gauges that are read rather than pushed: schedule backlog and unclaimed capacity.
+pub fn refresh_gauges(shared: &Shared) {
+    let t = now();
+    let snap = shared.snapshot.load();
+    for pool in &snap.pools {
+        for node in &pool.nodes {
+            node.metrics
+                .backlog
+                .set(node.admission.backlog(t).as_secs_f64());
+            let s = node.admission.stats();
+            node.metrics.unclaimed_promises.absolute(s.unclaimed_promises);
+            node.metrics
+                .unclaimed_reservations
+                .absolute(s.unclaimed_reservations);
+        }
+    }
+    if let Some(n) = shared.sticky_entries() {
+        metrics::gauge!(m::STICKY_ENTRIES).set(n as f64);
+    }
+}
+
+/// When a drained client should come back: the slot of the node it will land on.
+pub fn drain_hint(shared: &Shared, t: &TunnelCtl) -> Duration {
+    let snap = shared.snapshot.load();
+    let target = snap
+        .pools
+        .iter()
+        .find(|p| p.name == t.node.key.pool)
+        .and_then(|p| crate::routing::landing(p, t.key_hash));
+    match target {
+        Some(n) => n.admission.hint(now()),
+        // Nowhere to go in this instance (whole pool draining: a deploy or shutdown): the
+        // client will land on the next instance; spread it over a second.
+        None => Duration::from_millis(rand::random::<u64>() % 1000 + 1),
+    }
+}
+
+/// What the request says about tickets.
+pub struct TicketInfo<'a> {
+    pub ticket: Option<&'a str>,
+    pub wants: bool,
+}
+
+pub fn ticket_info(parts: &http::request::Parts) -> TicketInfo<'_> {
+    let h = &parts.headers;
+    let query = parts.uri.query().unwrap_or("");
+    let ticket = h
+        .get(TICKET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| crate::routing::key::request_cookie(h, TICKET_COOKIE))
+        .or_else(|| query_value(query, TICKET_QUERY))
+        .filter(|t| !t.is_empty());
+    let wants = h
+        .get(ACCEPT_TICKET_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"1")
+        || query_value(query, ACCEPT_TICKET_QUERY) == Some("1")
+        // Presenting a ticket is the strongest way of saying one can carry one.
+        || ticket.is_some();
+    TicketInfo { ticket, wants }
+}
+
+/// Tickets are base64url and flags are "1": neither needs percent-decoding.
+fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Ask the node, and count the answer.
+pub fn decide(node: &Node, input: &AdmitInput<'_>) -> Decision {
+    let d = node.admission.check(now(), input);
+    let nm = &node.metrics;
+    match &d {
+        Decision::Admit { via, .. } => match via {
+            AdmitVia::Bucket => nm.admitted_bucket.increment(1),
+            AdmitVia::Promise => nm.admitted_promise.increment(1),
+            AdmitVia::Ticket => nm.admitted_ticket.increment(1),
+            AdmitVia::Queue => nm.admitted_queue.increment(1),
+        },
+        Decision::Queue { .. } => nm.queued.increment(1),
+        Decision::Reject {
+            retry_after,
+            overflow,
+            ..
+        } => {
+            if *overflow {
+                nm.rejected_overflow.increment(1);
+                metrics::counter!(m::RETRY_AFTER_OVERFLOW).increment(1);
+            } else {
+                nm.rejected_busy.increment(1);
+            }
+            nm.retry_after.record(retry_after.as_secs_f64());
+        }
+    }
+    let tc = d.ticket_check();
+    if tc != TicketCheck::None {
+        metrics::counter!(m::TICKETS, "outcome" => tc.as_str()).increment(1);
+    }
+    d
+}
+
+/// A route's per-client limiter.
+pub type RouteLimiter = ClientLimiter<ClientKey>;
+
+/// Sweep per-client limiters now and then: keyed stores never evict by themselves.
+pub fn spawn_limiter_sweeper(shared: Arc<Shared>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = shared.stop_all.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let snap = shared.snapshot.load();
+            for r in &snap.routes {
+                if let Some(l) = &r.client_limiter {
+                    l.retain_recent();
+                }
+            }
+            let now = std::time::Instant::now();
+            for p in &snap.pools {
+                if let Some(t) = &p.sticky {
+                    t.sweep(now);
+                }
+            }
+        }
+    });
+}
