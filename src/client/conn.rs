@@ -208,12 +208,11 @@ impl Connected {
 /// With `accept_tickets` the request carries `herdgate-accept-ticket: 1`; a `ticket`
 /// (from the previous rejection) is sent as `herdgate-ticket`.
 pub async fn connect_once(target: &Target, ticket: Option<&str>, accept_tickets: bool) -> Outcome {
-    match tokio::time::timeout(
-        target.connect_timeout,
-        handshake(target, ticket, accept_tickets),
-    )
-    .await
-    {
+    // Boxed: the handshake state (TLS + upgrade) is ~2 KiB and only lives during the
+    // attempt, while a storm client spends most of its life sleeping between attempts.
+    // Inline, every sleeping client's future would carry that space too.
+    let attempt = Box::pin(handshake(target, ticket, accept_tickets));
+    match tokio::time::timeout(target.connect_timeout, attempt).await {
         Ok(outcome) => outcome,
         Err(_) => Outcome::Failed(ClientError::Timeout {
             after: target.connect_timeout,
@@ -346,7 +345,7 @@ fn build_request(
 }
 
 async fn open_stream(target: &Target, uri: &Uri) -> Result<ClientStream, ClientError> {
-    let tls = match uri.scheme_str() {
+    let secure = match uri.scheme_str() {
         Some("ws") => false,
         Some("wss") => true,
         _ => {
@@ -364,7 +363,23 @@ async fn open_stream(target: &Target, uri: &Uri) -> Result<ClientStream, ClientE
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    // Whatever can be refused without the network is refused before the SYN.
+    let tls = if secure {
+        let config = target
+            .tls
+            .clone()
+            .ok_or_else(|| ClientError::MissingTlsConfig {
+                url: target.url.clone(),
+            })?;
+        let name =
+            ServerName::try_from(host.to_owned()).map_err(|_| ClientError::InvalidServerName {
+                host: host.to_owned(),
+            })?;
+        Some((TlsConnector::from(config), name))
+    } else {
+        None
+    };
     let tcp = match target.addr {
         Some(addr) => TcpStream::connect(addr).await,
         None => TcpStream::connect((host, port)).await,
@@ -377,20 +392,10 @@ async fn open_stream(target: &Target, uri: &Uri) -> Result<ClientStream, ClientE
     })?;
     // Upgrade requests and small frames: do not let Nagle hold them back.
     let _ = tcp.set_nodelay(true);
-    if !tls {
+    let Some((connector, name)) = tls else {
         return Ok(ClientStream::Plain(tcp));
-    }
-    let config = target
-        .tls
-        .clone()
-        .ok_or_else(|| ClientError::MissingTlsConfig {
-            url: target.url.clone(),
-        })?;
-    let name =
-        ServerName::try_from(host.to_owned()).map_err(|_| ClientError::InvalidServerName {
-            host: host.to_owned(),
-        })?;
-    let tls = TlsConnector::from(config)
+    };
+    let tls = connector
         .connect(name, tcp)
         .await
         .map_err(|source| ClientError::Tls {

@@ -16,7 +16,7 @@
 //!   base delay instead of inheriting a 30 s wait earned while the server was talking
 //!   to it. The server that gave the hint will give another if it is still overloaded.
 //!
-//! `max_attempts` therefore bounds consecutive blind failures, not hinted retries: a
+//! `max_retries` therefore bounds consecutive blind failures, not hinted retries: a
 //! client obeying hints is doing what the server asked, and giving up on it would only
 //! throw away its place. Put a deadline around the whole loop for a wall-clock bound.
 
@@ -43,7 +43,7 @@ pub struct Backoff {
     base: Duration,
     cap: Duration,
     attempt: u32,
-    max_attempts: Option<u32>,
+    max_retries: Option<u32>,
 }
 
 impl Backoff {
@@ -61,13 +61,14 @@ impl Backoff {
             base,
             cap,
             attempt: 0,
-            max_attempts: None,
+            max_retries: None,
         }
     }
 
-    /// Give up (return `None`) after `max` consecutive blind failures.
-    pub fn with_max_attempts(mut self, max: u32) -> Backoff {
-        self.max_attempts = Some(max);
+    /// Allow `max` retries after consecutive blind failures; the failure after that
+    /// gets `None` (give up). `0` means "one attempt, no retry".
+    pub fn with_max_retries(mut self, max: u32) -> Backoff {
+        self.max_retries = Some(max);
         self
     }
 
@@ -86,9 +87,9 @@ impl Backoff {
         self.attempt
     }
 
-    /// The configured limit on consecutive blind failures, if any.
-    pub fn max_attempts(&self) -> Option<u32> {
-        self.max_attempts
+    /// The configured limit on retries after consecutive blind failures, if any.
+    pub fn max_retries(&self) -> Option<u32> {
+        self.max_retries
     }
 
     /// `min(base * 2^attempt, cap)` for the next delay, before jitter. Saturates
@@ -100,7 +101,7 @@ impl Backoff {
     }
 
     /// The next delay, ±50 % around [`Backoff::ceiling`], and count the attempt.
-    /// `None` once `max_attempts` is reached.
+    /// `None` once `max_retries` is reached.
     pub fn next_jittered<R: Rng + ?Sized>(&mut self, rng: &mut R) -> Option<Duration> {
         let c = self.take()?;
         let lo = c / 2;
@@ -126,7 +127,7 @@ impl Backoff {
 
     /// The current ceiling in nanoseconds, then one more attempt; `None` if exhausted.
     fn take(&mut self) -> Option<u64> {
-        if self.max_attempts.is_some_and(|max| self.attempt >= max) {
+        if self.max_retries.is_some_and(|max| self.attempt >= max) {
             return None;
         }
         let ceiling = u64::try_from(self.ceiling().as_nanos()).unwrap_or(u64::MAX);
@@ -166,7 +167,7 @@ impl ReconnectPolicy {
         ReconnectPolicy::with_backoff(strategy, Backoff::new(rng))
     }
 
-    /// A policy with an explicit backoff (fixed base, max attempts...).
+    /// A policy with an explicit backoff (fixed base, max retries...).
     pub fn with_backoff(strategy: Strategy, backoff: Backoff) -> ReconnectPolicy {
         ReconnectPolicy {
             strategy,
@@ -203,7 +204,7 @@ impl ReconnectPolicy {
     /// How long to wait before the next attempt, given how the last one ended.
     ///
     /// `None` means "do not retry": either the attempt connected (the backoff and the
-    /// ticket are reset for the next disconnection) or `max_attempts` is spent.
+    /// ticket are reset for the next disconnection) or `max_retries` is spent.
     ///
     /// For [`Strategy::Herdgate`] the precedence is the hint's ([`super::HintSource`]
     /// order): a ticket with its exact delay, then `retry-after-ms` / `Retry-After`,

@@ -129,7 +129,7 @@ pub enum Setback {
     NoAttempt,
 }
 
-/// The policy's `max_attempts` ran out.
+/// The policy's `max_retries` ran out.
 #[derive(Debug, thiserror::Error)]
 #[error("gave up after {attempts} attempts; last: {last}")]
 pub struct GaveUp {
@@ -157,22 +157,23 @@ pub async fn run_until_connected<R: Rng + ?Sized>(
             Stats::bump(&stats.tickets_presented);
         }
         let accept = policy.accept_tickets();
+        // Boxed for the same reason as the handshake inside: a client sleeping between
+        // attempts should not carry the space of an attempt in flight.
         let outcome = match target.confirm_within {
-            Some(wait) => connect_and_confirm(target, ticket, accept, wait).await,
-            None => connect_once(target, ticket, accept).await,
+            Some(wait) => Box::pin(connect_and_confirm(target, ticket, accept, wait)).await,
+            None => Box::pin(connect_once(target, ticket, accept)).await,
         };
         stats.record(&outcome);
         let hinted = policy.honours_hints()
             && matches!(&outcome, Outcome::Rejected(Rejection { hint: Some(_), .. }));
         let delay = policy.next_delay(&outcome, rng);
-        let last = match outcome {
-            Outcome::Connected(c) => return Ok(c),
-            Outcome::Rejected(r) => Setback::Rejected(r),
-            Outcome::Failed(e) => Setback::Failed(e),
-        };
-        let Some(delay) = delay else {
-            Stats::bump(&stats.gave_up);
-            return Err(GaveUp { attempts, last });
+        let delay = match (outcome, delay) {
+            (Outcome::Connected(c), _) => return Ok(c),
+            (_, Some(delay)) => delay,
+            (Outcome::Rejected(r), None) => {
+                return Err(gave_up(stats, attempts, Setback::Rejected(r)))
+            }
+            (Outcome::Failed(e), None) => return Err(gave_up(stats, attempts, Setback::Failed(e))),
         };
         if hinted {
             Stats::bump(&stats.hints_obeyed);
@@ -180,6 +181,11 @@ pub async fn run_until_connected<R: Rng + ?Sized>(
         stats.waited(delay);
         tokio::time::sleep(delay).await;
     }
+}
+
+fn gave_up(stats: &Stats, attempts: u32, last: Setback) -> GaveUp {
+    Stats::bump(&stats.gave_up);
+    GaveUp { attempts, last }
 }
 
 /// One client: a shared target, its own policy and rng. Small (a few hundred bytes
@@ -202,7 +208,7 @@ impl<R: Rng> ReconnectingClient<R> {
         }
     }
 
-    /// A client with an explicit policy (max attempts, fixed base...).
+    /// A client with an explicit policy (max retries, fixed base...).
     pub fn with_policy(
         target: Arc<Target>,
         policy: ReconnectPolicy,
