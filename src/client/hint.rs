@@ -80,8 +80,10 @@ impl Hint {
                 source,
             });
         }
-        let reference =
-            first_valid(headers, "date", parse_http_date).unwrap_or_else(|| unix_secs(now));
+        // The server's own Date is the reference for an HTTP-date Retry-After: a
+        // client whose clock is off still waits the interval the server meant.
+        let now = unix_secs(now);
+        let reference = first_valid(headers, "date", |v| parse_http_date(v, now)).unwrap_or(now);
         if let Some(delay) =
             first_valid(headers, "retry-after", |v| parse_retry_after(v, reference))
         {
@@ -215,7 +217,7 @@ fn parse_retry_after(s: &str, reference: i64) -> Option<Duration> {
     if let Some(secs) = parse_digits(s) {
         return Some(capped_secs(secs));
     }
-    let at = parse_http_date(s)?;
+    let at = parse_http_date(s, reference)?;
     let delta = u64::try_from(at.saturating_sub(reference)).unwrap_or(0);
     Some(capped_secs(delta))
 }
@@ -251,8 +253,9 @@ fn unix_secs(t: SystemTime) -> i64 {
 
 /// Seconds since the epoch for an HTTP-date in any of the three formats a recipient
 /// must accept (RFC 9110 §5.6.7): IMF-fixdate, obsolete RFC 850, and asctime.
-/// The weekday is not checked: it carries no information we need.
-pub fn parse_http_date(s: &str) -> Option<i64> {
+/// The weekday is not checked: it carries no information we need. `now` (seconds since
+/// the epoch) only resolves the two-digit years of RFC 850 dates.
+pub fn parse_http_date(s: &str, now: i64) -> Option<i64> {
     let s = s.trim();
     if let Some((_, rest)) = s.split_once(',') {
         let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
@@ -268,7 +271,12 @@ pub fn parse_http_date(s: &str) -> Option<i64> {
                 if parts.next().is_some() || yy.len() != 2 {
                     return None;
                 }
-                civil_secs(rfc850_year(parse_digits(yy)?), month, day, time)
+                civil_secs(
+                    rfc850_year(parse_digits(yy)?, year_of(now)),
+                    month,
+                    day,
+                    time,
+                )
             }
             _ => None,
         }
@@ -284,14 +292,32 @@ pub fn parse_http_date(s: &str) -> Option<i64> {
     }
 }
 
-/// Two-digit years: RFC 9110 §5.6.7 says a year more than 50 years in the future is
-/// the most recent past year with those digits. Pivoting at 70 (the epoch) keeps this
-/// free of the local clock and agrees with the rule until 2050.
-fn rfc850_year(yy: u64) -> u64 {
-    if yy >= 70 {
-        1900 + yy
+/// Two-digit years (RFC 9110 §5.6.7): read in the current century, unless that puts
+/// the date more than 50 years in the future, which means the previous century.
+fn rfc850_year(yy: u64, now_year: i64) -> u64 {
+    let now_year = u64::try_from(now_year).unwrap_or(1970);
+    let year = now_year - now_year % 100 + yy;
+    if year > now_year + 50 {
+        year - 100
     } else {
-        2000 + yy
+        year
+    }
+}
+
+/// Proleptic Gregorian year of a time in seconds since the epoch (H. Hinnant's
+/// civil_from_days).
+fn year_of(secs: i64) -> i64 {
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let year = yoe + era * 400;
+    if mp >= 10 {
+        year + 1
+    } else {
+        year
     }
 }
 
@@ -348,19 +374,46 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 mod tests {
     use super::*;
 
+    // 2025-01-01T00:00:00Z.
+    const NOW: i64 = 1_735_689_600;
+
+    #[test]
+    fn year_of_matches_known_dates() {
+        assert_eq!(year_of(0), 1970);
+        assert_eq!(year_of(NOW), 2025);
+        assert_eq!(year_of(NOW - 1), 2024);
+        assert_eq!(year_of(951_782_400), 2000); // 2000-02-29
+    }
+
+    #[test]
+    fn two_digit_years_follow_the_fifty_year_rule() {
+        assert_eq!(rfc850_year(94, 2025), 1994);
+        assert_eq!(rfc850_year(75, 2025), 2075);
+        assert_eq!(rfc850_year(76, 2025), 1976);
+        assert_eq!(rfc850_year(10, 2090), 2010);
+        let in_2070 = parse_http_date("Tuesday, 01-Jan-70 00:00:00 GMT", NOW).unwrap();
+        assert_eq!(year_of(in_2070), 2070);
+    }
+
     #[test]
     fn http_date_formats_agree() {
         // RFC 9110 §5.6.7's own example, in its three spellings.
         let want = 784_111_777;
-        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(want));
         assert_eq!(
-            parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"),
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT", NOW),
             Some(want)
         );
-        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(want));
-        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
         assert_eq!(
-            parse_http_date("Tue, 29 Feb 2000 00:00:00 GMT"),
+            parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT", NOW),
+            Some(want)
+        );
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994", NOW), Some(want));
+        assert_eq!(
+            parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT", NOW),
+            Some(0)
+        );
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2000 00:00:00 GMT", NOW),
             Some(951_782_400)
         );
     }
@@ -379,7 +432,7 @@ mod tests {
             "Sun Nov 6 08:49:37",
             "Sun, 06 Nov 99999 08:49:37 GMT",
         ] {
-            assert_eq!(parse_http_date(bad), None, "{bad:?}");
+            assert_eq!(parse_http_date(bad, NOW), None, "{bad:?}");
         }
     }
 
