@@ -138,7 +138,7 @@ fn authorized(req: &Request<Incoming>, shared: &Shared) -> bool {
     else {
         return false;
     };
-    ring::constant_time::verify_slices_are_equal(given.trim().as_bytes(), token.as_bytes()).is_ok()
+    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
 }
 
 pub fn node_reports(shared: &Shared) -> Vec<NodeReport> {
@@ -160,4 +160,12 @@ pub fn node_reports(shared: &Shared) -> Vec<NodeReport> {
         }
     }
     out
+}
+
+/// Compare without an early exit, so the time taken says nothing about the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -27,9 +27,9 @@ impl Registry {
         Arc::new(Registry::default())
     }
 
-    pub fn register(self: &Arc<Self>, node: Arc<Node>) -> TunnelGuard {
+    pub fn register(self: &Arc<Self>, node: Arc<Node>, key_hash: Option<u64>) -> TunnelGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let ctl = Arc::new(TunnelCtl::new(id, node));
+        let ctl = Arc::new(TunnelCtl::new(id, node, key_hash));
         self.tunnels.insert(id, ctl.clone());
         TunnelGuard {
             registry: self.clone(),

@@ -9,7 +9,7 @@ use crate::backend::{DrainSource, Node};
 use crate::config::{Config, ConfigErrors};
 use crate::metrics as m;
 use crate::server::Shared;
-use crate::snapshot::{BuildError, Snapshot};
+use crate::snapshot::{BuildCtx, BuildError, Snapshot};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -47,8 +47,16 @@ pub async fn reload(shared: &Arc<Shared>, config: Config) -> Result<(), ReloadEr
     let _writer = shared.reload_lock.lock().await;
     let old = shared.snapshot.load_full();
     let generation = shared.generation.load(std::sync::atomic::Ordering::Relaxed) + 1;
-    let snap = Snapshot::build(Arc::new(config), &shared.nodes, generation, Some(&old))
-        .map_err(|e| failed(e.into()))?;
+    let snap = Snapshot::build(
+        Arc::new(config),
+        BuildCtx {
+            nodes: &shared.nodes,
+            signer: &shared.signer,
+            generation,
+            prev: Some(&old),
+        },
+    )
+    .map_err(|e| failed(e.into()))?;
 
     // Bind new listeners before anything changes, so a bind error leaves all as it was.
     let running: HashSet<(String, SocketAddr)> = shared

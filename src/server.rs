@@ -4,7 +4,8 @@ use crate::backend::health::Health;
 use crate::backend::{Node, NodeKey};
 use crate::config::Config;
 use crate::drain::Registry;
-use crate::snapshot::{BuildError, Snapshot};
+use crate::admission::TicketSigner;
+use crate::snapshot::{BuildCtx, BuildError, Snapshot};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -36,6 +37,8 @@ pub struct Shared {
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     /// Running listeners by (name, configured bind address).
     pub(crate) listeners: Mutex<HashMap<(String, SocketAddr), RunningListener>>,
+    /// Signs admission tickets (one key for the process life).
+    pub signer: Arc<TicketSigner>,
     pub metrics: PrometheusHandle,
 }
 
@@ -86,7 +89,16 @@ impl Server {
         let metrics = crate::metrics::install();
         let config = Arc::new(config);
         let nodes = DashMap::new();
-        let snap = Snapshot::build(config.clone(), &nodes, 1, None)?;
+        let signer = crate::admission::wire::signer(&config).map_err(BuildError::from)?;
+        let snap = Snapshot::build(
+            config.clone(),
+            BuildCtx {
+                nodes: &nodes,
+                signer: &signer,
+                generation: 1,
+                prev: None,
+            },
+        )?;
         let stop_all = CancellationToken::new();
         let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
             let weak = weak.clone();
@@ -107,6 +119,7 @@ impl Server {
                 generation: AtomicU64::new(1),
                 reload_lock: tokio::sync::Mutex::new(()),
                 listeners: Mutex::new(HashMap::new()),
+                signer,
                 metrics,
             }
         });
@@ -187,6 +200,7 @@ impl Server {
         }
         let snap = shared.snapshot.load_full();
         shared.health.apply(&snap);
+        crate::admission::wire::spawn_limiter_sweeper(shared.clone());
         crate::reload::apply_drain_flags(&shared, &snap);
         tracing::info!("herdgate serving (config generation 1)");
         shutdown.await;
@@ -229,6 +243,20 @@ impl Shared {
 
     pub(crate) fn node_came_up(&self, node: &Arc<Node>) {
         crate::admission::on_node_up(self, node);
+    }
+
+    /// Learned sticky entries over all pools.
+    pub fn sticky_entries(&self) -> Option<usize> {
+        let snap = self.snapshot.load();
+        let mut any = false;
+        let n = snap
+            .pools
+            .iter()
+            .filter_map(|p| p.sticky.as_ref())
+            .inspect(|_| any = true)
+            .map(|t| t.len())
+            .sum();
+        any.then_some(n)
     }
 
     pub(crate) fn resize_conn_limit(&self, max: usize) {

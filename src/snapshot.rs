@@ -2,6 +2,7 @@
 
 use crate::backend::connect::{http_client, HttpClient};
 use crate::backend::{Node, NodeKey};
+use crate::admission::{self, RouteLimiter, TicketSigner};
 use crate::config::{Config, PoolConfig, RouteConfig, StickyConfig, StickyFallback};
 use crate::routing::{HashRing, NodeRef, RoutingError, StickySource, StickyTable};
 use crate::listener::tls::{server_config, TlsError};
@@ -29,6 +30,8 @@ pub struct Route {
     pub pool: usize,
     pub listeners: Vec<String>,
     pub sticky: Option<RouteSticky>,
+    /// Per-client new-connection limit (kept across reloads while its settings hold).
+    pub client_limiter: Option<Arc<RouteLimiter>>,
     pub cfg: RouteConfig,
 }
 
@@ -76,16 +79,27 @@ pub enum BuildError {
     Tls { listener: String, source: TlsError },
     #[error("pool {pool}: {source}")]
     Routing { pool: String, source: RoutingError },
+    #[error("{0}")]
+    Admission(#[from] crate::admission::AdmissionError),
+}
+
+/// What building a snapshot needs besides the config.
+pub struct BuildCtx<'a> {
+    pub nodes: &'a DashMap<NodeKey, Arc<Node>>,
+    pub signer: &'a Arc<TicketSigner>,
+    pub generation: u64,
+    pub prev: Option<&'a Snapshot>,
 }
 
 impl Snapshot {
     /// Build a snapshot; nodes already in `nodes` keep their live state.
-    pub fn build(
-        config: Arc<Config>,
-        nodes: &DashMap<NodeKey, Arc<Node>>,
-        generation: u64,
-        prev: Option<&Snapshot>,
-    ) -> Result<Snapshot, BuildError> {
+    pub fn build(config: Arc<Config>, ctx: BuildCtx<'_>) -> Result<Snapshot, BuildError> {
+        let BuildCtx {
+            nodes,
+            signer,
+            generation,
+            prev,
+        } = ctx;
         let mut listeners = HashMap::new();
         for l in &config.listeners {
             let name: Arc<str> = Arc::from(l.name());
@@ -105,10 +119,17 @@ impl Snapshot {
                 (Some(max), _) => Some(Arc::new(Semaphore::new(max))),
                 (None, _) => None,
             };
-            let handshake_limit = l.handshakes_per_second.map(|rate| {
-                let burst = l.handshake_burst.unwrap_or((rate / 10.0).ceil().max(1.0) as u32);
-                Arc::new(crate::admission::HandshakeLimiter::new(rate, burst))
-            });
+            let handshake_limit = match l.handshakes_per_second {
+                None => None,
+                Some(rate) => {
+                    let burst = l
+                        .handshake_burst
+                        .unwrap_or((rate / 10.0).ceil().max(1.0) as u32);
+                    Some(Arc::new(crate::admission::HandshakeLimiter::new(
+                        rate, burst,
+                    )?))
+                }
+            };
             listeners.insert(
                 name.clone(),
                 ListenerRt {
@@ -130,10 +151,24 @@ impl Snapshot {
                     name: Arc::from(n.name()),
                     addr: n.addr,
                 };
-                let node = nodes
-                    .entry(key.clone())
-                    .or_insert_with(|| Arc::new(Node::new(key)))
-                    .clone();
+                let node = match nodes.get(&key) {
+                    Some(n) => n.clone(),
+                    None => {
+                        // A node added by a reload ramps up (slow start); at start-up the
+                        // whole fleet is new and nothing ramps.
+                        let params = admission::wire::params(&config, p, n);
+                        let adm = admission::wire::node_admission(
+                            signer,
+                            p.name(),
+                            n.name(),
+                            params,
+                            prev.is_some(),
+                        )?;
+                        let node = Arc::new(Node::new(key.clone(), adm));
+                        nodes.insert(key, node.clone());
+                        node
+                    }
+                };
                 pnodes.push(node);
             }
             let ring = HashRing::build(
@@ -201,7 +236,27 @@ impl Snapshot {
                     source,
                 })?),
             };
+            let client_limiter = match &r.client_limit {
+                None => None,
+                Some(cl) => {
+                    let same = prev.and_then(|pv| {
+                        pv.routes.iter().find(|pr| {
+                            pr.cfg.pool.get_ref() == r.pool.get_ref()
+                                && pr.cfg.host == r.host
+                                && pr.cfg.path_prefix == r.path_prefix
+                                && pr.cfg.client_limit.as_ref().is_some_and(|o| {
+                                    o.rate == cl.rate && o.burst == cl.burst && o.by == cl.by
+                                })
+                        })
+                    });
+                    match same.and_then(|pr| pr.client_limiter.clone()) {
+                        Some(l) => Some(l),
+                        None => Some(Arc::new(RouteLimiter::new(cl.rate, cl.burst)?)),
+                    }
+                }
+            };
             routes.push(Route {
+                client_limiter,
                     host: r
                     .host
                     .as_deref()

@@ -66,8 +66,9 @@ pub fn node_admission(
     params: AdmissionParams,
     slow_start: bool,
 ) -> Result<NodeAdmission, super::AdmissionError> {
+    let ramp = slow_start && !params.slow_start.is_zero();
     NodeAdmission::builder(super::node_id(pool, node), params, signer.clone())
-        .slow_start(slow_start && !params.slow_start.is_zero())
+        .slow_start(ramp)
         .build(now())
 }
 

@@ -172,10 +172,12 @@ pub async fn serve(
         let m = metrics.clone();
         tokio::spawn(async move {
             m.open.increment(1.0);
-            handle_conn(stream, peer, name, lrt, shared, &m).await;
-            m.open.decrement(1.0);
-            drop(permit);
-            drop(listener_permit);
+            let guard = ConnGuard {
+                _permit: permit,
+                _listener_permit: listener_permit,
+                open: m.open.clone(),
+            };
+            handle_conn(stream, peer, name, lrt, shared, &m, guard).await;
         });
     }
 }
@@ -188,6 +190,20 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
             | io::ErrorKind::Interrupted
             | io::ErrorKind::WouldBlock
     )
+}
+
+/// Holds a connection's place under the caps; a tunnel takes it over from the HTTP
+/// connection so that caps count tunnels too.
+pub struct ConnGuard {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _listener_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    open: metrics::Gauge,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
 }
 
 /// Runtime view of a listener inside a snapshot.
@@ -206,6 +222,7 @@ async fn handle_conn(
     lrt: ListenerRt,
     shared: Arc<Shared>,
     metrics: &ListenerMetrics,
+    guard: ConnGuard,
 ) {
     let _ = stream.set_nodelay(true);
     let snap = shared.snapshot.load_full();
@@ -238,7 +255,7 @@ async fn handle_conn(
         peer,
         tls: lrt.tls.is_some(),
     };
-    let ctx = Arc::new(proxy::ConnCtx::new(shared.clone(), snap.clone(), info));
+    let ctx = Arc::new(proxy::ConnCtx::new(shared.clone(), snap.clone(), info, guard));
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, std::convert::Infallible>(proxy::handle(req, ctx).await) }

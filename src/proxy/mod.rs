@@ -6,26 +6,42 @@ mod http_fwd;
 pub mod respond;
 mod upgrade;
 
-use crate::listener::ConnInfo;
-use crate::server::Shared;
+use crate::admission::wire::{decide, ticket_info};
+use crate::admission::{AdmitInput, ClientKey, Decision};
+use crate::backend::Node;
+use crate::config::{ClientLimitKey, RejectStyle};
+use crate::listener::{ConnGuard, ConnInfo};
 use crate::routing;
-use crate::snapshot::Snapshot;
+use crate::server::Shared;
+use crate::snapshot::{Route, Snapshot};
 use body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use respond::{error_response, ProxyError};
-use std::sync::Arc;
+use respond::{error_response, ProxyError, Rejection};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 /// Per-connection context: the snapshot is loaded once and kept for the connection's life.
 pub struct ConnCtx {
     pub shared: Arc<Shared>,
     pub snap: Arc<Snapshot>,
     pub info: ConnInfo,
+    guard: Mutex<Option<ConnGuard>>,
 }
 
 impl ConnCtx {
-    pub fn new(shared: Arc<Shared>, snap: Arc<Snapshot>, info: ConnInfo) -> Self {
-        ConnCtx { shared, snap, info }
+    pub fn new(shared: Arc<Shared>, snap: Arc<Snapshot>, info: ConnInfo, guard: ConnGuard) -> Self {
+        ConnCtx {
+            shared,
+            snap,
+            info,
+            guard: Mutex::new(Some(guard)),
+        }
+    }
+
+    /// Move the connection's cap slot to a tunnel.
+    pub(crate) fn take_guard(&self) -> Option<ConnGuard> {
+        self.guard.lock().ok().and_then(|mut g| g.take())
     }
 }
 
@@ -52,16 +68,117 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
     let ws = crate::websocket::handshake::check_upgrade(&req)?;
     let (parts, body) = req.into_parts();
     let (key, cookie) = routing::session_key(route, &parts, ctx.info.peer.ip(), ctx.info.tls);
+    let browser_close = ws && route.cfg.reject == RejectStyle::WebsocketClose;
+
+    if let Some(limiter) = &route.client_limiter {
+        let ck = match (route.cfg.client_limit.as_ref().map(|c| c.by), key) {
+            (Some(ClientLimitKey::StickyKey), Some(h)) => ClientKey::Id(format!("{h:x}").into()),
+            _ => ClientKey::Ip(ctx.info.peer.ip().to_canonical()),
+        };
+        if let Err(retry_after) = limiter.check(&ck) {
+            metrics::counter!(crate::metrics::CLIENT_LIMITED).increment(1);
+            let rej = Rejection::client_limited(retry_after);
+            return Ok(respond::reject(&parts, rej, browser_close, &ctx.shared));
+        }
+    }
+
     let choice = routing::choose(pool, key, cookie)
         .ok_or_else(|| ProxyError::NoNode(pool.name.to_string()))?;
+    let node = choice.node;
+
+    if ws || route.cfg.admit_http {
+        if let Some(rej) = admit(node, route, pool, &parts).await {
+            return Ok(respond::reject(&parts, rej, browser_close, &ctx.shared));
+        }
+    }
+
     let req = Request::from_parts(parts, body);
     let mut resp = if ws {
-        upgrade::forward(req, choice.node, ctx, choice.key_hash).await?
+        upgrade::forward(req, node, ctx, choice.key_hash).await?
     } else {
-        http_fwd::forward(req, choice.node, ctx, host.as_deref()).await?
+        http_fwd::forward(req, node, ctx, host.as_deref()).await?
     };
     if let Some(c) = choice.set_cookie {
         resp.headers_mut().append(http::header::SET_COOKIE, c);
     }
     Ok(resp)
+}
+
+/// Admission of one request to `node`: `None` to go ahead, or how to turn it away.
+/// In queue mode the request may wait here for its slot.
+async fn admit(
+    node: &Arc<Node>,
+    _route: &Route,
+    pool: &crate::snapshot::Pool,
+    parts: &http::request::Parts,
+) -> Option<Rejection> {
+    let ti = ticket_info(parts);
+    let queue = pool.cfg.queue.as_ref().filter(|q| {
+        (node.queue_len.load(Ordering::Relaxed) as usize) < q.max_len
+    });
+    let input = AdmitInput {
+        ticket: ti.ticket,
+        wants_ticket: ti.wants,
+        may_queue: queue.map(|q| q.timeout.0),
+    };
+    match decide(node, &input) {
+        Decision::Admit { .. } => None,
+        Decision::Queue { until, slot, .. } => {
+            // Hold the request until its slot. If the client goes away meanwhile hyper
+            // drops this future: the guard gives the token back as a promise credit.
+            let _waiting = QueueGuard::new(node, slot);
+            let now = crate::admission::wire::now();
+            let wait = std::time::Duration::from_nanos(until.saturating_sub(now));
+            tokio::time::sleep(wait).await;
+            _waiting.served();
+            node.metrics.admitted_queue.increment(1);
+            None
+        }
+        Decision::Reject {
+            retry_after,
+            ticket,
+            overflow,
+            ..
+        } => Some(Rejection::busy(
+            retry_after,
+            ticket,
+            overflow,
+            node.admission.params().rate,
+            node.admission.params().claim_window,
+        )),
+    }
+}
+
+/// A request waiting in queue mode.
+struct QueueGuard<'a> {
+    node: &'a Node,
+    slot: crate::admission::Nanos,
+    served: std::cell::Cell<bool>,
+}
+
+impl<'a> QueueGuard<'a> {
+    fn new(node: &'a Node, slot: crate::admission::Nanos) -> Self {
+        let n = node.queue_len.fetch_add(1, Ordering::Relaxed) + 1;
+        node.metrics.queue_len.set(n as f64);
+        QueueGuard {
+            node,
+            slot,
+            served: std::cell::Cell::new(false),
+        }
+    }
+
+    fn served(&self) {
+        self.served.set(true);
+    }
+}
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        let n = self.node.queue_len.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        self.node.metrics.queue_len.set(n as f64);
+        if !self.served.get() {
+            // Abandoned: nobody to forward; the token goes to whoever comes next.
+            self.node.admission.refund(self.slot);
+        }
+    }
 }

@@ -21,6 +21,7 @@ pub async fn forward(
     mut req: Request<Incoming>,
     node: &Arc<Node>,
     ctx: &ConnCtx,
+    key_hash: Option<u64>,
 ) -> Result<Response<Body>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     let host = super::headers::request_host(&req)?;
@@ -110,7 +111,8 @@ pub async fn forward(
         client_upgrade,
         node_upgrade,
         node.clone(),
-        ctx.shared.clone(),
+        ctx,
+        key_hash,
         settings,
     );
     Ok(Response::from_parts(parts, Body::empty()))
@@ -120,10 +122,15 @@ fn spawn_tunnel(
     client: OnUpgrade,
     node_side: OnUpgrade,
     node: Arc<Node>,
-    shared: Arc<crate::server::Shared>,
+    ctx: &ConnCtx,
+    key_hash: Option<u64>,
     settings: TunnelSettings,
 ) {
+    let shared = ctx.shared.clone();
+    // The tunnel keeps the connection's slot under the connection caps.
+    let conn_guard = ctx.take_guard();
     tokio::spawn(async move {
+        let _conn_guard = conn_guard;
         let (c, b) = match tokio::join!(client, node_side) {
             (Ok(c), Ok(b)) => (c, b),
             (Err(e), _) | (_, Err(e)) => {
@@ -147,7 +154,7 @@ fn spawn_tunnel(
             }
         };
         let backend_side = Side::Plain(b.io.into_inner());
-        let guard = shared.tunnels.register(node.clone());
+        let guard = shared.tunnels.register(node.clone(), key_hash);
         node.open_tunnels.fetch_add(1, Ordering::Relaxed);
         node.metrics.tunnels_open.increment(1.0);
         node.metrics.tunnels_total.increment(1);

@@ -2,6 +2,7 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod reject;
 pub mod side;
 pub mod tunnel;
 

@@ -38,16 +38,19 @@ const CMD_CLOSE_NOW: u8 = 2;
 pub struct TunnelCtl {
     pub id: u64,
     pub node: Arc<Node>,
+    /// The client's session key hash: where it will land when it reconnects.
+    pub key_hash: Option<u64>,
     command: AtomicU8,
     hint_ms: AtomicU64,
     notify: Notify,
 }
 
 impl TunnelCtl {
-    pub fn new(id: u64, node: Arc<Node>) -> Self {
+    pub fn new(id: u64, node: Arc<Node>, key_hash: Option<u64>) -> Self {
         TunnelCtl {
             id,
             node,
+            key_hash,
             command: AtomicU8::new(CMD_NONE),
             hint_ms: AtomicU64::new(0),
             notify: Notify::new(),
