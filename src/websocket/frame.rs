@@ -168,7 +168,9 @@ impl FrameTracker {
     /// sent while no fragmented message is open. Control frames between fragments (§5.4) do
     /// not stop it. The return value is the number of bytes consumed; when it is less than
     /// `data.len()` the tracker is at a message boundary, when it equals `data.len()` ask
-    /// [`Self::at_message_boundary`]. Empty `data` consumes nothing.
+    /// [`Self::at_message_boundary`]. Empty `data` consumes nothing. A stop never happens
+    /// at the starting position: when already at a boundary, the next message is consumed,
+    /// so to inject a close right away check [`Self::at_message_boundary`] first.
     ///
     /// Headers may be split across calls at any byte; the boundaries found do not depend on
     /// how the stream is split.
