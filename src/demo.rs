@@ -125,7 +125,10 @@ pub async fn run_with(
     if print {
         println!("herdgate demo");
         println!("  ws:       ws://{ws_addr}/chat");
-        println!("  wss:      wss://localhost:{}/chat (self-signed)", wss_addr.port());
+        println!(
+            "  wss:      wss://localhost:{}/chat (self-signed)",
+            wss_addr.port()
+        );
         if let Some(a) = admin {
             println!("  metrics:  http://{a}/metrics    nodes: http://{a}/admin/nodes");
         }
@@ -136,7 +139,11 @@ pub async fn run_with(
             "  {n_clients} clients ({:.0}% over TLS), admit_rate {}/s per node{}",
             args.tls_share * 100.0,
             args.admit_rate,
-            if args.storm { ", storm after connect" } else { "" }
+            if args.storm {
+                ", storm after connect"
+            } else {
+                ""
+            }
         );
         println!("  Ctrl-C to stop\n");
     }
@@ -221,7 +228,13 @@ pub async fn run_with(
                 println!("\n*** killing node demo-1 ({displaced} clients) ***\n");
             }
             nodes[victim].stop();
-            storm = Some(StormState::new(displaced, &handle, victim, args.admit_rate, &shared.stats));
+            storm = Some(StormState::new(
+                displaced,
+                &handle,
+                victim,
+                args.admit_rate,
+                &shared.stats,
+            ));
         }
     }
     report.connected_at_end = shared.connected.load(Ordering::Relaxed);
@@ -381,7 +394,12 @@ struct StormState {
 
 impl StormState {
     fn new(displaced: u64, h: &Handle, victim: usize, rate: f64, stats: &Stats) -> Self {
-        let nodes = h.snapshot().pools.iter().map(|p| p.nodes.len()).sum::<usize>();
+        let nodes = h
+            .snapshot()
+            .pools
+            .iter()
+            .map(|p| p.nodes.len())
+            .sum::<usize>();
         StormState {
             start: Instant::now(),
             displaced,
@@ -413,7 +431,8 @@ impl StormState {
     }
 
     fn done(&self) -> bool {
-        self.to_100.is_some_and(|d| d + Duration::from_millis(999) >= self.start.elapsed())
+        self.to_100
+            .is_some_and(|d| d + Duration::from_millis(999) >= self.start.elapsed())
     }
 
     fn report(&self, stats: &Stats) -> StormReport {

@@ -6,13 +6,13 @@
 use crate::backend::{DrainSource, Node};
 use crate::server::Shared;
 use crate::snapshot::Snapshot;
-use rand::seq::SliceRandom;
-use std::time::Duration;
-use tokio::time::Instant;
 use crate::websocket::tunnel::TunnelCtl;
 use dashmap::DashMap;
+use rand::seq::SliceRandom;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
 
 #[derive(Default)]
 pub struct Registry {

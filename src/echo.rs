@@ -43,7 +43,9 @@ impl EchoNode {
     }
 
     pub fn from_listener(listener: TcpListener) -> EchoNode {
-        let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         let stats = Arc::new(EchoStats::default());
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, stats.clone(), stop.clone()));
@@ -82,6 +84,7 @@ async fn accept_loop(listener: TcpListener, stats: Arc<EchoStats>, stop: Cancell
         let stop = stop.clone();
         tokio::spawn(async move {
             let st = stats.clone();
+            #[allow(clippy::result_large_err)] // tungstenite's callback signature
             let cb = move |req: &Request, mut resp: Response| {
                 if let Ok(mut g) = st.last_headers.lock() {
                     *g = Some(req.headers().clone());
@@ -101,7 +104,9 @@ async fn accept_loop(listener: TcpListener, stats: Arc<EchoStats>, stop: Cancell
             let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
             cfg.max_message_size = Some(64 << 20);
             cfg.max_frame_size = Some(64 << 20);
-            let ws = match tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(cfg)).await {
+            let ws = match tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(cfg))
+                .await
+            {
                 Ok(ws) => ws,
                 Err(_) => return,
             };

@@ -14,7 +14,11 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_BIND: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "herdgate", version, about = "WebSocket edge proxy that survives reconnect storms")]
+#[command(
+    name = "herdgate",
+    version,
+    about = "WebSocket edge proxy that survives reconnect storms"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -81,7 +85,10 @@ fn init_tracing() {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("herdgate: cannot start the runtime: {e}");
@@ -102,7 +109,10 @@ fn reload(pidfile: &std::path::Path) -> ExitCode {
         eprintln!("herdgate reload: {} holds no pid", pidfile.display());
         return ExitCode::from(EXIT_RUNTIME);
     }
-    match std::process::Command::new("kill").args(["-HUP", &pid]).status() {
+    match std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+    {
         Ok(s) if s.success() => ExitCode::SUCCESS,
         Ok(_) | Err(_) => {
             eprintln!("herdgate reload: could not signal pid {pid}");

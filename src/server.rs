@@ -1,10 +1,10 @@
 //! The running proxy: shared state, listeners, admin endpoint, lifecycle.
 
+use crate::admission::TicketSigner;
 use crate::backend::health::Health;
 use crate::backend::{Node, NodeKey};
 use crate::config::Config;
 use crate::drain::Registry;
-use crate::admission::TicketSigner;
 use crate::snapshot::{BuildCtx, BuildError, Snapshot};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -135,13 +135,13 @@ impl Server {
                 });
             let sock = match pos {
                 Some(i) => inherited.swap_remove(i).listener,
-                None => crate::listener::bind(l.bind, l.backlog).map_err(|source| {
-                    StartError::Bind {
+                None => {
+                    crate::listener::bind(l.bind, l.backlog).map_err(|source| StartError::Bind {
                         name: l.name().to_string(),
                         addr: l.bind,
                         source,
-                    }
-                })?,
+                    })?
+                }
             };
             pending.push((l.name().to_string(), l.bind, sock));
         }
@@ -304,7 +304,10 @@ impl Handle {
     }
 
     /// Read, validate and apply a file; on error the running config stays.
-    pub async fn reload_file(&self, path: &std::path::Path) -> Result<(), crate::reload::ReloadError> {
+    pub async fn reload_file(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<(), crate::reload::ReloadError> {
         crate::reload::reload_file(&self.shared, path).await
     }
 

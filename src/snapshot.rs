@@ -1,12 +1,12 @@
 //! The immutable routing snapshot: one per config generation, swapped atomically.
 
+use crate::admission::{self, RouteLimiter, TicketSigner};
 use crate::backend::connect::{http_client, HttpClient};
 use crate::backend::{Node, NodeKey};
-use crate::admission::{self, RouteLimiter, TicketSigner};
 use crate::config::{Config, PoolConfig, RouteConfig, StickyConfig, StickyFallback};
-use crate::routing::{HashRing, NodeRef, RoutingError, StickySource, StickyTable};
 use crate::listener::tls::{server_config, TlsError};
 use crate::listener::ListenerRt;
+use crate::routing::{HashRing, NodeRef, RoutingError, StickySource, StickyTable};
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -114,7 +114,10 @@ impl Snapshot {
             };
             // Caps keep their permits across reloads when unchanged.
             let prev_rt = prev.and_then(|p| p.listeners.get(&name));
-            let conn_limit = match (l.max_connections, prev_rt.and_then(|p| p.conn_limit.clone())) {
+            let conn_limit = match (
+                l.max_connections,
+                prev_rt.and_then(|p| p.conn_limit.clone()),
+            ) {
                 (Some(max), Some(old)) if prev_max(prev, &name) == Some(max) => Some(old),
                 (Some(max), _) => Some(Arc::new(Semaphore::new(max))),
                 (None, _) => None,
@@ -257,7 +260,7 @@ impl Snapshot {
             };
             routes.push(Route {
                 client_limiter,
-                    host: r
+                host: r
                     .host
                     .as_deref()
                     .filter(|h| *h != "*")

@@ -128,12 +128,7 @@ where
         })
         .unwrap();
         match need_ticket {
-            Some(t)
-                if req
-                    .headers()
-                    .get("herdgate-ticket")
-                    .map_or(true, |v| v != t) =>
-            {
+            Some(t) if req.headers().get("herdgate-ticket").is_none_or(|v| v != t) => {
                 Err(http::Response::builder()
                     .status(503)
                     .header("retry-after", "1")

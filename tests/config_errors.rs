@@ -165,5 +165,8 @@ fn check_command_prints_ok_or_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("route[0].pool") && err.contains("line 7"), "{err}");
+    assert!(
+        err.contains("route[0].pool") && err.contains("line 7"),
+        "{err}"
+    );
 }

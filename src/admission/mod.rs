@@ -34,11 +34,11 @@ pub use clock::{
 };
 pub use handshake::HandshakeLimiter;
 pub use params::AdmissionParams;
-pub use wire::{
-    apply_snapshot, drain_hint, node_rate_backlog, on_node_up, refresh_gauges, RouteLimiter,
-};
 pub use ticket::{
     node_id, TicketCheck, TicketClaims, TicketKey, TicketSigner, TICKET_KEY_MIN_LEN, TICKET_MAX_LEN,
+};
+pub use wire::{
+    apply_snapshot, drain_hint, node_rate_backlog, on_node_up, refresh_gauges, RouteLimiter,
 };
 
 /// Errors of the admission module; each names the offending setting or file and its value.

@@ -106,7 +106,9 @@ pub fn refresh_gauges(shared: &Shared) {
                 .backlog
                 .set(node.admission.backlog(t).as_secs_f64());
             let s = node.admission.stats();
-            node.metrics.unclaimed_promises.absolute(s.unclaimed_promises);
+            node.metrics
+                .unclaimed_promises
+                .absolute(s.unclaimed_promises);
             node.metrics
                 .unclaimed_reservations
                 .absolute(s.unclaimed_reservations);

@@ -18,10 +18,7 @@ pub enum ConnectError {
     #[error("connecting to {addr} timed out after {after:?}")]
     Timeout { addr: SocketAddr, after: Duration },
     #[error("connecting to {addr}: {source}")]
-    Io {
-        addr: SocketAddr,
-        source: io::Error,
-    },
+    Io { addr: SocketAddr, source: io::Error },
 }
 
 impl ConnectError {

@@ -45,7 +45,15 @@ impl Health {
         let threshold = node.passive_threshold.load(Ordering::Relaxed).max(1);
         let n = node.soft_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if hard || n >= threshold as u64 {
-            self.mark(node, false, if hard { "connect refused" } else { "consecutive failures" });
+            self.mark(
+                node,
+                false,
+                if hard {
+                    "connect refused"
+                } else {
+                    "consecutive failures"
+                },
+            );
         }
     }
 
@@ -125,7 +133,12 @@ impl Health {
         }
     }
 
-    async fn check_loop(self: Arc<Self>, node: Arc<Node>, h: HealthConfig, stop: CancellationToken) {
+    async fn check_loop(
+        self: Arc<Self>,
+        node: Arc<Node>,
+        h: HealthConfig,
+        stop: CancellationToken,
+    ) {
         // Jittered start: checks of many nodes (and many proxies) never synchronise.
         let first = h.interval.0.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
         let mut wait = first;

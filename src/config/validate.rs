@@ -36,11 +36,7 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
         );
     }
     if cfg.limits.max_connections == 0 {
-        r.at(
-            "limits.max_connections".into(),
-            none,
-            "must be > 0, got 0",
-        );
+        r.at("limits.max_connections".into(), none, "must be > 0, got 0");
     }
     if cfg.limits.max_header_bytes < 8192 {
         r.at(
@@ -332,8 +328,12 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
                 );
             }
             let named = [
-                s.cookie.as_deref().map(crate::routing::StickySource::cookie),
-                s.header.as_deref().map(crate::routing::StickySource::header),
+                s.cookie
+                    .as_deref()
+                    .map(crate::routing::StickySource::cookie),
+                s.header
+                    .as_deref()
+                    .map(crate::routing::StickySource::header),
                 s.query.as_deref().map(crate::routing::StickySource::query),
             ];
             for e in named.into_iter().flatten().filter_map(Result::err) {
@@ -368,6 +368,10 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
 
 fn check_rate(r: &mut Report, key: String, at: Option<&Spanned<String>>, who: &str, rate: f64) {
     if !(rate.is_finite() && rate > 0.0) {
-        r.at(key, at, format!("{who}: admit_rate must be > 0, got {rate}"));
+        r.at(
+            key,
+            at,
+            format!("{who}: admit_rate must be > 0, got {rate}"),
+        );
     }
 }

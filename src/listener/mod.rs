@@ -255,7 +255,12 @@ async fn handle_conn(
         peer,
         tls: lrt.tls.is_some(),
     };
-    let ctx = Arc::new(proxy::ConnCtx::new(shared.clone(), snap.clone(), info, guard));
+    let ctx = Arc::new(proxy::ConnCtx::new(
+        shared.clone(),
+        snap.clone(),
+        info,
+        guard,
+    ));
     let service = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, std::convert::Infallible>(proxy::handle(req, ctx).await) }
@@ -265,7 +270,9 @@ async fn handle_conn(
         .header_read_timeout(remaining)
         .max_buf_size(snap.config.limits.max_header_bytes)
         .keep_alive(true);
-    let conn = b.serve_connection(TokioIo::new(io), service).with_upgrades();
+    let conn = b
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     drop(snap);
     let stop = shared.stop_http.clone();
     tokio::pin!(conn);

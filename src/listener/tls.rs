@@ -49,12 +49,13 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 /// Load a PEM chain and its key, and check that they belong together.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let cert_pem = read(cert)?;
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut BufReader::new(&cert_pem[..]))
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Pem {
-            path: cert.to_path_buf(),
-            detail: e.to_string(),
-        })?;
+    let chain: Vec<CertificateDer<'static>> =
+        rustls_pemfile::certs(&mut BufReader::new(&cert_pem[..]))
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Pem {
+                path: cert.to_path_buf(),
+                detail: e.to_string(),
+            })?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate {
             path: cert.to_path_buf(),
@@ -158,7 +159,10 @@ fn session_cache(listener: &str, size: usize) -> Arc<dyn StoresServerSessions> {
 
 /// Build the rustls server config of one listener: TLS 1.3 and 1.2, ALPN http/1.1, SNI,
 /// tickets and a session cache.
-pub fn server_config(listener: &str, cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(
+    listener: &str,
+    cfg: &TlsConfig,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
     let mut default = None;
@@ -201,6 +205,7 @@ pub fn server_config(listener: &str, cfg: &TlsConfig) -> Result<Arc<rustls::Serv
 /// A self-signed certificate for the demo and tests (PEM cert, PEM key).
 pub fn self_signed(names: &[&str]) -> Result<(String, String), TlsError> {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Setup(e.to_string()))?;
+    let ck =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Setup(e.to_string()))?;
     Ok((ck.cert.pem(), ck.key_pair.serialize_pem()))
 }

@@ -28,7 +28,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    let up = if upgrade { h.get(UPGRADE).cloned() } else { None };
+    let up = if upgrade {
+        h.get(UPGRADE).cloned()
+    } else {
+        None
+    };
     for n in named {
         h.remove(n);
     }
@@ -137,7 +141,12 @@ mod tests {
     fn forwarded_appends() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), true, Some("chat.example"));
+        add_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            true,
+            Some("chat.example"),
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "10.0.0.1, 127.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "chat.example");
@@ -150,7 +159,10 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(request_host(&r).unwrap().as_deref(), Some("chat.example"));
-        let r = Request::builder().header(HOST, "[::1]:80").body(()).unwrap();
+        let r = Request::builder()
+            .header(HOST, "[::1]:80")
+            .body(())
+            .unwrap();
         assert_eq!(request_host(&r).unwrap().as_deref(), Some("::1"));
         let r = Request::builder().body(()).unwrap();
         assert!(request_host(&r).is_err());

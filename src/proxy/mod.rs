@@ -113,9 +113,11 @@ async fn admit(
     parts: &http::request::Parts,
 ) -> Option<Rejection> {
     let ti = ticket_info(parts);
-    let queue = pool.cfg.queue.as_ref().filter(|q| {
-        (node.queue_len.load(Ordering::Relaxed) as usize) < q.max_len
-    });
+    let queue = pool
+        .cfg
+        .queue
+        .as_ref()
+        .filter(|q| (node.queue_len.load(Ordering::Relaxed) as usize) < q.max_len);
     let input = AdmitInput {
         ticket: ti.ticket,
         wants_ticket: ti.wants,
@@ -174,7 +176,11 @@ impl<'a> QueueGuard<'a> {
 
 impl Drop for QueueGuard<'_> {
     fn drop(&mut self) {
-        let n = self.node.queue_len.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        let n = self
+            .node
+            .queue_len
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
         self.node.metrics.queue_len.set(n as f64);
         if !self.served.get() {
             // Abandoned: nobody to forward; the token goes to whoever comes next.

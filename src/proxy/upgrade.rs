@@ -72,21 +72,20 @@ pub async fn forward(
     parts.uri = Uri::try_from(pq).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
     let breq = Request::from_parts(parts, Body::empty());
 
-    let mut resp = match tokio::time::timeout(timeouts.backend_response.0, sender.send_request(breq))
-        .await
-    {
-        Err(_) => {
-            node.metrics.backend_timeout.increment(1);
-            ctx.shared.health.passive_failure(node, false);
-            return Err(ProxyError::BackendTimeout);
-        }
-        Ok(Err(e)) => {
-            node.metrics.backend_other.increment(1);
-            ctx.shared.health.passive_failure(node, false);
-            return Err(ProxyError::BackendFailed(e.to_string()));
-        }
-        Ok(Ok(r)) => r,
-    };
+    let mut resp =
+        match tokio::time::timeout(timeouts.backend_response.0, sender.send_request(breq)).await {
+            Err(_) => {
+                node.metrics.backend_timeout.increment(1);
+                ctx.shared.health.passive_failure(node, false);
+                return Err(ProxyError::BackendTimeout);
+            }
+            Ok(Err(e)) => {
+                node.metrics.backend_other.increment(1);
+                ctx.shared.health.passive_failure(node, false);
+                return Err(ProxyError::BackendFailed(e.to_string()));
+            }
+            Ok(Ok(r)) => r,
+        };
 
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The node said no: its answer is the client's answer.

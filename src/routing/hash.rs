@@ -124,7 +124,7 @@ impl RendezvousTable {
                 continue;
             }
             let s = score(key_hash, slot.name_hash, slot.weight, self.uniform);
-            if best.map_or(true, |b| self.ranks_above((s, i), b)) {
+            if best.is_none_or(|b| self.ranks_above((s, i), b)) {
                 best = Some((s, i));
             }
         }
@@ -204,7 +204,7 @@ impl<F: Fn(usize) -> bool> Iterator for Preference<'_, F> {
             if self.last.is_some_and(|last| !t.ranks_above(last, cand)) {
                 continue;
             }
-            if best.map_or(true, |b| t.ranks_above(cand, b)) {
+            if best.is_none_or(|b| t.ranks_above(cand, b)) {
                 best = Some(cand);
             }
         }

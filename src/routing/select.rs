@@ -83,7 +83,7 @@ pub fn choose<'a>(
 }
 
 /// Where a client with this key would land now (drain hints).
-pub fn landing<'a>(pool: &'a Pool, key_hash: Option<u64>) -> Option<&'a Arc<Node>> {
+pub fn landing(pool: &Pool, key_hash: Option<u64>) -> Option<&Arc<Node>> {
     match key_hash {
         Some(h) => pool
             .ring

@@ -34,10 +34,14 @@ pub fn check_upgrade<B>(req: &Request<B>) -> Result<bool, ProxyError> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|k| k.len() == 24 && k.ends_with("=="));
     if !key_ok {
-        return Err(ProxyError::BadRequest("missing or malformed Sec-WebSocket-Key"));
+        return Err(ProxyError::BadRequest(
+            "missing or malformed Sec-WebSocket-Key",
+        ));
     }
     if h.get("sec-websocket-version").map(|v| v.as_bytes()) != Some(b"13") {
-        return Err(ProxyError::BadRequest("unsupported Sec-WebSocket-Version (need 13)"));
+        return Err(ProxyError::BadRequest(
+            "unsupported Sec-WebSocket-Version (need 13)",
+        ));
     }
     Ok(true)
 }

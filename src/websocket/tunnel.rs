@@ -61,12 +61,9 @@ impl TunnelCtl {
     pub fn drain(&self, retry_after: Duration) {
         self.hint_ms
             .store(retry_after.as_millis() as u64, Ordering::Relaxed);
-        let _ = self.command.compare_exchange(
-            CMD_NONE,
-            CMD_DRAIN,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
+        let _ =
+            self.command
+                .compare_exchange(CMD_NONE, CMD_DRAIN, Ordering::AcqRel, Ordering::Relaxed);
         self.notify.notify_one();
     }
 
@@ -238,7 +235,13 @@ fn close_reason(hint_ms: Option<u64>) -> String {
 }
 
 /// Queue a close frame towards `dst` after whatever is pending.
-fn send_close(dst: &mut Side, dir: &mut Dir, code: u16, reason: &str, mask: bool) -> io::Result<()> {
+fn send_close(
+    dst: &mut Side,
+    dir: &mut Dir,
+    code: u16,
+    reason: &str,
+    mask: bool,
+) -> io::Result<()> {
     let mut frame = [0u8; 131];
     let key = mask.then(rand::random::<[u8; 4]>);
     let len = write_close_frame(&mut frame, code, reason, key);
