@@ -49,7 +49,7 @@ fn broken_configs_each_name_the_key_and_the_fix() {
         (
             "duplicate node names",
             format!("{GOOD}[[pool.node]]\nname = \"chat-1\"\naddr = \"127.0.0.1:9002\"\n"),
-            vec!["pool[0].node[1].name", "duplicate node name \"chat-1\" in pool chat", "line 17"],
+            vec!["pool[0].node[1].name", "duplicate node name \"chat-1\" in pool chat", "line 15"],
         ),
         (
             "duration without unit",

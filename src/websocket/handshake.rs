@@ -38,7 +38,8 @@ pub fn check_upgrade<B>(req: &Request<B>) -> Result<bool, ProxyError> {
             "missing or malformed Sec-WebSocket-Key",
         ));
     }
-    if h.get("sec-websocket-version").map(|v| v.as_bytes()) != Some(b"13") {
+    let mut versions = h.get_all("sec-websocket-version").iter();
+    if versions.next().map(|v| v.as_bytes()) != Some(b"13") || versions.next().is_some() {
         return Err(ProxyError::BadRequest(
             "unsupported Sec-WebSocket-Version (need 13)",
         ));
@@ -99,7 +100,7 @@ mod tests {
         // RFC 6455 §1.3.
         assert_eq!(
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaGOlWSTzjOlBeLqEY="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 }
