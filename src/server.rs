@@ -30,6 +30,8 @@ pub struct Shared {
     pub health: Arc<Health>,
     /// Cancelled at shutdown: keep-alive HTTP connections finish their request and close.
     pub stop_http: CancellationToken,
+    /// HTTP connections being served (not tunnels): shutdown waits for them.
+    pub http_active: crate::drain::ActiveCount,
     /// Cancelled when everything must stop (background tasks).
     pub stop_all: CancellationToken,
     pub(crate) generation: AtomicU64,
@@ -115,6 +117,7 @@ impl Server {
                 conn_limit_size: AtomicU64::new(config.limits.max_connections as u64),
                 health: Arc::new(Health::new(on_up, stop_all.clone())),
                 stop_http: CancellationToken::new(),
+                http_active: Default::default(),
                 stop_all,
                 generation: AtomicU64::new(1),
                 reload_lock: tokio::sync::Mutex::new(()),

@@ -225,6 +225,7 @@ async fn handle_conn(
     guard: ConnGuard,
 ) {
     let _ = stream.set_nodelay(true);
+    let _active = shared.http_active.enter();
     let snap = shared.snapshot.load_full();
     let timeouts = &snap.config.timeouts;
     let deadline = Instant::now() + timeouts.handshake.0;
