@@ -229,6 +229,10 @@ pub async fn shutdown(shared: &Arc<Shared>) {
         tunnels.len()
     );
     metrics::gauge!(crate::metrics::DRAINING_TUNNELS).set(tunnels.len() as f64);
+    let _ = crate::systemd::status(&format!(
+        "shutting down: closing {} tunnels over {spread:?}",
+        tunnels.len()
+    ));
     let deadline = started + timeout;
     let never = tokio_util::sync::CancellationToken::new();
     tokio::select! {

@@ -87,7 +87,7 @@ impl Server {
 
     /// Like [`Server::bind`], taking already-open sockets first: matched by name, else by
     /// local address.
-    pub fn bind_with(config: Config, mut inherited: Vec<Inherited>) -> Result<Server, StartError> {
+    pub fn bind_with(config: Config, inherited: Vec<Inherited>) -> Result<Server, StartError> {
         let metrics = crate::metrics::install();
         let config = Arc::new(config);
         let nodes = DashMap::new();
@@ -126,18 +126,35 @@ impl Server {
                 metrics,
             }
         });
+        // Inherited sockets (socket activation): by name first, then by address.
+        let wanted: Vec<(&str, SocketAddr)> = config
+            .listeners
+            .iter()
+            .map(|l| (l.name(), l.bind))
+            .collect();
+        let inherited = inherited
+            .into_iter()
+            .map(|i| crate::systemd::InheritedListener {
+                name: i.name,
+                listener: i.listener,
+            })
+            .collect();
+        let (slots, unclaimed) = crate::systemd::match_listeners(inherited, &wanted);
+        for i in unclaimed {
+            tracing::warn!(
+                "inherited socket {:?} ({:?}) matches no [[listener]]: closing it \
+                 (fix the socket unit or the config: nothing would serve it)",
+                i.name,
+                i.local_addr().ok()
+            );
+        }
         let mut pending = Vec::new();
-        for l in &config.listeners {
-            let pos = inherited
-                .iter()
-                .position(|i| i.name.as_deref() == Some(l.name()))
-                .or_else(|| {
-                    inherited
-                        .iter()
-                        .position(|i| i.listener.local_addr().ok() == Some(l.bind))
-                });
-            let sock = match pos {
-                Some(i) => inherited.swap_remove(i).listener,
+        for (l, slot) in config.listeners.iter().zip(slots) {
+            let sock = match slot {
+                Some(i) => {
+                    tracing::info!(listener = %l.name(), "using the inherited socket");
+                    i.listener
+                }
                 None => {
                     crate::listener::bind(l.bind, l.backlog).map_err(|source| StartError::Bind {
                         name: l.name().to_string(),
@@ -147,13 +164,6 @@ impl Server {
                 }
             };
             pending.push((l.name().to_string(), l.bind, sock));
-        }
-        for i in inherited {
-            tracing::warn!(
-                "inherited socket {:?} ({:?}) matches no listener; closing it",
-                i.name,
-                i.listener.local_addr().ok()
-            );
         }
         let admin = if config.admin.enabled {
             Some(
