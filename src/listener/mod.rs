@@ -229,7 +229,13 @@ async fn handle_conn(
     let snap = shared.snapshot.load_full();
     let timeouts = &snap.config.timeouts;
     let deadline = Instant::now() + timeouts.handshake.0;
-    let io = match &lrt.tls {
+    // The accept loop read `lrt` before it waited in accept(): a reload since then (new
+    // certificates, a new SNI set) must apply to this connection already.
+    let tls = match snap.listener(&name) {
+        Some(now) => now.tls.clone(),
+        None => lrt.tls,
+    };
+    let io = match &tls {
         None => ClientIo::Plain(stream),
         Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
             Ok(Ok(s)) => ClientIo::Tls(Box::new(s)),
@@ -254,7 +260,7 @@ async fn handle_conn(
     let info = ConnInfo {
         listener: name,
         peer,
-        tls: lrt.tls.is_some(),
+        tls: tls.is_some(),
     };
     let ctx = Arc::new(proxy::ConnCtx::new(
         shared.clone(),
