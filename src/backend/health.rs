@@ -122,6 +122,14 @@ impl Health {
                 node.passive_threshold.store(threshold, Ordering::Relaxed);
                 node.actively_checked
                     .store(pool.cfg.health.is_some(), Ordering::Relaxed);
+                // A node left down when its pool's active checks were removed has no one
+                // left to see it come back but the recovery probe.
+                if pool.cfg.health.is_none()
+                    && !node.is_healthy()
+                    && !node.probing.swap(true, Ordering::AcqRel)
+                {
+                    self.spawn_probe(node.clone());
+                }
                 if let Some(h) = &pool.cfg.health {
                     let this = self.clone();
                     let node = node.clone();
