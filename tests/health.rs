@@ -417,3 +417,31 @@ async fn admin_nodes_reports_health_drain_tunnels_rate_and_backlog() {
     wait_no_tunnels(&proxy.handle).await;
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_node_recovers_after_its_active_checks_are_removed() {
+    let mut fleet = Fleet::start(&["n1", "n2"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet.nodes_toml(&fleet.all());
+    let checked = config(
+        &nodes,
+        "[pool.health]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n",
+        STICKY,
+    );
+    let proxy = start(parse(&checked, dir.path())).await;
+    let (addr, admin, h) = (proxy.addr("plain"), proxy.admin.unwrap(), &proxy.handle);
+    let n1 = fleet.index("n1");
+    fleet.kill(n1).await;
+    wait_health(admin, "n1", false).await;
+
+    // The pool drops its active checks while n1 is down: only the passive recovery probe
+    // is left to see it come back.
+    let path = dir.path().join("herdgate.toml");
+    std::fs::write(&path, config(&nodes, "", STICKY)).unwrap();
+    within(h.reload_file(&path)).await.unwrap();
+    fleet.restart(n1).await;
+    wait_health(admin, "n1", true).await;
+    let k = key_for(h, "n1", "k");
+    assert_eq!(land_ws(&fleet, addr, "/", &[("x-session", &k)]).await, n1);
+    proxy.shutdown().await;
+}

@@ -23,6 +23,9 @@ fn config(fleet: &Fleet, order: &[usize], routes: &str) -> String {
     )
 }
 
+/// (key source, request path, request headers)
+type Case<'a> = (&'static str, String, Vec<(&'a str, &'a str)>);
+
 fn ip(last: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, last])
 }
@@ -46,7 +49,7 @@ async fn key_from_cookie_header_query_and_client_ip() {
         let want = fleet.index(&hash_pick(h, "p", &key));
         let cookie = format!("theme=dark; sid={key}");
         let query = format!("/query?x=1&room={}", key.replace('-', "%2D"));
-        let cases: [(&str, String, Vec<(&str, &str)>); 3] = [
+        let cases: [Case; 3] = [
             (
                 "cookie",
                 "/cookie".into(),
@@ -66,7 +69,7 @@ async fn key_from_cookie_header_query_and_client_ip() {
                     got, want,
                     "{source} key {key} (round {round}) landed on {got}, hash says {want}"
                 );
-                used.entry(source).or_default().insert(got);
+                used.entry(*source).or_default().insert(got);
             }
         }
         // Client IP: each client its own loopback address, key = its text form.

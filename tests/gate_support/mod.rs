@@ -122,15 +122,18 @@ pub async fn echo(ws: &mut Ws, text: &str) {
     }
 }
 
-/// The close code the server sends next (after draining data messages).
+/// The close code the server sends next (after draining data messages). Completes the
+/// close handshake: reading on after the Close sends tungstenite's reply.
 pub async fn close_code(ws: &mut Ws) -> Option<u16> {
-    loop {
-        match within(ws.next()).await {
-            Some(Ok(Message::Close(f))) => return Some(f.map_or(1005, |f| u16::from(f.code))),
-            Some(Ok(_)) => continue,
-            _ => return None,
+    let mut code = None;
+    while let Some(m) = within(ws.next()).await {
+        match m {
+            Ok(Message::Close(f)) => code = Some(f.map_or(1005, |f| u16::from(f.code))),
+            Ok(_) => {}
+            Err(_) => break,
         }
     }
+    code
 }
 
 /// Echo nodes by name that can be killed and restarted on the same address.
