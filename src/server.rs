@@ -27,6 +27,9 @@ pub struct Shared {
     /// Process-wide connection cap (`limits.max_connections`).
     pub conn_limit: Arc<Semaphore>,
     conn_limit_size: AtomicU64,
+    /// Permits a lowered `max_connections` could not take back (they were in use): the
+    /// accept loops forget that many as they get them back.
+    conn_limit_debt: AtomicU64,
     pub health: Arc<Health>,
     /// Cancelled at shutdown: keep-alive HTTP connections finish their request and close.
     pub stop_http: CancellationToken,
@@ -115,6 +118,7 @@ impl Server {
                 tunnels: Registry::new(),
                 conn_limit: Arc::new(Semaphore::new(config.limits.max_connections)),
                 conn_limit_size: AtomicU64::new(config.limits.max_connections as u64),
+                conn_limit_debt: AtomicU64::new(0),
                 health: Arc::new(Health::new(on_up, stop_all.clone())),
                 stop_http: CancellationToken::new(),
                 http_active: Default::default(),
@@ -275,9 +279,37 @@ impl Shared {
     pub(crate) fn resize_conn_limit(&self, max: usize) {
         let old = self.conn_limit_size.swap(max as u64, Ordering::AcqRel) as usize;
         if max > old {
-            self.conn_limit.add_permits(max - old);
+            // A shrink not yet paid back is cancelled first.
+            let grow = (max - old) as u64;
+            let cancelled = self
+                .conn_limit_debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d - d.min(grow))
+                })
+                .map_or(0, |d| d.min(grow));
+            self.conn_limit.add_permits((grow - cancelled) as usize);
         } else if max < old {
-            self.conn_limit.forget_permits(old - max);
+            // Only free permits can be forgotten now; the rest as connections end.
+            let forgotten = self.conn_limit.forget_permits(old - max);
+            self.conn_limit_debt
+                .fetch_add((old - max - forgotten) as u64, Ordering::AcqRel);
+        }
+    }
+
+    /// Give a connection permit to the debt of a lowered cap: `None` when it was taken.
+    pub(crate) fn pay_conn_debt(
+        &self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let paid = self
+            .conn_limit_debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok();
+        if paid {
+            permit.forget();
+            None
+        } else {
+            Some(permit)
         }
     }
 }

@@ -122,6 +122,9 @@ pub async fn serve(
                 Err(_) => return,
             },
         };
+        let Some(permit) = shared.pay_conn_debt(permit) else {
+            continue;
+        };
         let snap = shared.snapshot.load();
         let lrt = snap.listener(&name).cloned();
         drop(snap);
