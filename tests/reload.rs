@@ -947,3 +947,54 @@ async fn reload_under_load() {
     wait_no_tunnels(&h).await;
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_max_connections_holds_once_the_open_ones_end() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fleet = Fleet::start(&["n1"]).await;
+    let files = Files::new();
+    let mut a = Cfg::new("[[route]]\npool = \"p\"\n", &pool("p", &fleet, &[0], ""));
+    a.top = "[limits]\nmax_connections = 4\n".into();
+    let proxy = files.start(&a).await;
+    let (addr, h) = (proxy.addr("plain"), &proxy.handle);
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let (mut w, _) = ws(addr, "/", &[]).await;
+        echo(&mut w, "hi").await;
+        open.push(w);
+    }
+    // Lowered to 2 while 4 are open: the cap cannot take back slots in use...
+    let mut b = a.clone();
+    b.top = "[limits]\nmax_connections = 2\n".into();
+    files.reload(h, &b.text()).await.unwrap();
+    drop(open);
+    wait_no_tunnels(h).await;
+    // ...but once they are given back, 2 is the cap.
+    let mut two = Vec::new();
+    for _ in 0..2 {
+        let (mut w, _) = ws(addr, "/", &[]).await;
+        echo(&mut w, "hi").await;
+        two.push(w);
+    }
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    // A bounded wait for something that must not happen: a cap that held passes whatever
+    // the machine's speed; a broken one answers at once.
+    let early =
+        tokio::time::timeout(std::time::Duration::from_millis(300), third.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "a third connection was served with max_connections = 2: {early:?}"
+    );
+    // One ends: the waiting connection is served.
+    drop(two.pop());
+    let n = within(third.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 "), "{:?}", &buf[..n]);
+    drop(two);
+    wait_no_tunnels(h).await;
+    proxy.shutdown().await;
+}
