@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use support::{metric, parse, start, within, Proxy};
 
+/// Reload metrics are process-wide. Under `cargo test` (one process for this whole file)
+/// the tests take turns; nextest runs each test in its own process anyway.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const RELOAD_FAILURES: &str = "herdgate_config_reload_failures_total";
 const LAST_SUCCESS: &str = "herdgate_config_last_reload_success";
 const RELOADS: &str = "herdgate_config_reloads_total";
@@ -97,6 +101,7 @@ async fn metrics(p: &Proxy) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_file_keeps_the_running_config_and_is_counted() {
+    let _turn = TURN.lock().await;
     let fleet = Fleet::start(&["n1", "n2", "n3"]).await;
     let files = Files::new();
     let good = Cfg::new(STICKY_ROUTE, &pool("p", &fleet, &[0, 1], ""));
@@ -174,6 +179,7 @@ async fn invalid_file_keeps_the_running_config_and_is_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_routes_pools_nodes_limits_and_sticky_settings() {
+    let _turn = TURN.lock().await;
     let fleet = Fleet::start(&["n1", "n2", "n3", "m1"]).await;
     let files = Files::new();
     let a = Cfg::new(STICKY_ROUTE, &pool("p", &fleet, &[0, 1], ""));
@@ -240,6 +246,7 @@ async fn reload_swaps_routes_pools_nodes_limits_and_sticky_settings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_node_state_carries_over_for_unchanged_nodes() {
+    let _turn = TURN.lock().await;
     let mut fleet = Fleet::start(&["n1", "n2", "s1", "s1b"]).await;
     let files = Files::new();
     let slow = |fleet: &Fleet, order: &[usize]| {
@@ -326,6 +333,7 @@ async fn live_node_state_carries_over_for_unchanged_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_tunnels_are_never_touched() {
+    let _turn = TURN.lock().await;
     let fleet = Fleet::start(&["n1", "n2"]).await;
     let files = Files::new();
     let a = Cfg::new(STICKY_ROUTE, &pool("p", &fleet, &[0, 1], ""));
@@ -375,6 +383,7 @@ async fn open_tunnels_are_never_touched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_node_is_drained_with_1012() {
+    let _turn = TURN.lock().await;
     let fleet = Fleet::start(&["n1", "n2"]).await;
     let files = Files::new();
     let a = Cfg::new(
@@ -417,6 +426,7 @@ async fn a_removed_node_is_drained_with_1012() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_are_bound_and_closed() {
+    let _turn = TURN.lock().await;
     let fleet = Fleet::start(&["n1"]).await;
     let files = Files::new();
     let a = Cfg::new("[[route]]\npool = \"p\"\n", &pool("p", &fleet, &[0], ""));
@@ -503,6 +513,7 @@ fn tls_listener(certs: &[(&Path, &Path, &str)]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_certificates_and_the_sni_set_swap() {
+    let _turn = TURN.lock().await;
     let fleet = Fleet::start(&["n1"]).await;
     let ca = support::certs(&["a.test"]);
     let cb = support::certs(&["b.test"]);
@@ -571,6 +582,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_reload_leaves_no_trace() {
+    let _turn = TURN.lock().await;
     let fleet = Fleet::start(&["n1", "n2", "elsewhere"]).await;
     let files = Files::new();
     let a = Cfg::new(STICKY_ROUTE, &pool("p", &fleet, &[0, 1], ""));
@@ -638,6 +650,7 @@ async fn try_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_reloads_on_sighup_from_herdgate_reload() {
+    let _turn = TURN.lock().await;
     let fleet = Fleet::start(&["n1", "n2", "n3"]).await;
     let dir = tempfile::tempdir().unwrap();
     let (admin, listen) = (free_port(), free_port());
@@ -777,6 +790,7 @@ async fn chatty_tunnel(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load() {
+    let _turn = TURN.lock().await;
     use futures_util::StreamExt;
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     const WANT: usize = 2000;
@@ -950,6 +964,7 @@ async fn reload_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowering_max_connections_holds_once_the_open_ones_end() {
+    let _turn = TURN.lock().await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fleet = Fleet::start(&["n1"]).await;
     let files = Files::new();
