@@ -113,15 +113,6 @@ pub async fn serve(
     let metrics = ListenerMetrics::new(&name);
     let mut backoff = Duration::from_millis(5);
     loop {
-        // Caps before accept: a connection we cannot serve stays in the kernel backlog
-        // instead of costing us a descriptor, a handshake and a refusal.
-        let permit = tokio::select! {
-            _ = stop.cancelled() => return,
-            p = shared.conn_limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let snap = shared.snapshot.load();
         let lrt = snap.listener(&name).cloned();
         drop(snap);
@@ -129,6 +120,8 @@ pub async fn serve(
             // Removed by a reload; the reload also cancels `stop`.
             return;
         };
+        // The listener's own cap before accept: a connection it cannot serve stays in
+        // the kernel backlog instead of costing a descriptor, a handshake and a refusal.
         let listener_permit = match &lrt.conn_limit {
             Some(sem) => tokio::select! {
                 _ = stop.cancelled() => return,
@@ -164,6 +157,17 @@ pub async fn serve(
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
+            },
+        };
+        // The process cap is shared by every listener, so it is taken after accept: an
+        // idle accept loop holding a slot would starve the other listeners (with a cap of
+        // 2 and two listeners, one connection in all). At the cap, each listener holds at
+        // most this one accepted connection, unserved, until a slot frees.
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = shared.conn_limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
             },
         };
         metrics.accepted.increment(1);
