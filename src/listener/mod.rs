@@ -113,18 +113,6 @@ pub async fn serve(
     let metrics = ListenerMetrics::new(&name);
     let mut backoff = Duration::from_millis(5);
     loop {
-        // Caps before accept: a connection we cannot serve stays in the kernel backlog
-        // instead of costing us a descriptor, a handshake and a refusal.
-        let permit = tokio::select! {
-            _ = stop.cancelled() => return,
-            p = shared.conn_limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let Some(permit) = shared.pay_conn_debt(permit) else {
-            continue;
-        };
         let snap = shared.snapshot.load();
         let lrt = snap.listener(&name).cloned();
         drop(snap);
@@ -132,6 +120,8 @@ pub async fn serve(
             // Removed by a reload; the reload also cancels `stop`.
             return;
         };
+        // The listener's own cap before accept: a connection it cannot serve stays in
+        // the kernel backlog instead of costing a descriptor, a handshake and a refusal.
         let listener_permit = match &lrt.conn_limit {
             Some(sem) => tokio::select! {
                 _ = stop.cancelled() => return,
@@ -168,6 +158,23 @@ pub async fn serve(
                     continue;
                 }
             },
+        };
+        // The process cap is shared by every listener, so it is taken after accept: an
+        // idle accept loop holding a slot would starve the other listeners (with a cap of
+        // 2 and two listeners, one connection in all). At the cap, each listener holds at
+        // most this one accepted connection, unserved, until a slot frees.
+        let permit = loop {
+            let p = tokio::select! {
+                _ = stop.cancelled() => return,
+                p = shared.conn_limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            // A lowered cap takes its slots back as they come free.
+            if let Some(p) = shared.pay_conn_debt(p) {
+                break p;
+            }
         };
         metrics.accepted.increment(1);
         let shared = shared.clone();
