@@ -235,9 +235,10 @@ pub async fn shutdown(shared: &Arc<Shared>) {
     ));
     let deadline = started + timeout;
     let never = tokio_util::sync::CancellationToken::new();
+    // Tunnels that end on their own shorten the wait: stop as soon as none is left.
     tokio::select! {
         _ = funnel(shared, tunnels, Pace::Spread(spread), &never) => {}
-        _ = tokio::time::sleep_until(deadline) => {}
+        _ = shared.tunnels.wait_empty(deadline) => {}
     }
     if !shared.http_active.wait_zero(deadline).await {
         tracing::warn!(
