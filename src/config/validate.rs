@@ -101,14 +101,17 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
                 format!("duplicate listener name {:?}", l.name()),
             );
         }
-        if !binds.insert(l.bind) {
+        // Port 0 asks the kernel for a free port: two of those never clash (tests and
+        // the demo bind every listener and the admin that way).
+        let ephemeral = l.bind.port() == 0;
+        if !ephemeral && !binds.insert(l.bind) {
             r.at(
                 format!("{key}.bind"),
                 Some(&l.name),
                 format!("address {} is bound by another listener", l.bind),
             );
         }
-        if cfg.admin.enabled && l.bind == cfg.admin.bind {
+        if !ephemeral && cfg.admin.enabled && l.bind == cfg.admin.bind {
             r.at(
                 format!("{key}.bind"),
                 Some(&l.name),
