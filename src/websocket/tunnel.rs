@@ -311,6 +311,18 @@ pub async fn relay(
                 c2s.discard = true;
             }
         }
+        // A Close has passed each way and is written out: the close handshake is over and
+        // nothing valid can follow (RFC 6455 §5.5.1). The server side closes TCP first
+        // (§7.1.1), so end both directions now instead of waiting close_timeout for a
+        // peer's FIN (a client may keep its socket open until it drops it).
+        if c2s.tracker.close_seen()
+            && s2c.tracker.close_seen()
+            && c2s.pending.is_empty()
+            && s2c.pending.is_empty()
+        {
+            c2s.open = false;
+            s2c.open = false;
+        }
         // Shut write sides whose source ended, once their pending bytes are out.
         for (dir, dst) in [(&mut c2s, &mut backend), (&mut s2c, &mut client)] {
             if !dir.open && !dir.shut && dir.pending.is_empty() {
