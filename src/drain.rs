@@ -234,6 +234,9 @@ pub async fn shutdown(shared: &Arc<Shared>) {
     tokio::select! {
         _ = funnel(shared, tunnels, Pace::Spread(spread), &never) => {}
         _ = tokio::time::sleep_until(deadline) => {}
+        // Every tunnel has ended (closed by its peers, or at once by a second signal):
+        // nothing is left to pace, and the funnel would sleep out the spread for nobody.
+        _ = shared.tunnels.wait_empty(deadline) => {}
     }
     if !shared.tunnels.wait_empty(deadline).await {
         tracing::warn!(
