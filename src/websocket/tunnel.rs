@@ -59,8 +59,11 @@ impl TunnelCtl {
 
     /// Close cleanly with 1012 (Service Restart) and a retry hint for the client.
     pub fn drain(&self, retry_after: Duration) {
+        // Rounded up, and never 0: a client told 0 (or a hair early) comes back before
+        // its slot; same rounding as the rejection hints (proxy::respond).
+        let ms = retry_after.as_nanos().div_ceil(1_000_000).max(1);
         self.hint_ms
-            .store(retry_after.as_millis() as u64, Ordering::Relaxed);
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
         let _ =
             self.command
                 .compare_exchange(CMD_NONE, CMD_DRAIN, Ordering::AcqRel, Ordering::Relaxed);
