@@ -140,8 +140,13 @@ pub fn drain_node(shared: &Arc<Shared>, node: &Arc<Node>, source: DrainSource, s
             if tunnels.is_empty() || !node.is_draining() {
                 break;
             }
-            tracing::info!(node = %node.key, "draining {} tunnels ({pace:?})", tunnels.len());
-            funnel(&shared, tunnels, pace, &shared.stop_all).await;
+            // Tunnels told to close in an earlier round are still in their close
+            // handshake (up to close_timeout): not again, nor counted twice.
+            let tunnels: Vec<_> = tunnels.into_iter().filter(|t| !t.is_closing()).collect();
+            if !tunnels.is_empty() {
+                tracing::info!(node = %node.key, "draining {} tunnels ({pace:?})", tunnels.len());
+                funnel(&shared, tunnels, pace, &shared.stop_all).await;
+            }
             if shared.stop_all.is_cancelled() {
                 break;
             }
@@ -205,6 +210,10 @@ async fn funnel(
             ((elapsed.as_nanos() / interval.as_nanos().max(1)) as usize + 1).min(n)
         };
         for t in &tunnels[next..due.max(next + 1)] {
+            if t.is_closing() {
+                // Closed meanwhile (a second signal, another drain): no hint, no count.
+                continue;
+            }
             let hint = crate::admission::drain_hint(shared, t);
             t.drain(hint);
             t.node.metrics.drain_closed.increment(1);

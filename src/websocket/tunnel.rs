@@ -70,6 +70,11 @@ impl TunnelCtl {
         self.notify.notify_one();
     }
 
+    /// Already told to close (drain or shutdown): its close handshake is under way.
+    pub fn is_closing(&self) -> bool {
+        self.command.load(Ordering::Acquire) != CMD_NONE
+    }
+
     /// Close now with 1001 (Going Away).
     pub fn close_now(&self) {
         self.command.store(CMD_CLOSE_NOW, Ordering::Release);
