@@ -257,6 +257,12 @@ pub async fn shutdown(shared: &Arc<Shared>) {
             tracing::warn!("{} tunnels did not close in time", shared.tunnels.len());
         }
     }
+    // In-flight HTTP requests finish: their connections close once the response is out
+    // (listener::handle_conn shuts them down gracefully). Returning earlier would end the
+    // process, and the runtime would drop those requests half done.
+    if !shared.wait_connections_closed(deadline).await {
+        tracing::warn!("shutdown timeout: HTTP requests still in flight are cut");
+    }
     metrics::gauge!(crate::metrics::DRAINING_TUNNELS).set(0.0);
     shared.stop_all.cancel();
     tracing::info!("shutdown complete in {:?}", started.elapsed());

@@ -259,6 +259,18 @@ impl Shared {
         any.then_some(n)
     }
 
+    /// Wait until every client connection has ended (all slots of the process cap are
+    /// back), or `deadline`; true when they have. Upgraded connections keep their slot in
+    /// the tunnel, so this also waits for tunnels.
+    pub(crate) async fn wait_connections_closed(&self, deadline: tokio::time::Instant) -> bool {
+        let all = self.conn_limit_size.load(Ordering::Acquire);
+        let all = u32::try_from(all).unwrap_or(u32::MAX);
+        matches!(
+            tokio::time::timeout_at(deadline, self.conn_limit.acquire_many(all)).await,
+            Ok(Ok(_))
+        )
+    }
+
     pub(crate) fn resize_conn_limit(&self, max: usize) {
         let old = self.conn_limit_size.swap(max as u64, Ordering::AcqRel) as usize;
         if max > old {
