@@ -80,11 +80,21 @@ impl Proc {
     }
 
     async fn metric(&self, name: &str, fragments: &[&str]) -> f64 {
-        support::metric(&support::http_get(self.admin, "/metrics").await.1, name, fragments)
+        support::metric(
+            &support::http_get(self.admin, "/metrics").await.1,
+            name,
+            fragments,
+        )
     }
 }
 
-fn config(plain: SocketAddr, admin: SocketAddr, echo: SocketAddr, slow: SocketAddr, shutdown: &str) -> String {
+fn config(
+    plain: SocketAddr,
+    admin: SocketAddr,
+    echo: SocketAddr,
+    slow: SocketAddr,
+    shutdown: &str,
+) -> String {
     format!(
         r#"
 [admin]
@@ -189,7 +199,9 @@ async fn close_of(ws: &mut Ws) -> (u16, String) {
     let close = loop {
         match within(ws.next()).await {
             Some(Ok(Message::Close(f))) => {
-                break f.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()))
+                break f.map_or((1005, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                })
             }
             Some(Ok(_)) => {}
             other => panic!("expected a close frame, got {other:?}"),
@@ -211,10 +223,9 @@ async fn sigterm_closes_listeners_finishes_requests_funnels_tunnels_and_exits_ze
     let echo = echo_nodes(1).await;
     let slow = slow_http_node().await;
     let (e, s) = (echo[0].addr, slow.addr);
-    let mut p = spawn(|plain, admin| {
-        config(plain, admin, e, s, "spread = \"2s\"\ntimeout = \"20s\"")
-    })
-    .await;
+    let mut p =
+        spawn(|plain, admin| config(plain, admin, e, s, "spread = \"2s\"\ntimeout = \"20s\""))
+            .await;
 
     // SIGHUP: RELOADING=1 with a fresh CLOCK_MONOTONIC reading, then READY=1.
     let before = herdgate::systemd::monotonic_usec();
@@ -226,7 +237,10 @@ async fn sigterm_closes_listeners_finishes_requests_funnels_tunnels_and_exits_ze
         .unwrap_or_else(|| panic!("unexpected {reloading:?}"))
         .parse()
         .expect("MONOTONIC_USEC is a number");
-    assert!(before <= usec && usec <= after, "{before} <= {usec} <= {after}");
+    assert!(
+        before <= usec && usec <= after,
+        "{before} <= {usec} <= {after}"
+    );
     assert_eq!(p.next_notification().await, "READY=1");
 
     let n = 20;
@@ -245,7 +259,10 @@ async fn sigterm_closes_listeners_finishes_requests_funnels_tunnels_and_exits_ze
 
     p.signal("TERM");
     assert_eq!(p.next_notification().await, "STOPPING=1");
-    wait_until_async("the listener refuses connections", DEADLINE, || refused(plain)).await;
+    wait_until_async("the listener refuses connections", DEADLINE, || {
+        refused(plain)
+    })
+    .await;
 
     // Tunnels: 1012 with a hint, spread over shutdown.spread (when the first close has
     // arrived, the funnel has not closed all of them).
@@ -282,10 +299,9 @@ async fn fast_close(sig2: &str, first: Option<&str>) {
     let echo = echo_nodes(1).await;
     let slow = slow_http_node().await;
     let (e, s) = (echo[0].addr, slow.addr);
-    let mut p = spawn(|plain, admin| {
-        config(plain, admin, e, s, "spread = \"60s\"\ntimeout = \"120s\"")
-    })
-    .await;
+    let mut p =
+        spawn(|plain, admin| config(plain, admin, e, s, "spread = \"60s\"\ntimeout = \"120s\""))
+            .await;
     let n = 10;
     let mut ws = tunnels(&p, n).await;
     let mut codes = Vec::new();
@@ -395,10 +411,13 @@ async fn serves_on_a_socket_passed_by_socket_activation() {
 
 /// systemd-socket-activate, or None (skipped with a reason) outside CI.
 fn socket_activate() -> Option<PathBuf> {
-    let found = ["/usr/bin/systemd-socket-activate", "/bin/systemd-socket-activate"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file());
+    let found = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file());
     if found.is_none() {
         let reason = "systemd-socket-activate not found: apt-get install systemd";
         assert!(std::env::var_os("CI").is_none(), "{reason}");

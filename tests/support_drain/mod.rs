@@ -135,15 +135,14 @@ pub async fn stream_client(
         id,
         ..Default::default()
     };
-    let mut ws = match tokio_tungstenite::connect_async_with_config(&url, Some(big_config()), false)
-        .await
-    {
-        Ok((ws, _)) => ws,
-        Err(e) => {
-            rep.error = Some(format!("connect: {e}"));
-            return rep;
-        }
-    };
+    let mut ws =
+        match tokio_tungstenite::connect_async_with_config(&url, Some(big_config()), false).await {
+            Ok((ws, _)) => ws,
+            Err(e) => {
+                rep.error = Some(format!("connect: {e}"));
+                return rep;
+            }
+        };
     drop(permit);
     fleet.connected.fetch_add(1, Ordering::Relaxed);
     // Random phase: a thousand clients do not send in lockstep.
@@ -307,7 +306,11 @@ pub async fn read_client_frame(s: &mut TcpStream) -> std::io::Result<(bool, u8, 
 }
 
 /// A hand-made WebSocket client: the upgrade over a raw socket, then raw frames.
-pub async fn raw_ws_client(addr: SocketAddr, path: &str, extra_headers: &str) -> (TcpStream, String) {
+pub async fn raw_ws_client(
+    addr: SocketAddr,
+    path: &str,
+    extra_headers: &str,
+) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
@@ -373,7 +376,9 @@ pub async fn big_message_node() -> (
         .unwrap();
         let data = big_payload();
         let q = BIG / 4;
-        s.write_all(&server_frame(false, 0x2, &data[..q])).await.unwrap();
+        s.write_all(&server_frame(false, 0x2, &data[..q]))
+            .await
+            .unwrap();
         let _ = first_tx.send(());
         let _ = go_rx.await;
         s.write_all(&server_frame(true, 0x9, b"mid-message ping"))
@@ -396,7 +401,9 @@ pub async fn big_message_node() -> (
                     } else {
                         1005
                     });
-                    let _ = s.write_all(&server_frame(true, 0x8, &p[..p.len().min(2)])).await;
+                    let _ = s
+                        .write_all(&server_frame(true, 0x8, &p[..p.len().min(2)]))
+                        .await;
                     break;
                 }
                 Ok(_) => rep.other_frames += 1,
@@ -446,7 +453,9 @@ pub async fn slow_http_node() -> SlowNode {
                     return;
                 }
                 let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow")
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nslow",
+                    )
                     .await;
                 let _ = s.shutdown().await;
             });
