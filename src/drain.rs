@@ -140,8 +140,13 @@ pub fn drain_node(shared: &Arc<Shared>, node: &Arc<Node>, source: DrainSource, s
             if tunnels.is_empty() || !node.is_draining() {
                 break;
             }
-            tracing::info!(node = %node.key, "draining {} tunnels ({pace:?})", tunnels.len());
-            funnel(&shared, tunnels, pace, &shared.stop_all).await;
+            // Tunnels told to close in an earlier round are still in their close
+            // handshake (up to close_timeout): not again, nor counted twice.
+            let tunnels: Vec<_> = tunnels.into_iter().filter(|t| !t.is_closing()).collect();
+            if !tunnels.is_empty() {
+                tracing::info!(node = %node.key, "draining {} tunnels ({pace:?})", tunnels.len());
+                funnel(&shared, tunnels, pace, &shared.stop_all).await;
+            }
             if shared.stop_all.is_cancelled() {
                 break;
             }
@@ -205,6 +210,10 @@ async fn funnel(
             ((elapsed.as_nanos() / interval.as_nanos().max(1)) as usize + 1).min(n)
         };
         for t in &tunnels[next..due.max(next + 1)] {
+            if t.is_closing() {
+                // Closed meanwhile (a second signal, another drain): no hint, no count.
+                continue;
+            }
             let hint = crate::admission::drain_hint(shared, t);
             t.drain(hint);
             t.node.metrics.drain_closed.increment(1);
@@ -240,12 +249,6 @@ pub async fn shutdown(shared: &Arc<Shared>) {
         _ = funnel(shared, tunnels, Pace::Spread(spread), &never) => {}
         _ = shared.tunnels.wait_empty(deadline) => {}
     }
-    if !shared.http_active.wait_zero(deadline).await {
-        tracing::warn!(
-            "shutdown timeout: {} HTTP connections still busy",
-            shared.http_active.get()
-        );
-    }
     if !shared.tunnels.wait_empty(deadline).await {
         tracing::warn!(
             "shutdown timeout: closing the {} remaining tunnels with 1001",
@@ -255,6 +258,15 @@ pub async fn shutdown(shared: &Arc<Shared>) {
         if !shared.tunnels.wait_empty(Instant::now() + close).await {
             tracing::warn!("{} tunnels did not close in time", shared.tunnels.len());
         }
+    }
+    // In-flight HTTP requests finish: their connections close once the response is out
+    // (listener::handle_conn shuts them down gracefully). Returning earlier would end the
+    // process, and the runtime would drop those requests half done.
+    if !shared.http_active.wait_zero(deadline).await {
+        tracing::warn!(
+            "shutdown timeout: {} HTTP connections still busy are cut",
+            shared.http_active.get()
+        );
     }
     metrics::gauge!(crate::metrics::DRAINING_TUNNELS).set(0.0);
     shared.stop_all.cancel();

@@ -208,8 +208,13 @@ impl Server {
     /// Serve until `shutdown` resolves, then shut down gracefully (see `drain`).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let shared = self.shared.clone();
-        for (name, bind, sock) in self.pending {
-            shared.start_listener(name, bind, sock)?;
+        {
+            // A reload (SIGHUP, Handle::reload) may already be running: serialise with it
+            // so that each configured listener ends up running exactly once.
+            let _writer = shared.reload_lock.lock().await;
+            for (name, bind, sock) in self.pending {
+                shared.start_listener(name, bind, sock)?;
+            }
         }
         if let Some(admin) = self.admin {
             let l = tokio::net::TcpListener::from_std(admin)?;
@@ -244,7 +249,12 @@ impl Shared {
             stop.clone(),
         ));
         if let Ok(mut g) = self.listeners.lock() {
-            g.insert((name, bind), RunningListener { stop, local_addr });
+            if let Some(old) = g.insert((name, bind), RunningListener { stop, local_addr }) {
+                // A reload that ran before `run` started the listeners bound a socket of
+                // its own for this one: keep one, or the other would serve on unseen and
+                // hold a connection slot that shutdown waits for.
+                old.stop.cancel();
+            }
         }
         Ok(())
     }

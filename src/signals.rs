@@ -49,8 +49,10 @@ impl Signals {
                     _ = int.recv() => {
                         tracing::warn!("SIGINT: closing everything now (1001)");
                         let _ = crate::systemd::stopping();
-                        token.cancel();
+                        // 1001 first: cancelling first lets the graceful funnel, woken on
+                        // another thread, send its first tunnels 1012 in between.
                         handle.shutdown_now();
+                        token.cancel();
                     }
                 }
             }

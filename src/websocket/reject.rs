@@ -1,7 +1,7 @@
 //! Turning a browser away readably: complete the upgrade ourselves, close at once with
 //! 1013 (Try Again Later, RFC 6455 §7.4.1) and the hint as the close reason.
 
-use super::frame::{write_close_frame, CLOSE_FRAME_MAX_LEN};
+use super::frame::{write_close_frame, Direction, FrameTracker, CLOSE_FRAME_MAX_LEN};
 use super::handshake::accept_key;
 use super::tunnel::CLOSE_TRY_AGAIN_LATER;
 use crate::proxy::body::Body;
@@ -35,13 +35,20 @@ pub fn close_1013(
             return;
         }
         let _ = io.flush().await;
-        // Wait for the client's Close (or EOF) so the close handshake completes cleanly.
+        // Wait for the client's Close (or EOF) so the close handshake completes cleanly;
+        // once it is in, the server closes TCP first (RFC 6455 §7.1.1) rather than wait
+        // for a FIN the client may not send until it drops its socket.
         let mut buf = [0u8; 256];
+        let mut frames = FrameTracker::new(Direction::ClientToServer);
         let _ = tokio::time::timeout(close_timeout.min(Duration::from_secs(5)), async {
             loop {
                 match io.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+                    Ok(n) => {
+                        if frames.advance(&buf[..n], false).is_err() || frames.close_seen() {
+                            break;
+                        }
+                    }
                 }
             }
         })

@@ -59,12 +59,20 @@ impl TunnelCtl {
 
     /// Close cleanly with 1012 (Service Restart) and a retry hint for the client.
     pub fn drain(&self, retry_after: Duration) {
+        // Rounded up, and never 0: a client told 0 (or a hair early) comes back before
+        // its slot; same rounding as the rejection hints (proxy::respond).
+        let ms = retry_after.as_nanos().div_ceil(1_000_000).max(1);
         self.hint_ms
-            .store(retry_after.as_millis() as u64, Ordering::Relaxed);
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
         let _ =
             self.command
                 .compare_exchange(CMD_NONE, CMD_DRAIN, Ordering::AcqRel, Ordering::Relaxed);
         self.notify.notify_one();
+    }
+
+    /// Already told to close (drain or shutdown): its close handshake is under way.
+    pub fn is_closing(&self) -> bool {
+        self.command.load(Ordering::Acquire) != CMD_NONE
     }
 
     /// Close now with 1001 (Going Away).
@@ -310,6 +318,18 @@ pub async fn relay(
                 // The client's Close reply went to the node; nothing may follow it.
                 c2s.discard = true;
             }
+        }
+        // A Close has passed each way and is written out: the close handshake is over and
+        // nothing valid can follow (RFC 6455 §5.5.1). The server side closes TCP first
+        // (§7.1.1), so end both directions now instead of waiting close_timeout for a
+        // peer's FIN (a client may keep its socket open until it drops it).
+        if c2s.tracker.close_seen()
+            && s2c.tracker.close_seen()
+            && c2s.pending.is_empty()
+            && s2c.pending.is_empty()
+        {
+            c2s.open = false;
+            s2c.open = false;
         }
         // Shut write sides whose source ended, once their pending bytes are out.
         for (dir, dst) in [(&mut c2s, &mut backend), (&mut s2c, &mut client)] {
