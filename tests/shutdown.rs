@@ -46,13 +46,20 @@ impl Proc {
         assert!(st.success(), "kill -{sig} {}", self.pid());
     }
 
-    /// The next datagram on the notification socket.
+    /// The next state datagram on the notification socket. Progress lines
+    /// (`STATUS=...`, shown by `systemctl status`) are skipped, except the final
+    /// `STATUS=stopped`.
     async fn next_notification(&self) -> String {
         let mut buf = [0u8; 4096];
-        let n = within(self.notify.recv(&mut buf))
-            .await
-            .unwrap_or_else(|e| panic!("recv notification: {e}\n{}", self.log()));
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        loop {
+            let n = within(self.notify.recv(&mut buf))
+                .await
+                .unwrap_or_else(|e| panic!("recv notification: {e}\n{}", self.log()));
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if !msg.starts_with("STATUS=") || msg == "STATUS=stopped" {
+                return msg;
+            }
+        }
     }
 
     fn log(&self) -> String {
