@@ -23,6 +23,7 @@ pub mod demo;
 pub mod drain;
 pub mod echo;
 pub mod fdlimit;
+pub mod io;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
