@@ -27,9 +27,14 @@ impl Registry {
         Arc::new(Registry::default())
     }
 
-    pub fn register(self: &Arc<Self>, node: Arc<Node>, key_hash: Option<u64>) -> TunnelGuard {
+    pub fn register(
+        self: &Arc<Self>,
+        node: Arc<Node>,
+        key_hash: Option<u64>,
+        wants_ticket: bool,
+    ) -> TunnelGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let ctl = Arc::new(TunnelCtl::new(id, node, key_hash));
+        let ctl = Arc::new(TunnelCtl::new(id, node, key_hash, wants_ticket));
         self.tunnels.insert(id, ctl.clone());
         TunnelGuard {
             registry: self.clone(),
@@ -214,8 +219,8 @@ async fn funnel(
                 // Closed meanwhile (a second signal, another drain): no hint, no count.
                 continue;
             }
-            let hint = crate::admission::drain_hint(shared, t);
-            t.drain(hint);
+            let (hint, ticket) = crate::admission::drain_hint(shared, t);
+            t.drain(hint, ticket);
             t.node.metrics.drain_closed.increment(1);
         }
         next = due.max(next + 1);

@@ -119,8 +119,9 @@ pub fn refresh_gauges(shared: &Shared) {
     }
 }
 
-/// When a drained client should come back: the slot of the node it will land on.
-pub fn drain_hint(shared: &Shared, t: &TunnelCtl) -> Duration {
+/// When a drained client should come back: the slot of the node it will land on, with a
+/// ticket for that slot if the client can carry one.
+pub fn drain_hint(shared: &Shared, t: &TunnelCtl) -> (Duration, Option<String>) {
     let snap = shared.snapshot.load();
     let target = snap
         .pools
@@ -128,10 +129,17 @@ pub fn drain_hint(shared: &Shared, t: &TunnelCtl) -> Duration {
         .find(|p| p.name == t.node.key.pool)
         .and_then(|p| crate::routing::landing(p, t.key_hash));
     match target {
-        Some(n) => n.admission.hint(now()),
+        // A promise credit is only claimable by ticketless arrivals (bucket.rs, step b):
+        // a ticket-capable client told to come back on a promise would be refused at its
+        // slot and sent to the end of the schedule. It gets a reservation and ticket.
+        Some(n) if t.wants_ticket => n.admission.hint_with_ticket(now()),
+        Some(n) => (n.admission.hint(now()), None),
         // Nowhere to go in this instance (whole pool draining: a deploy or shutdown): the
         // client will land on the next instance; spread it over a second.
-        None => Duration::from_millis(rand::random::<u64>() % 1000 + 1),
+        None => (
+            Duration::from_millis(rand::random::<u64>() % 1000 + 1),
+            None,
+        ),
     }
 }
 

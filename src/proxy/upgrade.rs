@@ -61,6 +61,8 @@ pub async fn forward(
     });
 
     let (mut parts, _body) = req.into_parts();
+    // Remembered for the tunnel's life: a drain hint for this client comes with a ticket.
+    let wants_ticket = crate::admission::wire::ticket_info(&parts).wants;
     strip_hop_by_hop(&mut parts.headers, true);
     add_forwarded(
         &mut parts.headers,
@@ -112,6 +114,7 @@ pub async fn forward(
         node.clone(),
         ctx,
         key_hash,
+        wants_ticket,
         settings,
     );
     Ok(Response::from_parts(parts, Body::empty()))
@@ -123,6 +126,7 @@ fn spawn_tunnel(
     node: Arc<Node>,
     ctx: &ConnCtx,
     key_hash: Option<u64>,
+    wants_ticket: bool,
     settings: TunnelSettings,
 ) {
     let shared = ctx.shared.clone();
@@ -153,7 +157,9 @@ fn spawn_tunnel(
             }
         };
         let backend_side = Side::Plain(b.io.into_inner());
-        let guard = shared.tunnels.register(node.clone(), key_hash);
+        let guard = shared
+            .tunnels
+            .register(node.clone(), key_hash, wants_ticket);
         node.open_tunnels.fetch_add(1, Ordering::Relaxed);
         node.metrics.tunnels_open.increment(1.0);
         node.metrics.tunnels_total.increment(1);

@@ -19,7 +19,7 @@ use crate::metrics as m;
 use bytes::Bytes;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -40,30 +40,42 @@ pub struct TunnelCtl {
     pub node: Arc<Node>,
     /// The client's session key hash: where it will land when it reconnects.
     pub key_hash: Option<u64>,
+    /// The client announced it can carry tickets (herdgate-accept-ticket): a drain hint
+    /// for it must come with one.
+    pub wants_ticket: bool,
     command: AtomicU8,
     hint_ms: AtomicU64,
+    /// The drain hint's ticket, set before CMD_DRAIN is published.
+    ticket: OnceLock<String>,
     notify: Notify,
 }
 
 impl TunnelCtl {
-    pub fn new(id: u64, node: Arc<Node>, key_hash: Option<u64>) -> Self {
+    pub fn new(id: u64, node: Arc<Node>, key_hash: Option<u64>, wants_ticket: bool) -> Self {
         TunnelCtl {
             id,
             node,
             key_hash,
+            wants_ticket,
             command: AtomicU8::new(CMD_NONE),
             hint_ms: AtomicU64::new(0),
+            ticket: OnceLock::new(),
             notify: Notify::new(),
         }
     }
 
-    /// Close cleanly with 1012 (Service Restart) and a retry hint for the client.
-    pub fn drain(&self, retry_after: Duration) {
+    /// Close cleanly with 1012 (Service Restart) and a retry hint (and ticket, if any)
+    /// for the client.
+    pub fn drain(&self, retry_after: Duration, ticket: Option<String>) {
         // Rounded up, and never 0: a client told 0 (or a hair early) comes back before
         // its slot; same rounding as the rejection hints (proxy::respond).
         let ms = retry_after.as_nanos().div_ceil(1_000_000).max(1);
         self.hint_ms
             .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
+        if let Some(t) = ticket {
+            // A tunnel is drained once (the funnel skips closing ones), so this is unset.
+            let _ = self.ticket.set(t);
+        }
         let _ =
             self.command
                 .compare_exchange(CMD_NONE, CMD_DRAIN, Ordering::AcqRel, Ordering::Relaxed);
@@ -235,10 +247,13 @@ struct Closing {
     client_close_sent: bool,
 }
 
-fn close_reason(hint_ms: Option<u64>) -> String {
-    match hint_ms {
-        Some(ms) => format!("{{\"retry_after_ms\":{ms}}}"),
-        None => String::new(),
+/// `{"retry_after_ms":N}`, or with a ticket the same JSON as a 1013 (respond.rs): at most
+/// 123 bytes, since tickets are at most 64 characters.
+fn close_reason(hint_ms: Option<u64>, ticket: Option<&str>) -> String {
+    match (hint_ms, ticket) {
+        (Some(ms), Some(t)) => format!("{{\"retry_after_ms\":{ms},\"ticket\":\"{t}\"}}"),
+        (Some(ms), None) => format!("{{\"retry_after_ms\":{ms}}}"),
+        (None, _) => String::new(),
     }
 }
 
@@ -306,7 +321,7 @@ pub async fn relay(
         // message boundary.
         if let Some(cl) = &mut closing {
             if !cl.client_close_sent && s2c.at_boundary() {
-                let reason = close_reason(cl.hint_ms);
+                let reason = close_reason(cl.hint_ms, ctl.ticket.get().map(String::as_str));
                 if let Err(e) = send_close(&mut client, &mut s2c, cl.code, &reason, false) {
                     tracing::debug!("tunnel {}: close to client failed: {e}", ctl.id);
                     return TunnelEnd::Error;
