@@ -1,0 +1,309 @@
+//! Resident memory per idle proxied WebSocket, plain and TLS.
+//!
+//! Run: `cargo bench --bench idle_memory` (about a minute). For each mode a fresh herdgate
+//! process (release binary) is started in front of the echo node process; this process
+//! opens 9,000 WebSockets through it (64 handshakes in flight), sends one 64-byte echo on
+//! each, and leaves them idle. herdgate's VmRSS (and RssAnon) from /proc/<pid>/status is
+//! read after a warm-up of 500 tunnels that are opened and closed again (runtime threads,
+//! allocator arenas and TLS state exist by then) and again after the 9,000 have settled;
+//! the difference divided by 9,000 is the cost of one idle tunnel.
+//!
+//! A tunnel costs herdgate two descriptors. Every process raises its soft limit to the
+//! hard one; when the hard limit is too small for 9,000 the bench says so and uses fewer.
+//! HERDGATE_BENCH_TUNNELS=N changes the count.
+
+mod common;
+
+use common::*;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const TUNNELS: usize = 9000;
+const WARMUP: usize = 64;
+const OPEN_CONCURRENCY: usize = 64;
+/// Descriptors herdgate needs besides its tunnels (listeners, admin, epoll, stdio, ...).
+const FD_SLACK: u64 = 200;
+
+fn main() -> ExitCode {
+    if let Some(code) = child_role() {
+        return code;
+    }
+    if !invoked_by_cargo_bench() {
+        println!("idle_memory bench: skipped (run it with `cargo bench --bench idle_memory`)");
+        return ExitCode::SUCCESS;
+    }
+    run_main("idle_memory", Duration::from_secs(170), run())
+}
+
+struct Row {
+    mode: &'static str,
+    n: usize,
+    rss0: u64,
+    rss1: u64,
+    anon0: u64,
+    anon1: u64,
+    rss_half: u64,
+    rss_closed: u64,
+    rss_again: u64,
+    open_secs: f64,
+}
+
+async fn run() -> Result<()> {
+    let (soft, hard) = raise_fd_limit();
+    let want = std::env::var("HERDGATE_BENCH_TUNNELS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(TUNNELS);
+    let fit = (hard.min(soft).saturating_sub(FD_SLACK) / 2) as usize;
+    let n = want.min(fit);
+    let mut notes = Vec::new();
+    notes.push(format!(
+        "descriptor limit raised to {soft} (hard {hard}); herdgate raises its own the same way"
+    ));
+    if n < want {
+        notes.push(format!(
+            "SHORT: the hard limit {hard} leaves room for {n} tunnels (2 descriptors each), not {want}"
+        ));
+    }
+    let mut rows = Vec::new();
+    for mode in ["plain (ws)", "TLS (wss)"] {
+        rows.push(measure(mode, n).await?);
+    }
+    let sizes = type_sizes().await?;
+
+    println!();
+    println!("## herdgate idle tunnel memory: load average {}", loadavg());
+    for n in &notes {
+        println!("{n}");
+    }
+    println!();
+    println!("| mode | tunnels | herdgate VmRSS before → after | per idle tunnel (VmRSS) | RssAnon | marginal, 2nd half | VmRSS all closed → same again | open time |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mib = |k: u64| k as f64 / 1024.0;
+    for r in &rows {
+        let per = |a: u64, b: u64, n: usize| b.saturating_sub(a) as f64 * 1024.0 / n as f64;
+        let whole = per(r.rss0, r.rss1, r.n);
+        println!(
+            "| {} | {} | {:.1} → {:.1} MiB | **{:.2} KiB** ({:.0} B) | {:.2} KiB | {:.2} KiB | {:.1} → {:.1} MiB | {:.1} s |",
+            r.mode,
+            r.n,
+            mib(r.rss0),
+            mib(r.rss1),
+            whole / 1024.0,
+            whole,
+            per(r.anon0, r.anon1, r.n) / 1024.0,
+            per(r.rss_half, r.rss1, r.n - r.n / 2) / 1024.0,
+            mib(r.rss_closed),
+            mib(r.rss_again),
+            r.open_secs,
+        );
+    }
+    println!();
+    println!(
+        "per idle tunnel = (VmRSS after - before) / tunnels; marginal = growth from {} to {} tunnels \
+         / {}; \"all closed → same again\": VmRSS once every tunnel closed, then with as many open \
+         again (the allocator reuses what closed tunnels left; no growth = no leak).",
+        rows.first().map_or(0, |r| r.n / 2),
+        rows.first().map_or(0, |r| r.n),
+        rows.first().map_or(0, |r| r.n - r.n / 2),
+    );
+    println!();
+    println!("Type sizes (bytes, this build): {sizes}");
+    println!();
+    Ok(())
+}
+
+async fn measure(mode: &'static str, n: usize) -> Result<Row> {
+    let dir = tempfile::tempdir()?;
+    let cert = write_cert(dir.path())?;
+    let echo = spawn_echo(&cert)?;
+    // Analysis only: HERDGATE_BENCH_HEAPTRACK=<dir> runs herdgate under heaptrack's
+    // preload library, writing a raw trace (see benches/RESULTS.md for reading it). VmRSS
+    // figures of such a run include heaptrack's own buffers.
+    let heaptrack = std::env::var_os("HERDGATE_BENCH_HEAPTRACK").map(|d| {
+        let tag = if mode.starts_with("TLS") {
+            "tls"
+        } else {
+            "plain"
+        };
+        std::path::Path::new(&d).join(format!("heaptrack.{tag}.raw"))
+    });
+    let env: Vec<(&str, std::ffi::OsString)> = match &heaptrack {
+        Some(f) => vec![
+            (
+                "LD_PRELOAD",
+                "/usr/lib/heaptrack/libheaptrack_preload.so".into(),
+            ),
+            ("DUMP_HEAPTRACK_OUTPUT", f.clone().into()),
+        ],
+        None => vec![],
+    };
+    let mut hg = spawn_herdgate(dir.path(), &cert, echo.plain, &env).await?;
+    let pid = hg.proc.pid();
+    let target = if mode.starts_with("TLS") {
+        Target {
+            addr: hg.wss,
+            tls: Some(tls_connector(&cert.der, false)?),
+        }
+    } else {
+        Target {
+            addr: hg.ws,
+            tls: None,
+        }
+    };
+
+    let warm = open_many(&target, WARMUP).await?;
+    drop(warm);
+    wait_metric(hg.admin, "herdgate_tunnels_open", 0.0, STEP).await?;
+    let rss0 = settled_rss(pid).await?;
+    let anon0 = status_kib(pid, "RssAnon")?;
+
+    let t0 = Instant::now();
+    let mut conns = open_many(&target, n / 2).await?;
+    wait_metric(hg.admin, "herdgate_tunnels_open", (n / 2) as f64, STEP).await?;
+    let rss_half = settled_rss(pid).await?;
+    conns.extend(open_many(&target, n - n / 2).await?);
+    let open_secs = t0.elapsed().as_secs_f64();
+    wait_metric(hg.admin, "herdgate_tunnels_open", n as f64, STEP).await?;
+    let rss1 = settled_rss(pid).await?;
+    let anon1 = status_kib(pid, "RssAnon")?;
+    hg.proc.alive()?;
+    if heaptrack.is_some() {
+        // End herdgate with its tunnels open: the trace then shows what they held as
+        // "leaked".
+        drop(hg);
+        return Ok(Row {
+            mode,
+            n,
+            rss0,
+            rss1,
+            anon0,
+            anon1,
+            rss_half,
+            rss_closed: 0,
+            rss_again: 0,
+            open_secs,
+        });
+    }
+
+    // The tunnels were live, not just counted: a sample still echoes.
+    for c in conns.iter_mut().step_by((n / 50).max(1)) {
+        step("echo after idle", echo_once(c)).await??;
+    }
+    drop(conns);
+    wait_metric(
+        hg.admin,
+        "herdgate_tunnels_open",
+        0.0,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let rss_closed = settled_rss(pid).await?;
+
+    // Closed tunnels leave their memory to the allocator, not to the system; opening the
+    // same number again must reuse it (growth here would be a leak).
+    let again = open_many(&target, n).await?;
+    wait_metric(hg.admin, "herdgate_tunnels_open", n as f64, STEP).await?;
+    let rss_again = settled_rss(pid).await?;
+    drop(again);
+    Ok(Row {
+        mode,
+        n,
+        rss0,
+        rss1,
+        anon0,
+        anon1,
+        rss_half,
+        rss_closed,
+        rss_again,
+        open_secs,
+    })
+}
+
+/// Open `n` WebSockets (OPEN_CONCURRENCY handshakes in flight), one echo on each.
+async fn open_many(t: &Target, n: usize) -> Result<Vec<Conn>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..OPEN_CONCURRENCY {
+        let t = t.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let mut o = step("open", open(&t, true)).await??;
+                step("echo", echo_once(&mut o.conn)).await??;
+                mine.push(o.conn);
+            }
+            Ok::<_, BoxError>(mine)
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(all)
+}
+
+/// VmRSS (KiB) once it has stopped moving (two readings 300 ms apart within 64 KiB), or
+/// after 5 s.
+async fn settled_rss(pid: u32) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = status_kib(pid, "VmRSS")?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = status_kib(pid, "VmRSS")?;
+        if now.abs_diff(last) <= 64 || Instant::now() > deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
+/// Sizes of the per-tunnel objects: the relay future (what a tunnel task holds besides the
+/// upgrade bookkeeping), one side, a rustls connection, the registry entry.
+async fn type_sizes() -> Result<String> {
+    use herdgate::admission::{AdmissionParams, NodeAdmission, TicketKey, TicketSigner};
+    use herdgate::backend::{Node, NodeKey};
+    use herdgate::websocket::side::Side;
+    use herdgate::websocket::tunnel::{relay, TunnelCtl, TunnelSettings};
+
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let a = tokio::net::TcpStream::connect(l.local_addr()?).await?;
+    let (b, _) = l.accept().await?;
+    let signer = Arc::new(TicketSigner::with_random_instance(TicketKey::random()));
+    let admission = NodeAdmission::new(0, AdmissionParams::default(), signer, 0)?;
+    let node = Arc::new(Node::new(
+        NodeKey {
+            pool: "p".into(),
+            name: "n".into(),
+            addr: l.local_addr()?,
+        },
+        admission,
+    ));
+    let ctl = Arc::new(TunnelCtl::new(0, node, None));
+    let settings = TunnelSettings {
+        idle: None,
+        close_timeout: Duration::from_secs(1),
+    };
+    // Built, never polled: its size is the state a running tunnel keeps.
+    let fut = relay(
+        Side::Plain(a),
+        bytes::Bytes::new(),
+        Side::Plain(b),
+        bytes::Bytes::new(),
+        ctl,
+        settings,
+    );
+    let relay_size = std::mem::size_of_val(&fut);
+    drop(fut);
+    Ok(format!(
+        "relay future {relay_size}, Side {}, tokio TcpStream {}, rustls ServerConnection {} (boxed), TunnelCtl {} (+16 Arc header)",
+        std::mem::size_of::<Side>(),
+        std::mem::size_of::<tokio::net::TcpStream>(),
+        std::mem::size_of::<tokio_rustls::rustls::ServerConnection>(),
+        std::mem::size_of::<TunnelCtl>(),
+    ))
+}
