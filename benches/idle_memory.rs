@@ -283,7 +283,7 @@ async fn type_sizes() -> Result<String> {
         },
         admission,
     ));
-    let ctl = Arc::new(TunnelCtl::new(0, node, None));
+    let ctl = Arc::new(TunnelCtl::new(0, node, None, false));
     let settings = TunnelSettings {
         idle: None,
         close_timeout: Duration::from_secs(1),
