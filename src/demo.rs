@@ -149,17 +149,13 @@ pub async fn run_with(
     }
 
     let tls = tls_client_config_with_root(cert_der).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let plain_target = Arc::new(
-        Target::new(format!("ws://{ws_addr}/chat"))
-            .with_addr(ws_addr)
-            .with_connect_timeout(Duration::from_secs(5)),
-    );
-    let tls_target = Arc::new(
-        Target::new(format!("wss://localhost:{}/chat", wss_addr.port()))
-            .with_addr(wss_addr)
-            .with_tls(tls)
-            .with_connect_timeout(Duration::from_secs(5)),
-    );
+    let plain_target = Target::new(format!("ws://{ws_addr}/chat"))
+        .with_addr(ws_addr)
+        .with_connect_timeout(Duration::from_secs(5));
+    let tls_target = Target::new(format!("wss://localhost:{}/chat", wss_addr.port()))
+        .with_addr(wss_addr)
+        .with_tls(tls)
+        .with_connect_timeout(Duration::from_secs(5));
     let shared = Arc::new(Shared {
         stats: Stats::new(),
         connected: AtomicU64::new(0),
@@ -168,11 +164,20 @@ pub async fn run_with(
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut tasks = Vec::with_capacity(n_clients);
     for _ in 0..n_clients {
-        let t = if rng.gen_bool(args.tls_share.clamp(0.0, 1.0)) {
-            tls_target.clone()
+        let base = if rng.gen_bool(args.tls_share.clamp(0.0, 1.0)) {
+            &tls_target
         } else {
-            plain_target.clone()
+            &plain_target
         };
+        // Each user has a session id: herdgate hashes it to pick (and keep) the node.
+        let session: u64 = rng.gen();
+        let t = Arc::new(
+            Target::clone(base).with_header(
+                http::HeaderName::from_static("x-demo-session"),
+                http::HeaderValue::from_str(&format!("{session:016x}"))
+                    .unwrap_or(http::HeaderValue::from_static("0")),
+            ),
+        );
         let seed = rng.gen();
         tasks.push(tokio::spawn(client(t, shared.clone(), stop.clone(), seed)));
     }

@@ -229,11 +229,22 @@ pub async fn shutdown(shared: &Arc<Shared>) {
         tunnels.len()
     );
     metrics::gauge!(crate::metrics::DRAINING_TUNNELS).set(tunnels.len() as f64);
+    let _ = crate::systemd::status(&format!(
+        "shutting down: closing {} tunnels over {spread:?}",
+        tunnels.len()
+    ));
     let deadline = started + timeout;
     let never = tokio_util::sync::CancellationToken::new();
+    // Tunnels that end on their own shorten the wait: stop as soon as none is left.
     tokio::select! {
         _ = funnel(shared, tunnels, Pace::Spread(spread), &never) => {}
-        _ = tokio::time::sleep_until(deadline) => {}
+        _ = shared.tunnels.wait_empty(deadline) => {}
+    }
+    if !shared.http_active.wait_zero(deadline).await {
+        tracing::warn!(
+            "shutdown timeout: {} HTTP connections still busy",
+            shared.http_active.get()
+        );
     }
     if !shared.tunnels.wait_empty(deadline).await {
         tracing::warn!(
@@ -256,5 +267,49 @@ pub fn close_all_now(shared: &Shared) {
     shared.stop_http.cancel();
     for t in shared.tunnels.all() {
         t.close_now();
+    }
+}
+
+/// A count of things under way that shutdown waits for.
+#[derive(Default)]
+pub struct ActiveCount {
+    n: std::sync::atomic::AtomicUsize,
+    zero: tokio::sync::Notify,
+}
+
+impl ActiveCount {
+    pub fn enter(&self) -> ActiveGuard<'_> {
+        self.n.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(self)
+    }
+
+    pub fn get(&self) -> usize {
+        self.n.load(Ordering::Acquire)
+    }
+
+    /// Wait until the count is zero, or `deadline`; true when zero.
+    pub async fn wait_zero(&self, deadline: Instant) -> bool {
+        loop {
+            let z = self.zero.notified();
+            tokio::pin!(z);
+            z.as_mut().enable();
+            if self.get() == 0 {
+                return true;
+            }
+            tokio::select! {
+                _ = z => {}
+                _ = tokio::time::sleep_until(deadline) => return self.get() == 0,
+            }
+        }
+    }
+}
+
+pub struct ActiveGuard<'a>(&'a ActiveCount);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.zero.notify_waiters();
+        }
     }
 }

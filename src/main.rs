@@ -172,8 +172,9 @@ async fn run(config_path: PathBuf, pidfile: Option<PathBuf>) -> ExitCode {
         }
     };
     let _ = herdgate::systemd::ready();
+    let _ = herdgate::systemd::status("serving, config generation 1");
     let result = server.run(signals.shutdown_requested()).await;
-    let _ = herdgate::systemd::notify("STATUS=stopped");
+    let _ = herdgate::systemd::status("stopped");
     if let Some(p) = &pidfile {
         let _ = std::fs::remove_file(p);
     }

@@ -5,7 +5,7 @@
 //! snapshot. Live node state (bucket, schedule, health, counters) carries over for nodes
 //! whose identity (pool, name, address) is unchanged.
 
-use crate::backend::{DrainSource, Node};
+use crate::backend::{DrainSource, Node, NodeKey};
 use crate::config::{Config, ConfigErrors};
 use crate::metrics as m;
 use crate::server::Shared;
@@ -47,6 +47,14 @@ pub async fn reload(shared: &Arc<Shared>, config: Config) -> Result<(), ReloadEr
     let _writer = shared.reload_lock.lock().await;
     let old = shared.snapshot.load_full();
     let generation = shared.generation.load(std::sync::atomic::Ordering::Relaxed) + 1;
+    // Building registers new nodes in the live table. If this reload fails they must go
+    // again: the next good reload would take them for removed nodes and drop the learned
+    // sticky entries of every node by their name.
+    let known: HashSet<NodeKey> = shared.nodes.iter().map(|e| e.key().clone()).collect();
+    let failed = |e: ReloadError| {
+        shared.nodes.retain(|k, _| known.contains(k));
+        failed(e)
+    };
     let snap = Snapshot::build(
         Arc::new(config),
         BuildCtx {

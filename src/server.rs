@@ -27,9 +27,14 @@ pub struct Shared {
     /// Process-wide connection cap (`limits.max_connections`).
     pub conn_limit: Arc<Semaphore>,
     conn_limit_size: AtomicU64,
+    /// Permits a lowered `max_connections` could not take back (they were in use): the
+    /// accept loops forget that many as they get them back.
+    conn_limit_debt: AtomicU64,
     pub health: Arc<Health>,
     /// Cancelled at shutdown: keep-alive HTTP connections finish their request and close.
     pub stop_http: CancellationToken,
+    /// HTTP connections being served (not tunnels): shutdown waits for them.
+    pub http_active: crate::drain::ActiveCount,
     /// Cancelled when everything must stop (background tasks).
     pub stop_all: CancellationToken,
     pub(crate) generation: AtomicU64,
@@ -85,7 +90,7 @@ impl Server {
 
     /// Like [`Server::bind`], taking already-open sockets first: matched by name, else by
     /// local address.
-    pub fn bind_with(config: Config, mut inherited: Vec<Inherited>) -> Result<Server, StartError> {
+    pub fn bind_with(config: Config, inherited: Vec<Inherited>) -> Result<Server, StartError> {
         let metrics = crate::metrics::install();
         let config = Arc::new(config);
         let nodes = DashMap::new();
@@ -113,8 +118,10 @@ impl Server {
                 tunnels: Registry::new(),
                 conn_limit: Arc::new(Semaphore::new(config.limits.max_connections)),
                 conn_limit_size: AtomicU64::new(config.limits.max_connections as u64),
+                conn_limit_debt: AtomicU64::new(0),
                 health: Arc::new(Health::new(on_up, stop_all.clone())),
                 stop_http: CancellationToken::new(),
+                http_active: Default::default(),
                 stop_all,
                 generation: AtomicU64::new(1),
                 reload_lock: tokio::sync::Mutex::new(()),
@@ -123,18 +130,35 @@ impl Server {
                 metrics,
             }
         });
+        // Inherited sockets (socket activation): by name first, then by address.
+        let wanted: Vec<(&str, SocketAddr)> = config
+            .listeners
+            .iter()
+            .map(|l| (l.name(), l.bind))
+            .collect();
+        let inherited = inherited
+            .into_iter()
+            .map(|i| crate::systemd::InheritedListener {
+                name: i.name,
+                listener: i.listener,
+            })
+            .collect();
+        let (slots, unclaimed) = crate::systemd::match_listeners(inherited, &wanted);
+        for i in unclaimed {
+            tracing::warn!(
+                "inherited socket {:?} ({:?}) matches no [[listener]]: closing it \
+                 (fix the socket unit or the config: nothing would serve it)",
+                i.name,
+                i.local_addr().ok()
+            );
+        }
         let mut pending = Vec::new();
-        for l in &config.listeners {
-            let pos = inherited
-                .iter()
-                .position(|i| i.name.as_deref() == Some(l.name()))
-                .or_else(|| {
-                    inherited
-                        .iter()
-                        .position(|i| i.listener.local_addr().ok() == Some(l.bind))
-                });
-            let sock = match pos {
-                Some(i) => inherited.swap_remove(i).listener,
+        for (l, slot) in config.listeners.iter().zip(slots) {
+            let sock = match slot {
+                Some(i) => {
+                    tracing::info!(listener = %l.name(), "using the inherited socket");
+                    i.listener
+                }
                 None => {
                     crate::listener::bind(l.bind, l.backlog).map_err(|source| StartError::Bind {
                         name: l.name().to_string(),
@@ -144,13 +168,6 @@ impl Server {
                 }
             };
             pending.push((l.name().to_string(), l.bind, sock));
-        }
-        for i in inherited {
-            tracing::warn!(
-                "inherited socket {:?} ({:?}) matches no listener; closing it",
-                i.name,
-                i.listener.local_addr().ok()
-            );
         }
         let admin = if config.admin.enabled {
             Some(
@@ -262,9 +279,37 @@ impl Shared {
     pub(crate) fn resize_conn_limit(&self, max: usize) {
         let old = self.conn_limit_size.swap(max as u64, Ordering::AcqRel) as usize;
         if max > old {
-            self.conn_limit.add_permits(max - old);
+            // A shrink not yet paid back is cancelled first.
+            let grow = (max - old) as u64;
+            let cancelled = self
+                .conn_limit_debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d - d.min(grow))
+                })
+                .map_or(0, |d| d.min(grow));
+            self.conn_limit.add_permits((grow - cancelled) as usize);
         } else if max < old {
-            self.conn_limit.forget_permits(old - max);
+            // Only free permits can be forgotten now; the rest as connections end.
+            let forgotten = self.conn_limit.forget_permits(old - max);
+            self.conn_limit_debt
+                .fetch_add((old - max - forgotten) as u64, Ordering::AcqRel);
+        }
+    }
+
+    /// Give a connection permit to the debt of a lowered cap: `None` when it was taken.
+    pub(crate) fn pay_conn_debt(
+        &self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let paid = self
+            .conn_limit_debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok();
+        if paid {
+            permit.forget();
+            None
+        } else {
+            Some(permit)
         }
     }
 }

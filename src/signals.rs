@@ -24,8 +24,17 @@ impl Signals {
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP: reloading {}", config.display());
                         let _ = crate::systemd::reloading();
-                        let _ = handle.reload_file(&config).await;
+                        let status = match handle.reload_file(&config).await {
+                            Ok(()) => format!(
+                                "serving, config generation {}",
+                                handle.snapshot().generation
+                            ),
+                            Err(e) => format!("reload failed, old config kept: {e}"),
+                        };
+                        // READY=1 even after a failed reload, or `systemctl reload` hangs
+                        // on Type=notify-reload.
                         let _ = crate::systemd::ready();
+                        let _ = crate::systemd::status(&status);
                     }
                     _ = term.recv() => {
                         if token.is_cancelled() {

@@ -60,6 +60,11 @@ impl Pool {
         self.by_name.get(name).map(|&i| &self.nodes[i])
     }
 
+    /// The node with this admission id (what a ticket names).
+    pub fn node_by_id(&self, id: u64) -> Option<&Arc<Node>> {
+        self.nodes.iter().find(|n| n.admission.node_id() == id)
+    }
+
     /// Round robin over eligible nodes (the fallback when a route has no sticky key).
     pub fn next_rr(&self) -> Option<&Arc<Node>> {
         let n = self.nodes.len();

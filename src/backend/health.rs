@@ -8,10 +8,11 @@
 //! A node marked down by traffic alone, in a pool without active checks, gets a recovery
 //! probe (TCP connect each second) so that it can come back.
 
-use super::Node;
+use super::{Node, NodeKey};
 use crate::config::{HealthConfig, HealthKind};
 use crate::snapshot::Snapshot;
 use rand::Rng;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -25,8 +26,9 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 pub type UpHook = Arc<dyn Fn(&Arc<Node>) + Send + Sync>;
 
 pub struct Health {
-    /// Active-check tasks of the current snapshot generation.
-    active: Mutex<Option<CancellationToken>>,
+    /// Running active checks, by node; a reload keeps those whose settings are unchanged
+    /// (restarting them would reset their rise/fall counts and delay the next check).
+    active: Mutex<HashMap<NodeKey, (HealthConfig, CancellationToken)>>,
     on_up: UpHook,
     stop: CancellationToken,
 }
@@ -34,7 +36,7 @@ pub struct Health {
 impl Health {
     pub fn new(on_up: UpHook, stop: CancellationToken) -> Self {
         Health {
-            active: Mutex::new(None),
+            active: Mutex::new(HashMap::new()),
             on_up,
             stop,
         }
@@ -110,27 +112,47 @@ impl Health {
 
     /// Start the active checks of a new snapshot (and stop the previous generation's).
     pub fn apply(self: &Arc<Self>, snap: &Snapshot) {
-        let token = self.stop.child_token();
-        if let Ok(mut g) = self.active.lock() {
-            if let Some(old) = g.replace(token.clone()) {
-                old.cancel();
-            }
-        }
+        let Ok(mut active) = self.active.lock() else {
+            return;
+        };
+        let mut keep: HashMap<NodeKey, (HealthConfig, CancellationToken)> = HashMap::new();
         for pool in &snap.pools {
             let threshold = pool.cfg.health.as_ref().map_or(3, |h| h.passive_failures);
             for node in &pool.nodes {
                 node.passive_threshold.store(threshold, Ordering::Relaxed);
                 node.actively_checked
                     .store(pool.cfg.health.is_some(), Ordering::Relaxed);
-                if let Some(h) = &pool.cfg.health {
-                    let this = self.clone();
-                    let node = node.clone();
-                    let h = h.clone();
-                    let token = token.clone();
-                    tokio::spawn(async move { this.check_loop(node, h, token).await });
+                // A node left down when its pool's active checks were removed has no one
+                // left to see it come back but the recovery probe.
+                if pool.cfg.health.is_none()
+                    && !node.is_healthy()
+                    && !node.probing.swap(true, Ordering::AcqRel)
+                {
+                    self.spawn_probe(node.clone());
+                }
+                let Some(h) = &pool.cfg.health else { continue };
+                match active.remove(&node.key) {
+                    Some((old, token)) if old == *h => {
+                        keep.insert(node.key.clone(), (old, token));
+                    }
+                    other => {
+                        if let Some((_, token)) = other {
+                            token.cancel();
+                        }
+                        let token = self.stop.child_token();
+                        let this = self.clone();
+                        let (n, hc, t) = (node.clone(), h.clone(), token.clone());
+                        tokio::spawn(async move { this.check_loop(n, hc, t).await });
+                        keep.insert(node.key.clone(), (h.clone(), token));
+                    }
                 }
             }
         }
+        // Checks of nodes (or pools) no longer checked stop.
+        for (_, (_, token)) in active.drain() {
+            token.cancel();
+        }
+        *active = keep;
     }
 
     async fn check_loop(

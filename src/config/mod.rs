@@ -441,7 +441,7 @@ fn default_queue_len() -> usize {
 }
 
 /// `[pool.health]`: active checks.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// "tcp" (connect) or "http" (GET `path`, expect 2xx).

@@ -101,14 +101,15 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
                 format!("duplicate listener name {:?}", l.name()),
             );
         }
-        if !binds.insert(l.bind) {
+        // Port 0 (an ephemeral port, in tests and the demo) never collides.
+        if l.bind.port() != 0 && !binds.insert(l.bind) {
             r.at(
                 format!("{key}.bind"),
                 Some(&l.name),
                 format!("address {} is bound by another listener", l.bind),
             );
         }
-        if cfg.admin.enabled && l.bind == cfg.admin.bind {
+        if cfg.admin.enabled && l.bind.port() != 0 && l.bind == cfg.admin.bind {
             r.at(
                 format!("{key}.bind"),
                 Some(&l.name),

@@ -113,15 +113,6 @@ pub async fn serve(
     let metrics = ListenerMetrics::new(&name);
     let mut backoff = Duration::from_millis(5);
     loop {
-        // Caps before accept: a connection we cannot serve stays in the kernel backlog
-        // instead of costing us a descriptor, a handshake and a refusal.
-        let permit = tokio::select! {
-            _ = stop.cancelled() => return,
-            p = shared.conn_limit.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let snap = shared.snapshot.load();
         let lrt = snap.listener(&name).cloned();
         drop(snap);
@@ -129,6 +120,8 @@ pub async fn serve(
             // Removed by a reload; the reload also cancels `stop`.
             return;
         };
+        // The listener's own cap before accept: a connection it cannot serve stays in
+        // the kernel backlog instead of costing a descriptor, a handshake and a refusal.
         let listener_permit = match &lrt.conn_limit {
             Some(sem) => tokio::select! {
                 _ = stop.cancelled() => return,
@@ -165,6 +158,23 @@ pub async fn serve(
                     continue;
                 }
             },
+        };
+        // The process cap is shared by every listener, so it is taken after accept: an
+        // idle accept loop holding a slot would starve the other listeners (with a cap of
+        // 2 and two listeners, one connection in all). At the cap, each listener holds at
+        // most this one accepted connection, unserved, until a slot frees.
+        let permit = loop {
+            let p = tokio::select! {
+                _ = stop.cancelled() => return,
+                p = shared.conn_limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            // A lowered cap takes its slots back as they come free.
+            if let Some(p) = shared.pay_conn_debt(p) {
+                break p;
+            }
         };
         metrics.accepted.increment(1);
         let shared = shared.clone();
@@ -225,10 +235,17 @@ async fn handle_conn(
     guard: ConnGuard,
 ) {
     let _ = stream.set_nodelay(true);
+    let _active = shared.http_active.enter();
     let snap = shared.snapshot.load_full();
     let timeouts = &snap.config.timeouts;
     let deadline = Instant::now() + timeouts.handshake.0;
-    let io = match &lrt.tls {
+    // The accept loop read `lrt` before it waited in accept(): a reload since then (new
+    // certificates, a new SNI set) must apply to this connection already.
+    let tls = match snap.listener(&name) {
+        Some(now) => now.tls.clone(),
+        None => lrt.tls,
+    };
+    let io = match &tls {
         None => ClientIo::Plain(stream),
         Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
             Ok(Ok(s)) => ClientIo::Tls(Box::new(s)),
@@ -253,7 +270,7 @@ async fn handle_conn(
     let info = ConnInfo {
         listener: name,
         peer,
-        tls: lrt.tls.is_some(),
+        tls: tls.is_some(),
     };
     let ctx = Arc::new(proxy::ConnCtx::new(
         shared.clone(),

@@ -194,11 +194,12 @@ pub fn server_config(
     sc.session_storage = session_cache(listener, cfg.session_cache.max(1));
     if cfg.session_tickets {
         sc.ticketer = ticketer()?;
-        // TLS 1.3 clients may resume with several tickets; two is what browsers use.
-        sc.send_tls13_tickets = 2;
-    } else {
-        sc.send_tls13_tickets = 0;
     }
+    // TLS 1.3 resumes only through NewSessionTicket: with a ticketer the ticket is the
+    // encrypted session (stateless), without one it is a key into `session_storage`
+    // (stateful). Sending none would turn 1.3 resumption off altogether. Two is what
+    // browsers use.
+    sc.send_tls13_tickets = 2;
     Ok(Arc::new(sc))
 }
 

@@ -82,8 +82,22 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
         }
     }
 
-    let choice = routing::choose(pool, key, cookie)
-        .ok_or_else(|| ProxyError::NoNode(pool.name.to_string()))?;
+    // A valid ticket names the node that holds the client's reserved token: go there
+    // (while it is eligible), whatever the key says, or the reservation would be wasted.
+    let ticketed = ticket_info(&parts)
+        .ticket
+        .and_then(|t| ctx.shared.signer.verify(t).ok())
+        .and_then(|claims| pool.node_by_id(claims.node))
+        .filter(|n| n.is_eligible());
+    let choice = match ticketed {
+        Some(node) => routing::Choice {
+            node,
+            key_hash: key,
+            set_cookie: cookie,
+        },
+        None => routing::choose(pool, key, cookie)
+            .ok_or_else(|| ProxyError::NoNode(pool.name.to_string()))?,
+    };
     let node = choice.node;
 
     if ws || route.cfg.admit_http {

@@ -385,14 +385,21 @@ pub async fn relay(
                 }
                 Ev::Timer => {}
                 Ev::Again | Ev::ClientReadable | Ev::BackendReadable => {
-                    if can_read_client {
+                    // Only the side that woke us (a blind read of the other costs a syscall
+                    // per message); `Again` retries both.
+                    let (try_client, try_backend) = match ev {
+                        Ev::ClientReadable => (true, false),
+                        Ev::BackendReadable => (false, true),
+                        _ => (true, true),
+                    };
+                    if can_read_client && try_client {
                         match pump(&mut client, &mut backend, &mut c2s, false, &c2s_bytes)? {
                             Pump::More => again = true,
                             Pump::Idle | Pump::Blocked | Pump::Boundary | Pump::Eof => {}
                         }
                         last_activity = Instant::now();
                     }
-                    if can_read_backend {
+                    if can_read_backend && try_backend {
                         match pump(&mut backend, &mut client, &mut s2c, stop_s2c, &s2c_bytes)? {
                             Pump::More => again = true,
                             Pump::Idle | Pump::Blocked | Pump::Boundary | Pump::Eof => {}

@@ -30,8 +30,9 @@ pub struct Certs {
 /// A self-signed certificate for `names`, written as PEM files.
 pub fn certs(names: &[&str]) -> Certs {
     let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");
     std::fs::write(&cert, ck.cert.pem()).unwrap();
@@ -123,7 +124,11 @@ pub async fn start(config: Config) -> Proxy {
 pub async fn echo_nodes(n: usize) -> Vec<EchoNode> {
     let mut v = Vec::new();
     for _ in 0..n {
-        v.push(EchoNode::start("127.0.0.1:0".parse().unwrap()).await.unwrap());
+        v.push(
+            EchoNode::start("127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap(),
+        );
     }
     v
 }

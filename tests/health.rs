@@ -1,0 +1,447 @@
+//! Health over real sockets: active TCP and HTTP checks follow a node that dies and comes
+//! back (on the same port); a refused connect marks a node down at once and the recovery
+//! probe brings it back; a WebSocket counts as a success at its 101; a down node gets no
+//! new connections and its keys fail over to the next node in hash order; a client stays
+//! on its learned node after the original one recovers; a recovered node ramps up (slow
+//! start); `/admin/nodes` reports every node.
+
+mod gate_support;
+mod support;
+
+use futures_util::StreamExt;
+use gate_support::*;
+use herdgate::admission::wire::now;
+use herdgate::server::Handle;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use support::{http_get, http_raw, parse, start, within};
+
+const RATE: f64 = 100_000.0;
+
+fn config(nodes: &str, pool_extra: &str, sticky: &str) -> String {
+    format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"\n\n\
+         [[route]]\npool = \"p\"\n{sticky}\n\n\
+         [[pool]]\nname = \"p\"\nadmit_rate = {RATE:.1}\nadmit_burst = 100000\n{pool_extra}\n{nodes}"
+    )
+}
+
+const STICKY: &str = "sticky = { header = \"x-session\" }";
+
+/// A key the hash sends to `node` first.
+fn key_for(h: &Handle, node: &str, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|k| hash_pick(h, "p", k) == node)
+        .unwrap()
+}
+
+fn effective_rate(h: &Handle, node: &str) -> f64 {
+    let snap = h.snapshot();
+    let n = snap.pools[0].node_by_name(node).unwrap();
+    n.admission.effective_rate(now())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_tcp_check_follows_a_node_that_dies_and_returns() {
+    let mut fleet = Fleet::start(&["n1", "n2", "n3"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let health = "slow_start = \"30s\"\n\
+                  [pool.health]\nkind = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n";
+    let proxy = start(parse(
+        &config(&fleet.nodes_toml(&fleet.all()), health, STICKY),
+        dir.path(),
+    ))
+    .await;
+    let (addr, admin, h) = (proxy.addr("plain"), proxy.admin.unwrap(), &proxy.handle);
+    let n1 = fleet.index("n1");
+
+    // Keys that prefer n1: they land there while it is up.
+    let keys: Vec<String> = (0..5).map(|i| key_for(h, "n1", &format!("k{i}"))).collect();
+    for k in &keys {
+        assert_eq!(land_ws(&fleet, addr, "/", &[("x-session", k)]).await, n1);
+    }
+
+    fleet.kill(n1).await;
+    wait_health(admin, "n1", false).await;
+    // Down: its keys go to the next node of their own hash order, and nothing fails.
+    let mut failover = Vec::new();
+    for k in &keys {
+        let order = hash_order(h, "p", k);
+        let got = land_ws(&fleet, addr, "/", &[("x-session", k)]).await;
+        assert_eq!(fleet.names[got], order[1], "{k}: {order:?}");
+        failover.push(got);
+    }
+    assert_eq!(
+        effective_rate(h, "n1"),
+        RATE,
+        "not in slow start while down"
+    );
+
+    fleet.restart(n1).await;
+    wait_health(admin, "n1", true).await;
+    // Back through slow start: well below the configured rate right after recovery.
+    let r = effective_rate(h, "n1");
+    assert!(r < RATE * 0.5, "slow start after recovery: {r}");
+    let reported = admin_node(admin, "n1").await.admit_rate;
+    assert!(reported < RATE * 0.5, "/admin/nodes admit_rate {reported}");
+    assert_eq!(effective_rate(h, "n2"), RATE);
+
+    // Returning clients stay on their learned node; new keys of n1 go to n1 again.
+    for (k, was) in keys.iter().zip(&failover) {
+        assert_eq!(
+            land_ws(&fleet, addr, "/", &[("x-session", k)]).await,
+            *was,
+            "{k}"
+        );
+    }
+    let fresh = key_for(h, "n1", "fresh");
+    assert_eq!(
+        land_ws(&fleet, addr, "/", &[("x-session", &fresh)]).await,
+        n1
+    );
+
+    let m = proxy.metrics().await;
+    assert!(
+        support::metric(
+            &m,
+            "herdgate_health_checks_total",
+            &["node=\"n1\"", "result=\"fail\""]
+        ) >= 2.0,
+        "{m}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_http_check_follows_healthz_and_a_down_node_gets_nothing() {
+    let web = [HttpNode::start("w1").await, HttpNode::start("w2").await];
+    let nodes: String = web
+        .iter()
+        .map(|n| {
+            format!(
+                "[[pool.node]]\nname = \"{}\"\naddr = \"{}\"\n",
+                n.name, n.addr
+            )
+        })
+        .collect();
+    let health = "[pool.health]\nkind = \"http\"\npath = \"/healthz\"\ninterval = \"100ms\"\n\
+                  timeout = \"500ms\"\nrise = 2\nfall = 2\n";
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(parse(&config(&nodes, health, STICKY), dir.path())).await;
+    let (addr, admin, h) = (proxy.addr("plain"), proxy.admin.unwrap(), &proxy.handle);
+    let get = |key: String| async move {
+        let req =
+            format!("GET /x HTTP/1.1\r\nHost: a\r\nx-session: {key}\r\nConnection: close\r\n\r\n");
+        let (status, _, body) = http_raw(addr, req.as_bytes()).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let k1 = key_for(h, "w1", "a");
+    assert_eq!(get(k1.clone()).await, "w1");
+
+    // /healthz says 500: the node is alive, but gets no new requests.
+    web[0].set_health(500);
+    wait_health(admin, "w1", false).await;
+    let before = web[0].requests.load(Ordering::Relaxed);
+    for i in 0..20 {
+        assert_eq!(get(format!("any-{i}")).await, "w2");
+    }
+    assert_eq!(get(k1.clone()).await, "w2", "its keys fail over");
+    assert_eq!(web[0].requests.load(Ordering::Relaxed), before);
+    web[0].set_health(204);
+    wait_health(admin, "w1", true).await;
+    let fresh = key_for(h, "w1", "b");
+    assert_eq!(get(fresh).await, "w1");
+    // The client that failed over stays where it was learned.
+    assert_eq!(get(k1).await, "w2");
+    // Any answer but 2xx is a failure.
+    web[0].set_health(302);
+    wait_health(admin, "w1", false).await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connect_marks_down_at_once_and_the_probe_brings_it_back() {
+    let mut fleet = Fleet::start(&["n1", "n2", "n3"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // No active checks: passive health only.
+    let proxy = start(parse(
+        &config(
+            &fleet.nodes_toml(&fleet.all()),
+            "slow_start = \"30s\"",
+            STICKY,
+        ),
+        dir.path(),
+    ))
+    .await;
+    let (addr, admin, h) = (proxy.addr("plain"), proxy.admin.unwrap(), &proxy.handle);
+    let n1 = fleet.index("n1");
+    let k = key_for(h, "n1", "k");
+    let order = hash_order(h, "p", &k);
+    assert_eq!(land_ws(&fleet, addr, "/", &[("x-session", &k)]).await, n1);
+
+    fleet.kill(n1).await;
+    assert!(
+        admin_node(admin, "n1").await.healthy,
+        "nobody has noticed yet"
+    );
+    // The first client to hit the dead node gets 502, and the node is down before the
+    // response leaves: no waiting on a check interval.
+    let (status, _) = ws_status(addr, "/", &[("x-session", &k)]).await;
+    assert_eq!(status, 502);
+    assert!(!admin_node(admin, "n1").await.healthy);
+    let second = fleet.index(&order[1]);
+    assert_eq!(
+        land_ws(&fleet, addr, "/", &[("x-session", &k)]).await,
+        second
+    );
+    for i in 0..10 {
+        let got = land_ws(&fleet, addr, "/", &[("x-session", &format!("other-{i}"))]).await;
+        assert_ne!(got, n1);
+    }
+
+    // The recovery probe (TCP connect, once a second) brings it back, in slow start.
+    fleet.restart(n1).await;
+    wait_health(admin, "n1", true).await;
+    let r = effective_rate(h, "n1");
+    assert!(r < RATE * 0.5, "slow start after recovery: {r}");
+    let fresh = key_for(h, "n1", "fresh");
+    assert_eq!(
+        land_ws(&fleet, addr, "/", &[("x-session", &fresh)]).await,
+        n1
+    );
+
+    // The learned entry holds while its node is healthy and not draining...
+    assert_eq!(
+        land_ws(&fleet, addr, "/", &[("x-session", &k)]).await,
+        second
+    );
+    // ...and once that node drains, the key goes back to the hash's first choice.
+    assert!(h.drain_node("p", &order[1]));
+    assert_eq!(land_ws(&fleet, addr, "/", &[("x-session", &k)]).await, n1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_http_forward_marks_down_at_once() {
+    let mut web = vec![HttpNode::start("w1").await, HttpNode::start("w2").await];
+    let nodes: String = web
+        .iter()
+        .map(|n| {
+            format!(
+                "[[pool.node]]\nname = \"{}\"\naddr = \"{}\"\n",
+                n.name, n.addr
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(parse(&config(&nodes, "", STICKY), dir.path())).await;
+    let (addr, admin, h) = (proxy.addr("plain"), proxy.admin.unwrap(), &proxy.handle);
+    let k = key_for(h, "w1", "k");
+    // w1 never served anything: no pooled keep-alive connection hides its death.
+    let dead = web.remove(0).addr;
+    eventually("w1 refuses", || async move {
+        tokio::net::TcpStream::connect(dead).await.is_err()
+    })
+    .await;
+    let req = format!("GET / HTTP/1.1\r\nHost: a\r\nx-session: {k}\r\nConnection: close\r\n\r\n");
+    let (status, _, _) = http_raw(addr, req.as_bytes()).await;
+    assert_eq!(status, 502);
+    assert!(!admin_node(admin, "w1").await.healthy);
+    let (status, _, body) = http_raw(addr, req.as_bytes()).await;
+    assert_eq!((status, body.as_str()), (200, "w2"));
+    proxy.shutdown().await;
+}
+
+/// A WebSocket node that answers upgrades with 500 while `fail` is set.
+async fn flaky_node(fail: Arc<AtomicBool>) -> std::net::SocketAddr {
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let fail = fail.clone();
+            tokio::spawn(async move {
+                #[allow(clippy::result_large_err)]
+                let cb = move |_: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+                    if fail.load(Ordering::Relaxed) {
+                        let mut e = ErrorResponse::new(Some("down for a moment".into()));
+                        *e.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                        Err(e)
+                    } else {
+                        Ok(resp)
+                    }
+                };
+                if let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, cb).await {
+                    let (tx, rx) = ws.split();
+                    let _ = rx
+                        .filter(|m| std::future::ready(m.as_ref().is_ok_and(|m| m.is_text())))
+                        .forward(tx)
+                        .await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_is_a_success_at_its_101() {
+    let fail = Arc::new(AtomicBool::new(true));
+    let node = flaky_node(fail.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // No [pool.health]: the soft-failure threshold is the default, 3.
+    let proxy = start(parse(
+        &config(
+            &format!("[[pool.node]]\nname = \"f\"\naddr = \"{node}\"\n"),
+            "",
+            "",
+        ),
+        dir.path(),
+    ))
+    .await;
+    let (addr, admin) = (proxy.addr("plain"), proxy.admin.unwrap());
+    let upgrade = || ws_status(addr, "/", &[]);
+
+    for _ in 0..2 {
+        assert_eq!(upgrade().await.0, 500, "the node's answer is the client's");
+    }
+    assert!(admin_node(admin, "f").await.healthy, "2 soft failures < 3");
+    // One upgrade succeeds and stays open: the 101 is the success, not the close.
+    fail.store(false, Ordering::Relaxed);
+    let (status, ws) = upgrade().await;
+    assert_eq!(status, 101);
+    let mut ws = ws.unwrap();
+    echo(&mut ws, "alive").await;
+    fail.store(true, Ordering::Relaxed);
+    for _ in 0..2 {
+        assert_eq!(upgrade().await.0, 500);
+    }
+    assert!(
+        admin_node(admin, "f").await.healthy,
+        "the 101 reset the count: 2 failures since, not 4"
+    );
+    echo(&mut ws, "still alive").await;
+    assert_eq!(upgrade().await.0, 500);
+    assert!(!admin_node(admin, "f").await.healthy, "3 in a row");
+    assert_eq!(upgrade().await.0, 503, "no eligible node left");
+    // The open tunnel is not the health checker's business.
+    echo(&mut ws, "untouched").await;
+    drop(ws);
+    wait_no_tunnels(&proxy.handle).await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_nodes_reports_health_drain_tunnels_rate_and_backlog() {
+    let fleet = Fleet::start(&["n1", "n2", "n3"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = &fleet.addrs;
+    let nodes = format!(
+        "[[pool.node]]\nname = \"n1\"\naddr = \"{}\"\n\
+         [[pool.node]]\nname = \"n2\"\naddr = \"{}\"\nadmit_rate = 50.0\n\
+         [[pool.node]]\nname = \"n3\"\naddr = \"{}\"\nadmit_rate = 0.01\nadmit_burst = 1\n",
+        a[0], a[1], a[2]
+    );
+    let proxy = start(parse(&config(&nodes, "", STICKY), dir.path())).await;
+    let (addr, admin, h) = (proxy.addr("plain"), proxy.admin.unwrap(), &proxy.handle);
+
+    // Raw JSON: an array with one object per node and these fields.
+    let (status, body) = http_get(admin, "/admin/nodes").await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let arr = v.as_array().unwrap();
+    assert_eq!(arr.len(), 3);
+    let mut fields: Vec<&str> = arr[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|s| s.as_str())
+        .collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "addr",
+            "admit_rate",
+            "draining",
+            "healthy",
+            "node",
+            "open_tunnels",
+            "pool",
+            "schedule_backlog_seconds"
+        ]
+    );
+
+    // Three tunnels on n1, one admission on n3 (its schedule is then booked ahead).
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let (mut w, _) = ws(
+            addr,
+            "/",
+            &[("x-session", &key_for(h, "n1", &format!("t{i}")))],
+        )
+        .await;
+        echo(&mut w, "hi").await;
+        open.push(w);
+    }
+    let (mut w3, _) = ws(addr, "/", &[("x-session", &key_for(h, "n3", "s"))]).await;
+    echo(&mut w3, "hi").await;
+    assert!(h.drain_node("p", "n2"));
+    eventually("3 tunnels on n1 reported", || async move {
+        admin_node(admin, "n1").await.open_tunnels == 3
+    })
+    .await;
+    let r = admin_nodes(admin).await;
+    let by = |n: &str| r.iter().find(|x| x.node == n).unwrap();
+    assert_eq!(by("n1").addr, fleet.addrs[0].to_string());
+    assert_eq!(by("n1").pool, "p");
+    assert!(by("n1").healthy && !by("n1").draining);
+    assert_eq!(by("n1").admit_rate, RATE);
+    assert!(by("n2").draining && by("n2").healthy);
+    assert_eq!(by("n2").admit_rate, 50.0);
+    assert_eq!(by("n2").open_tunnels, 0);
+    assert_eq!(by("n3").admit_rate, 0.01);
+    assert_eq!(by("n3").open_tunnels, 1);
+    assert!(by("n3").schedule_backlog_seconds > 0.0, "{:?}", by("n3"));
+    assert!(by("n1").schedule_backlog_seconds < 1.0, "{:?}", by("n1"));
+    let used: HashSet<_> = r.iter().map(|x| x.node.clone()).collect();
+    assert_eq!(used.len(), 3);
+    for mut w in open {
+        echo(&mut w, "bye").await;
+        let _ = within(futures_util::SinkExt::close(&mut w)).await;
+    }
+    drop(w3);
+    wait_no_tunnels(&proxy.handle).await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_node_recovers_after_its_active_checks_are_removed() {
+    let mut fleet = Fleet::start(&["n1", "n2"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = fleet.nodes_toml(&fleet.all());
+    let checked = config(
+        &nodes,
+        "[pool.health]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n",
+        STICKY,
+    );
+    let proxy = start(parse(&checked, dir.path())).await;
+    let (addr, admin, h) = (proxy.addr("plain"), proxy.admin.unwrap(), &proxy.handle);
+    let n1 = fleet.index("n1");
+    fleet.kill(n1).await;
+    wait_health(admin, "n1", false).await;
+
+    // The pool drops its active checks while n1 is down: only the passive recovery probe
+    // is left to see it come back.
+    let path = dir.path().join("herdgate.toml");
+    std::fs::write(&path, config(&nodes, "", STICKY)).unwrap();
+    within(h.reload_file(&path)).await.unwrap();
+    fleet.restart(n1).await;
+    wait_health(admin, "n1", true).await;
+    let k = key_for(h, "n1", "k");
+    assert_eq!(land_ws(&fleet, addr, "/", &[("x-session", &k)]).await, n1);
+    proxy.shutdown().await;
+}
