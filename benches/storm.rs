@@ -22,6 +22,7 @@
 #[path = "../examples/echo_node.rs"]
 mod echo_node;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -303,10 +304,19 @@ async fn echo_stats(addr: SocketAddr) -> Result<EchoStats, BoxError> {
     Ok(EchoStats { open, accepts })
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up by default). A port from
+/// that range can be taken as the source port of any outgoing connection between our check
+/// and herdgate's bind (then herdgate cannot bind it, and a connect to it may even connect
+/// to itself and read its own bytes back).
 fn free_port() -> Result<u16, BoxError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    let mut rng = rand::thread_rng();
+    for _ in 0..200 {
+        let port = rng.gen_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free port in 20000..32000".into())
 }
 
 fn unix_nanos() -> u64 {
@@ -338,6 +348,7 @@ struct Gate {
 #[allow(clippy::too_many_arguments)]
 fn herdgate_config(
     port: u16,
+    admin: u16,
     tls: bool,
     hps: Option<f64>,
     rate: f64,
@@ -346,7 +357,7 @@ fn herdgate_config(
 ) -> String {
     let mut s = format!(
         r#"[admin]
-enabled = false
+bind = "127.0.0.1:{admin}"
 
 [timeouts]
 close = "2s"
@@ -393,12 +404,12 @@ max_retry_after = "60s"
     s
 }
 
-async fn spawn_herdgate(dir: &Path, config: &str, round: &str) -> Result<Gate, BoxError> {
-    let port_line = config
-        .lines()
-        .find_map(|l| l.strip_prefix("bind = \"127.0.0.1:"))
-        .and_then(|p| p.trim_end_matches('"').parse::<u16>().ok())
-        .ok_or("config without a listener port")?;
+async fn spawn_herdgate(
+    dir: &Path,
+    config: &str,
+    port: u16,
+    round: &str,
+) -> Result<Gate, BoxError> {
     let path = dir.join(format!("herdgate-{round}.toml"));
     std::fs::write(&path, config)?;
     let log = std::fs::File::create(dir.join(format!("herdgate-{round}.log")))?;
@@ -412,12 +423,10 @@ async fn spawn_herdgate(dir: &Path, config: &str, round: &str) -> Result<Gate, B
         .stderr(Stdio::from(log))
         .spawn()?;
     let mut proc = Proc { child };
-    let addr = SocketAddr::from(([127, 0, 0, 1], port_line));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(Gate { _proc: proc, addr });
-        }
+        // Exited (cannot bind, bad config)? Then whatever answers on the port is not it.
         if let Ok(Some(status)) = proc.child.try_wait() {
             return Err(format!(
                 "herdgate exited with {status} (see {})",
@@ -425,11 +434,106 @@ async fn spawn_herdgate(dir: &Path, config: &str, round: &str) -> Result<Gate, B
             )
             .into());
         }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(Gate { _proc: proc, addr });
+        }
         if Instant::now() > deadline {
             return Err("herdgate did not listen within 20 s".into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Counters of herdgate's /metrics worth a line, each summed over every label but one.
+const SCRAPED: &[(&str, Option<&str>, &str)] = &[
+    ("herdgate_admission_admitted_total", Some("via"), "admitted"),
+    ("herdgate_admission_queued_total", None, "held"),
+    (
+        "herdgate_admission_rejected_total",
+        Some("reason"),
+        "rejected",
+    ),
+    (
+        "herdgate_admission_tickets_total",
+        Some("outcome"),
+        "tickets",
+    ),
+    (
+        "herdgate_tls_handshakes_deferred_total",
+        None,
+        "handshakes deferred",
+    ),
+    (
+        "herdgate_handshake_timeouts_total",
+        None,
+        "handshake timeouts",
+    ),
+];
+
+/// `(metric, label value)` to value, from herdgate's admin endpoint.
+async fn scrape(admin: SocketAddr) -> Result<BTreeMap<(String, String), f64>, BoxError> {
+    use tokio::io::AsyncWriteExt;
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(admin).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        Ok::<_, std::io::Error>(text)
+    };
+    let text = tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .map_err(|_| "metrics: no answer within 10 s")??;
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let Some(&(_, label, _)) = SCRAPED.iter().find(|m| m.0 == name) else {
+            continue;
+        };
+        let which = label
+            .and_then(|l| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(l)?.strip_prefix("=\""))
+            })
+            .map(|v| v.trim_end_matches(['"', '}']).to_string())
+            .unwrap_or_default();
+        if let Ok(v) = value.parse::<f64>() {
+            *out.entry((name.to_string(), which)).or_insert(0.0) += v;
+        }
+    }
+    Ok(out)
+}
+
+/// What herdgate counted between two scrapes, e.g. "herdgate: admitted ticket 1990, ...".
+fn metrics_note(
+    before: &BTreeMap<(String, String), f64>,
+    after: &BTreeMap<(String, String), f64>,
+) -> String {
+    let mut parts = Vec::new();
+    for &(name, _, word) in SCRAPED {
+        let items: Vec<String> = after
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .filter_map(|(k, v)| {
+                let d = v - before.get(k).copied().unwrap_or(0.0);
+                (d > 0.0).then(|| {
+                    if k.1.is_empty() {
+                        format!("{d:.0}")
+                    } else {
+                        format!("{} {d:.0}", k.1)
+                    }
+                })
+            })
+            .collect();
+        if !items.is_empty() {
+            parts.push(format!("{word} {}", items.join(", ")));
+        }
+    }
+    format!("herdgate: {}", parts.join("; "))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -580,6 +684,7 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
     };
     let echoes: Vec<Echo> = (0..3).map(|_| spawn_echo()).collect::<Result<_, _>>()?;
     let port = free_port()?;
+    let admin = free_port()?;
     let (rate, burst) = if contender.admission {
         (rc.rate, rc.burst)
     } else {
@@ -587,8 +692,8 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
         (1e6, 1_000_000)
     };
     let refs: Vec<&Echo> = echoes.iter().collect();
-    let config = herdgate_config(port, rc.tls.is_some(), rc.hps, rate, burst, &refs);
-    let gate = spawn_herdgate(&dir_path, &config, tag).await?;
+    let config = herdgate_config(port, admin, rc.tls.is_some(), rc.hps, rate, burst, &refs);
+    let gate = spawn_herdgate(&dir_path, &config, port, tag).await?;
 
     let tls_cfg = match rc.tls {
         Some(t) => Some(tls_client_config_with_root(t.cert_der.clone())?),
@@ -638,10 +743,15 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
     .await;
     if !all_in {
         crowd.stop.cancel();
+        let log = std::fs::read_to_string(dir_path.join(format!("herdgate-{tag}.log")))
+            .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(10).collect();
         return Err(format!(
-            "only {} of {} clients connected",
+            "only {} of {} clients connected ({:?}); herdgate's log ends with:\n{}",
             crowd.connected.load(Ordering::Relaxed),
-            rc.clients
+            rc.clients,
+            crowd.initial.snapshot(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         )
         .into());
     }
@@ -649,6 +759,8 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
     tokio::time::sleep(Duration::from_millis(300)).await;
     let victim_open = echo_stats(echoes[0].stats).await?.open as usize;
     let ideal = Duration::from_secs_f64(victim_open as f64 / (2.0 * rc.rate));
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin));
+    let before = scrape(admin).await.unwrap_or_default();
     let mut echoes = echoes;
     let killed_at = unix_nanos();
     echoes[0].proc.kill();
@@ -677,6 +789,7 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
                 .collect::<Vec<u64>>(),
         );
     }
+    let after = scrape(admin).await.unwrap_or_default();
     crowd.stop.cancel();
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
@@ -713,6 +826,7 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
             String::new()
         }
     )];
+    notes.push(metrics_note(&before, &after));
     if !dropped_all {
         notes.push(format!(
             "only {} of the {victim_open} clients of echo-0 saw the drop",
