@@ -166,3 +166,86 @@ fn report_renders_every_contender() {
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<svg").count(), 1);
 }
+
+/// What the socket bench saw over TLS: clients told their slots come back late, and late
+/// clients arrive bunched (handshakes queue behind one another). Every ticket is still
+/// valid, and before forwards were paced they all went to the node at once.
+#[test]
+fn late_claims_arriving_bunched_are_forwarded_at_the_rate() {
+    use herdgate::admission::{
+        AdmissionParams, AdmitInput, Decision, NodeAdmission, TicketKey, TicketSigner,
+        NANOS_PER_SEC,
+    };
+    use std::sync::Arc;
+
+    const RATE: f64 = 500.0;
+    const N: usize = 2_000;
+    const MS: u64 = 1_000_000;
+    let t0 = 1_704_067_200 * NANOS_PER_SEC;
+    for ticketed in [true, false] {
+        let signer = Arc::new(TicketSigner::new(
+            TicketKey::from_bytes(&[7; 32]).unwrap(),
+            1,
+        ));
+        let params = AdmissionParams::new(RATE, 10).unwrap();
+        let node = NodeAdmission::builder(1, params, signer)
+            .seed(3)
+            .build(t0)
+            .unwrap();
+        fn input(ticket: Option<&str>, wants_ticket: bool) -> AdmitInput<'_> {
+            AdmitInput {
+                ticket,
+                wants_ticket,
+                may_queue: None,
+            }
+        }
+        // The herd arrives at once: the burst goes through, everyone else gets a slot.
+        let mut forwards = Vec::new();
+        let mut returns = Vec::new();
+        for _ in 0..N {
+            match node.check(t0, &input(None, ticketed)) {
+                Decision::Admit { .. } => forwards.push(t0),
+                Decision::Reject {
+                    retry_after,
+                    ticket,
+                    overflow: false,
+                    ..
+                } => returns.push((t0 + retry_after.as_nanos() as u64, ticket)),
+                d => panic!("{d:?}"),
+            }
+        }
+        // A 400 ms stall: whoever was due in the first half second arrives at 500 ms,
+        // within a few ms of each other; the rest are on time.
+        let mut arrivals: Vec<(u64, Option<String>)> = returns
+            .into_iter()
+            .enumerate()
+            .map(|(i, (at, t))| {
+                if at < t0 + 500 * MS {
+                    (t0 + 500 * MS + (i as u64 % 5) * MS, t)
+                } else {
+                    (at, t)
+                }
+            })
+            .collect();
+        arrivals.sort_by_key(|a| a.0);
+        for (at, t) in &arrivals {
+            match node.check(*at, &input(t.as_deref(), ticketed)) {
+                Decision::Admit { .. } => forwards.push(*at),
+                Decision::Queue { until, slot, .. } => {
+                    assert_eq!(until, slot);
+                    assert!(until - at < 500 * MS, "held {} ms", (until - at) / MS);
+                    forwards.push(until);
+                }
+                d => panic!("ticketed {ticketed}: a late but valid claim was turned away: {d:?}"),
+            }
+        }
+        assert_eq!(forwards.len(), N, "ticketed {ticketed}: everyone forwarded");
+        forwards.sort_unstable();
+        let peak = report::max_in_window(&forwards, NANOS_PER_SEC);
+        assert!(
+            peak as f64 <= 1.05 * RATE,
+            "ticketed {ticketed}: {peak} forwards in one second"
+        );
+        assert!(node.stats().paced > 100, "{:?}", node.stats());
+    }
+}
