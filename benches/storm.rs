@@ -319,6 +319,14 @@ fn free_port() -> Result<u16, BoxError> {
     Err("no free port in 20000..32000".into())
 }
 
+/// The 1-minute load average: this machine is shared, and a loaded one stalls handshakes.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -890,18 +898,20 @@ fn sockets(args: &Args, svg_dir: &Path) -> Result<(), BoxError> {
         };
         let mut summaries = Vec::new();
         let started = Instant::now();
+        let load_before = loadavg();
         for (k, c) in list.iter().enumerate() {
             eprintln!("  {scheme}: {}", c.label);
             let tag = format!("{scheme}-{k}");
             summaries.push(rt.block_on(round(&rc, c, &tag))?);
         }
         let title = format!(
-            "sockets over {scheme}: {clients} clients, herdgate and 3 echo nodes in their own processes; echo-0 killed (SIGKILL)"
+            "sockets over {scheme}: {clients} clients, 3 echo nodes, echo-0 killed (SIGKILL)"
         );
         let sub = format!(
-            "{} clients displaced onto 2 nodes at admit_rate {rate:.0}/s each; client connect timeout {:?}{}",
+            "{} clients displaced onto 2 nodes at admit_rate {rate:.0}/s; client connect timeout {:?}; load average {load_before} before, {} after{}",
             summaries.first().map_or(0, |s| s.clients),
             args.connect_timeout,
+            loadavg(),
             if tls_on {
                 if args.tls_cache_per_client {
                     "; TLS session cache per client"
@@ -915,7 +925,11 @@ fn sockets(args: &Args, svg_dir: &Path) -> Result<(), BoxError> {
         print_report(&title, &sub, &summaries);
         let path = write_svg(
             svg_dir,
-            &format!("storm-{scheme}.svg"),
+            &if clients == 6000 {
+                format!("storm-{scheme}.svg")
+            } else {
+                format!("storm-{scheme}-{clients}.svg")
+            },
             &report::svg(&title, &sub, &summaries),
         )?;
         println!(

@@ -442,11 +442,18 @@ pub fn svg(title: &str, subtitle: &str, summaries: &[Summary]) -> String {
             s,
             r##"<rect x="{LEFT}" y="{y0:.1}" width="{plot_w}" height="{PANEL}" fill="#f6f6f6"/>"##
         );
+        // Only the highest clipped bar gets its value: neighbours' labels would overlap.
+        let top = b
+            .iter()
+            .enumerate()
+            .filter(|(_, &v)| f64::from(v) > ymax)
+            .max_by_key(|(c, &v)| (v, std::cmp::Reverse(*c)))
+            .map(|(c, _)| c);
         for (c, &v) in b.iter().enumerate() {
             if v == 0 {
                 continue;
             }
-            let clipped = f64::from(v) > ymax;
+            let clipped = top == Some(c);
             let bh = (f64::from(v).min(ymax) / ymax * PANEL).max(0.8);
             let bx = LEFT + c as f64 * bar_w;
             let _ = writeln!(
@@ -458,7 +465,7 @@ pub fn svg(title: &str, subtitle: &str, summaries: &[Summary]) -> String {
             if clipped {
                 let _ = writeln!(
                     s,
-                    r##"<text x="{:.1}" y="{:.1}" fill="#b00" font-size="11">▲ {v}</text>"##,
+                    r##"<text x="{:.1}" y="{:.1}" fill="#b00" font-size="11">▲ {v} (bars clipped at {ymax:.0})</text>"##,
                     bx + bar_w + 2.0,
                     y0 + 11.0
                 );
