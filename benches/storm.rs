@@ -107,10 +107,12 @@ struct Args {
     /// Sockets: herdgate's cap on new TLS handshakes per second (wss listener).
     #[arg(long)]
     handshakes_per_second: Option<f64>,
-    /// Sockets: give every client its own TLS session cache instead of sharing one
-    /// ClientConfig (rustls keeps at most 8 TLS 1.3 tickets per server name per cache).
+    /// Sockets: all clients share one rustls ClientConfig and so one session cache. It
+    /// keeps at most 8 TLS 1.3 tickets per server name, so most of a herd reconnecting at
+    /// once gets full handshakes. Default: each client resumes its own session, like a
+    /// browser does.
     #[arg(long)]
-    tls_cache_per_client: bool,
+    tls_shared_config: bool,
     /// Where the SVG charts go (default: docs/ of the crate).
     #[arg(long)]
     svg_dir: Option<PathBuf>,
@@ -727,6 +729,7 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
             .with_connect_timeout(rc.connect_timeout);
         if let Some(c) = &tls_cfg {
             let c = if rc.cache_per_client {
+                // A real client resumes its own session: give each its own ticket cache.
                 let mut own = (**c).clone();
                 own.resumption = rustls::client::Resumption::in_memory_sessions(4);
                 Arc::new(own)
@@ -807,11 +810,13 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
 
     let mut reconnected = Vec::new();
     let mut attempts = Vec::new();
+    let mut noticed = Vec::new();
     for s in &crowd.slots {
         let dropped = s.dropped_at.load(Ordering::Relaxed);
         if dropped == 0 {
             continue;
         }
+        noticed.push(dropped.saturating_sub(killed_at));
         let back = s.back_at.load(Ordering::Relaxed);
         reconnected.push((back != 0).then(|| back.saturating_sub(killed_at)));
         attempts.push(s.attempts.load(Ordering::Relaxed));
@@ -834,6 +839,14 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
             String::new()
         }
     )];
+    noticed.sort_unstable();
+    if let (Some(&mid), Some(&last)) = (noticed.get(noticed.len() / 2), noticed.last()) {
+        notes.push(format!(
+            "clients noticed the drop after {:.0} ms (median), {:.0} ms (last)",
+            mid as f64 / 1e6,
+            last as f64 / 1e6
+        ));
+    }
     notes.push(metrics_note(&before, &after));
     if !dropped_all {
         notes.push(format!(
@@ -852,7 +865,9 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
         admit_rate: rc.rate,
         surviving_rate: 2.0 * rc.rate,
         ideal,
-        floor: Duration::ZERO,
+        // No strategy reconnects before it notices the drop: the last client to notice
+        // sets the floor (the sim's is its detect_spread + rtt).
+        floor: Duration::from_nanos(noticed.last().copied().unwrap_or(0)),
         tickets: contender.tickets(),
         accepts,
         reconnected,
@@ -893,7 +908,7 @@ fn sockets(args: &Args, svg_dir: &Path) -> Result<(), BoxError> {
             burst: args.burst,
             connect_timeout: args.connect_timeout,
             hps: args.handshakes_per_second,
-            cache_per_client: args.tls_cache_per_client,
+            cache_per_client: !args.tls_shared_config,
             seed: args.seed,
         };
         let mut summaries = Vec::new();
@@ -913,10 +928,10 @@ fn sockets(args: &Args, svg_dir: &Path) -> Result<(), BoxError> {
             args.connect_timeout,
             loadavg(),
             if tls_on {
-                if args.tls_cache_per_client {
-                    "; TLS session cache per client"
+                if args.tls_shared_config {
+                    "; one rustls ClientConfig shared by all clients"
                 } else {
-                    "; one shared rustls ClientConfig"
+                    "; each client resumes its own TLS session"
                 }
             } else {
                 ""

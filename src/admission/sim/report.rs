@@ -215,6 +215,16 @@ pub fn table(title: &str, summaries: &[Summary]) -> String {
     let Some(first) = summaries.first() else {
         return s;
     };
+    // Socket rounds each have their own floor (when the last client noticed the drop).
+    let lo = summaries.iter().map(|x| x.floor).min().unwrap_or_default();
+    let hi = summaries.iter().map(|x| x.floor).max().unwrap_or_default();
+    let range = |a: Duration, b: Duration| {
+        if a == b {
+            secs(Some(a))
+        } else {
+            format!("{}-{}", secs(Some(a)), secs(Some(b)))
+        }
+    };
     let _ = writeln!(
         s,
         "  admit_rate {:.0}/s per node, surviving capacity {:.0}/s; ideal N / Σrate = {} / {:.0}/s = {}{}",
@@ -223,12 +233,16 @@ pub fn table(title: &str, summaries: &[Summary]) -> String {
         first.clients,
         first.surviving_rate,
         secs(Some(first.ideal)),
-        if first.floor.is_zero() {
+        if hi.is_zero() {
             String::new()
         } else {
-            format!(" (+ {} floor: noticing the drop and one round trip)", secs(Some(first.floor)))
+            format!(
+                " (+ a floor of {}: until the last client noticed the drop, and one round trip)",
+                range(lo, hi)
+            )
         }
     );
+    let limit = |f: Duration| first.ideal.mul_f64(TIME_FACTOR) + f;
     let _ = writeln!(
         s,
         "  targets: peak accepts/s per surviving node in any 1 s window <= {:.2} x admit_rate = {:.0}; \
@@ -236,8 +250,8 @@ pub fn table(title: &str, summaries: &[Summary]) -> String {
         PEAK_FACTOR,
         first.peak_limit(),
         TIME_FACTOR,
-        if first.floor.is_zero() { "" } else { " + floor" },
-        secs(Some(first.time_limit())),
+        if hi.is_zero() { "" } else { " + floor" },
+        range(limit(lo), limit(hi)),
         RETRIES_WITH_TICKETS,
         RETRIES_WITHOUT_TICKETS,
     );
@@ -395,7 +409,18 @@ pub fn svg(title: &str, subtitle: &str, summaries: &[Summary]) -> String {
     const RIGHT: f64 = 20.0;
     const PANEL: f64 = 92.0;
     const GAP: f64 = 30.0;
-    const TOP: f64 = 58.0;
+    // The subtitle wraps at "; " to stay inside the width (about 6.5 px per character).
+    let mut sub_lines: Vec<String> = Vec::new();
+    for part in subtitle.split("; ") {
+        match sub_lines.last_mut() {
+            Some(last) if last.len() + part.len() + 2 <= 120 => {
+                last.push_str("; ");
+                last.push_str(part);
+            }
+            _ => sub_lines.push(part.to_string()),
+        }
+    }
+    let top = 42.0 + 16.0 * sub_lines.len() as f64;
     let (bins, k) = fit_bins(summaries, 400);
     let cols = bins.first().map_or(0, Vec::len).max(1);
     let bin_ms = BIN.as_millis() as f64 * k as f64;
@@ -406,7 +431,7 @@ pub fn svg(title: &str, subtitle: &str, summaries: &[Summary]) -> String {
     let ymax = 3.0 * cap;
     let plot_w = W - LEFT - RIGHT;
     let bar_w = plot_w / cols as f64;
-    let h = TOP + summaries.len() as f64 * (PANEL + GAP) + 30.0;
+    let h = top + summaries.len() as f64 * (PANEL + GAP) + 30.0;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -418,13 +443,16 @@ pub fn svg(title: &str, subtitle: &str, summaries: &[Summary]) -> String {
         r#"<text x="{LEFT}" y="20" font-size="15" font-weight="bold">{}</text>"#,
         xml_escape(title)
     );
-    let _ = writeln!(
-        s,
-        r##"<text x="{LEFT}" y="38" fill="#444">{}</text>"##,
-        xml_escape(subtitle)
-    );
+    for (i, line) in sub_lines.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            r##"<text x="{LEFT}" y="{}" fill="#444">{}</text>"##,
+            38 + 16 * i,
+            xml_escape(line)
+        );
+    }
     for (i, (x, b)) in summaries.iter().zip(&bins).enumerate() {
-        let y0 = TOP + i as f64 * (PANEL + GAP) + 14.0;
+        let y0 = top + i as f64 * (PANEL + GAP) + 14.0;
         let base = y0 + PANEL;
         let fill = if x.all_ok() { "#2b8a5a" } else { "#d9662b" };
         let _ = writeln!(
@@ -499,7 +527,7 @@ pub fn svg(title: &str, subtitle: &str, summaries: &[Summary]) -> String {
         );
     }
     // Time axis under the last panel.
-    let ay = TOP + summaries.len() as f64 * (PANEL + GAP) - GAP + 14.0;
+    let ay = top + summaries.len() as f64 * (PANEL + GAP) - GAP + 14.0;
     let total_s = cols as f64 * bin_ms / 1000.0;
     let step = if total_s <= 12.0 {
         1.0
