@@ -1,55 +1,157 @@
-//! A standalone WebSocket echo node (`herdgate::echo::EchoNode`) for trying herdgate by
-//! hand and for scripts/browser-check.sh.
+//! A WebSocket echo node that remembers when it accepted each connection: the backend of
+//! the storm bench, where "accepts per node per 100 ms" is read from the node itself.
 //!
 //! ```text
-//! cargo run --example echo_node -- 127.0.0.1:9001
+//! cargo run --release --example echo_node -- 127.0.0.1:9001 [--stats 127.0.0.1:9101]
 //! ```
 //!
-//! Port 0 picks a free port. Once listening it prints one line, `listening on ADDR`, to
-//! stdout (scripts wait for it), and runs until SIGINT or SIGTERM.
+//! On start it prints one line, `echo <addr> stats <addr>` (ports 0 are resolved), so a
+//! parent process can learn both addresses. The stats port answers every TCP connection
+//! with plain text and closes it:
+//!
+//! ```text
+//! open <websockets open now>
+//! accepts <n>
+//! <unix time of each TCP accept, nanoseconds, one per line, in accept order>
+//! ```
+//!
+//! The accept time is taken when the TCP connection is accepted, i.e. when herdgate
+//! connects after admitting a client: the quantity a node's admission rate is about.
+//! Kill it with SIGKILL to simulate a crash: the kernel closes every socket.
 
-use herdgate::echo::EchoNode;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use tokio::signal::unix::{signal, SignalKind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-#[tokio::main]
-async fn main() {
-    let arg = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:9001".to_string());
-    let addr: SocketAddr = match arg.parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("echo_node: bad address {arg:?}: {e}");
-            std::process::exit(2);
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+#[derive(Default)]
+struct Accepts {
+    times: Mutex<Vec<u64>>,
+    open: AtomicU64,
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Parses `ADDR [--stats ADDR]`; the stats port defaults to an ephemeral one.
+fn parse(args: &[String]) -> Result<(SocketAddr, SocketAddr), String> {
+    let mut listen = None;
+    let mut stats = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--stats" => {
+                let v = it.next().ok_or("--stats needs an address")?;
+                stats = v.parse().map_err(|e| format!("--stats {v}: {e}"))?;
+            }
+            v if listen.is_none() => {
+                listen = Some(v.parse().map_err(|e| format!("address {v}: {e}"))?);
+            }
+            v => return Err(format!("unexpected argument {v}")),
         }
-    };
-    let node = match EchoNode::start(addr).await {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("echo_node: cannot listen on {addr}: {e}");
-            std::process::exit(3);
-        }
-    };
-    println!("listening on {}", node.addr);
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        eprintln!("echo_node: cannot install signal handlers");
-        std::process::exit(1);
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
-    let s = &node.stats;
-    eprintln!(
-        "echo_node {}: {} handshakes, {} messages echoed, {} still open",
-        node.addr,
-        s.accepted.load(Ordering::Relaxed),
-        s.messages.load(Ordering::Relaxed),
-        s.open.load(Ordering::Relaxed),
-    );
+    Ok((listen.ok_or("usage: echo_node ADDR [--stats ADDR]")?, stats))
+}
+
+/// Runs the node until the process is killed. `args` excludes the program name.
+pub fn run(args: &[String]) -> Result<(), String> {
+    let (listen, stats) = parse(args)?;
+    // Two descriptors per proxied client end here as one: raise the soft limit anyway.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(serve(listen, stats))
+}
+
+async fn serve(listen: SocketAddr, stats: SocketAddr) -> Result<(), String> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("bind {listen}: {e}"))?;
+    let stats_listener = TcpListener::bind(stats)
+        .await
+        .map_err(|e| format!("bind {stats}: {e}"))?;
+    let a = listener.local_addr().map_err(|e| e.to_string())?;
+    let s = stats_listener.local_addr().map_err(|e| e.to_string())?;
+    println!("echo {a} stats {s}");
+    let state = Arc::new(Accepts::default());
+    tokio::spawn(stats_loop(stats_listener, state.clone()));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors or similar: back off a little, keep serving.
+                eprintln!("echo_node: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if let Ok(mut t) = state.times.lock() {
+            t.push(unix_nanos());
+        }
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let cfg = WebSocketConfig::default()
+                .read_buffer_size(4096)
+                .write_buffer_size(0);
+            let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(cfg)).await
+            else {
+                return;
+            };
+            state.open.fetch_add(1, Ordering::Relaxed);
+            let (mut tx, mut rx) = ws.split();
+            while let Some(Ok(m)) = rx.next().await {
+                if m.is_close() {
+                    let _ = tx.close().await;
+                    break;
+                }
+                if (m.is_text() || m.is_binary()) && tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+            state.open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn stats_loop(listener: TcpListener, state: Arc<Accepts>) {
+    while let Ok((mut s, _)) = listener.accept().await {
+        let times = state.times.lock().map(|t| t.clone()).unwrap_or_default();
+        let mut out = format!(
+            "open {}\naccepts {}\n",
+            state.open.load(Ordering::Relaxed),
+            times.len()
+        );
+        for t in times {
+            out.push_str(&t.to_string());
+            out.push('\n');
+        }
+        tokio::spawn(async move {
+            let _ = s.write_all(out.as_bytes()).await;
+            let _ = s.shutdown().await;
+        });
+    }
+}
+
+#[allow(dead_code)] // the storm bench includes this file as a module and calls `run`
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("echo_node: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -77,8 +77,8 @@ NODE_ADDRS=()
 for i in 0 1; do
   "$ECHO_NODE" 127.0.0.1:0 >"$WORK/echo$i.out" 2>"$WORK/echo$i.err" &
   PIDS+=($!)
-  wait_for "echo node $i" $! grep -q '^listening on ' "$WORK/echo$i.out"
-  NODE_ADDRS+=("$(sed -n 's/^listening on //p' "$WORK/echo$i.out")")
+  wait_for "echo node $i" $! grep -q '^echo ' "$WORK/echo$i.out"
+  NODE_ADDRS+=("$(sed -n 's/^echo \([^ ]*\) .*/\1/p' "$WORK/echo$i.out")")
 done
 
 # Two free ports for herdgate (listener, admin): bound and released, then used at once.

@@ -24,6 +24,16 @@
 //!
 //! Both kinds draw slots from the same TAT, so neither can starve the other. A reservation or
 //! promise not claimed in its window is lost capacity; both are counted.
+//!
+//! Booking slots at the rate is not enough to hold the node to it: clients come back late,
+//! and late clients arrive bunched. Over TLS under load, handshakes queue behind one another
+//! and a second's worth of ticket holders can reach admission in a few milliseconds; every
+//! ticket is valid (its window is `claim_window`), so all were forwarded at once and the
+//! node took up to 1.9x its rate in a 1 s window (benches/STORM.md). So forwards are paced
+//! too: a second GCRA over the instants requests are actually forwarded (same T and tau).
+//! A claim or admission that would run ahead of it is answered with [`Decision::Queue`]:
+//! the caller holds the request for a few milliseconds instead of rejecting a client that
+//! did nothing wrong (over TLS, each retry costs a handshake).
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -105,6 +115,9 @@ pub enum Decision {
     Admit { via: AdmitVia, ticket: TicketCheck },
     /// Hold the request and forward it at `until`; the token is charged. If the client goes
     /// away before then, call [`NodeAdmission::refund`] with `slot` so the token is not lost.
+    /// Returned in queue mode, and also without it when forwards run ahead of the rate
+    /// (pacing of bunched late claims, see the module doc): then `until` is only as far
+    /// ahead as the bunch was late, and `slot == until`.
     Queue {
         until: Nanos,
         slot: Nanos,
@@ -154,6 +167,8 @@ pub struct AdmissionStats {
     pub queued: u64,
     /// Queued requests given back with [`NodeAdmission::refund`].
     pub refunded: u64,
+    /// Admissions held back ([`Decision::Queue`]) because forwards ran ahead of the rate.
+    pub paced: u64,
     /// Promise credits created (rejections and hints).
     pub promised: u64,
     /// Tickets signed (reservations).
@@ -218,6 +233,8 @@ struct State {
     params: AdmissionParams,
     base: Shape,
     tat: Nanos,
+    /// TAT of the pacing GCRA over forwarding instants (see the module doc).
+    paced: Nanos,
     slow_start_from: Option<Nanos>,
     promises: PromiseQueue,
     ledger: ReservationLedger,
@@ -268,6 +285,7 @@ impl NodeAdmissionBuilder {
         let state = State {
             base: Shape::of(&self.params, 1.0),
             tat: 0,
+            paced: 0,
             slow_start_from: None,
             promises: PromiseQueue::default(),
             ledger: ReservationLedger::new(first_seq, RESERVATION_WINDOW),
@@ -339,10 +357,7 @@ impl NodeAdmission {
             match self.claim_ticket(&mut st, verified, now, shape) {
                 Ok(()) => {
                     st.stats.admitted_ticket += 1;
-                    return Decision::Admit {
-                        via: AdmitVia::Ticket,
-                        ticket: TicketCheck::Valid,
-                    };
+                    return st.forward(now, shape, AdmitVia::Ticket, TicketCheck::Valid);
                 }
                 Err(c) => check = c,
             }
@@ -352,20 +367,14 @@ impl NodeAdmission {
         // client taking one would push a ticketless client back to the end of the schedule.
         if !input.wants_ticket && st.promises.claim(now) {
             st.stats.admitted_promise += 1;
-            return Decision::Admit {
-                via: AdmitVia::Promise,
-                ticket: check,
-            };
+            return st.forward(now, shape, AdmitVia::Promise, check);
         }
 
         // c. The bucket conforms.
         if st.tat.saturating_sub(now) <= shape.tau {
             st.tat = st.tat.max(now).saturating_add(shape.t);
             st.stats.admitted_bucket += 1;
-            return Decision::Admit {
-                via: AdmitVia::Bucket,
-                ticket: check,
-            };
+            return st.forward(now, shape, AdmitVia::Bucket, check);
         }
 
         // d. Take a slot. A ticket-capable client cannot use a promise (step b), so when the
@@ -385,6 +394,8 @@ impl NodeAdmission {
         if let Some(q) = input.may_queue {
             if slot - now <= duration_to_nanos(q) {
                 st.stats.queued += 1;
+                // Not booked on the pacer: queued forwards are already spaced by the TAT,
+                // and a refund would leave a hole the pacer cannot give back.
                 return Decision::Queue {
                     until: slot,
                     slot,
@@ -540,6 +551,27 @@ impl NodeAdmission {
 }
 
 impl State {
+    /// Books a forward at `at` or later on the pacing GCRA; returns the instant it conforms.
+    fn pace(&mut self, at: Nanos, shape: Shape) -> Nanos {
+        let earliest = at.max(self.paced.saturating_sub(shape.tau));
+        self.paced = self.paced.max(earliest).saturating_add(shape.t);
+        earliest
+    }
+
+    /// An admission at `now`: forward now, or hold until forwards are back at the rate.
+    fn forward(&mut self, now: Nanos, shape: Shape, via: AdmitVia, check: TicketCheck) -> Decision {
+        let at = self.pace(now, shape);
+        if at <= now {
+            return Decision::Admit { via, ticket: check };
+        }
+        self.stats.paced += 1;
+        Decision::Queue {
+            until: at,
+            slot: at,
+            ticket_check: check,
+        }
+    }
+
     /// Parks the charged `slot` as a promise, or records a reservation and returns its seq
     /// for the caller to sign.
     fn promise_or_reserve(&mut self, slot: Nanos, wants_ticket: bool) -> Option<u64> {

@@ -8,6 +8,7 @@
 //!   WebSocket close reason, and [`node_id`], the stable id they name a node by.
 //! - [`ClientLimiter`] (client_limit.rs): per-client new-connection limit.
 //! - [`HandshakeLimiter`] (handshake.rs): TLS handshakes per second, before `accept`.
+//! - [`sim`]: the storm simulator (virtual clock, real admission and client policy).
 //! - [`Clock`] (clock.rs): unix-aligned nanoseconds; [`ManualClock`] drives tests and
 //!   simulators.
 //!
@@ -21,6 +22,7 @@ mod clock;
 mod handshake;
 mod params;
 mod schedule;
+pub mod sim;
 mod ticket;
 pub mod wire;
 

@@ -1,0 +1,958 @@
+//! The storm bench: a node dies and its clients reconnect. Two modes, one summary format.
+//!
+//! ```text
+//! cargo bench --bench storm                 # sockets: 6,000 clients, ws then wss
+//! cargo bench --bench storm -- --big        # sockets: 9,000 clients
+//! cargo bench --bench storm -- --quick      # sockets: 1,500 clients
+//! cargo bench --bench storm -- --sim        # simulation: 1,000,000 clients, 500 nodes
+//! ```
+//!
+//! Sockets (default): herdgate (the release binary) and three echo nodes (this binary
+//! started again as `examples/echo_node.rs`) run as their own processes, the clients here,
+//! all on 127.0.0.1; each process has its own descriptor budget. Once every client is
+//! connected, echo-0 is killed with SIGKILL and its clients reconnect. Each contender
+//! gets fresh processes. Accepts are read from the echo nodes (their TCP accept times),
+//! reconnect times and attempts from the clients.
+//!
+//! Simulation (`--sim`): [`herdgate::admission::sim`], the real admission code and client
+//! policy on a virtual clock, for storms past this machine.
+//!
+//! Results, commands and the SVGs' paths: benches/STORM.md.
+
+#[path = "../examples/echo_node.rs"]
+mod echo_node;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
+use futures_util::StreamExt;
+use herdgate::admission::sim::report::{self, StormRun, Summary};
+use herdgate::admission::sim::{self, policy_for, Contender, Scenario, SimConfig};
+use herdgate::client::{
+    tls_client_config_with_root, ReconnectingClient, Stats, StatsSnapshot, Strategy, Target,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::AsyncReadExt;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+const ROLE_ENV: &str = "HERDGATE_STORM_ROLE";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    Ws,
+    Wss,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ScenarioArg {
+    NodeDeath,
+    FleetRestart,
+    Both,
+}
+
+/// Reconnect-storm bench (see benches/STORM.md).
+#[derive(Debug, Parser)]
+#[command(name = "storm")]
+struct Args {
+    /// Simulation mode: virtual clock, no sockets.
+    #[arg(long)]
+    sim: bool,
+    /// Smaller run (sockets: 1,500 clients; simulation: 100,000 clients over 50 nodes).
+    #[arg(long)]
+    quick: bool,
+    /// Sockets: 9,000 clients.
+    #[arg(long)]
+    big: bool,
+    /// Clients (sockets default 6,000; simulation default 1,000,000).
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Simulation: nodes (default 500).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// Simulation: which scenario.
+    #[arg(long, value_enum, default_value = "both")]
+    scenario: ScenarioArg,
+    /// Sockets: plain ws, wss (TLS at herdgate), or both.
+    #[arg(long, value_enum, default_value = "both")]
+    transport: Which,
+    /// admit_rate per node (default: sockets clients/12, so the killed node's third of
+    /// the clients takes 2 s at the survivors' rate; simulation 500).
+    #[arg(long)]
+    admit_rate: Option<f64>,
+    /// admit_burst per node.
+    #[arg(long, default_value_t = 10)]
+    burst: u32,
+    /// Simulation, fleet restart: slow start of the restarted nodes (e.g. "5s").
+    #[arg(long, value_parser = herdgate::config::parse_duration)]
+    slow_start: Option<Duration>,
+    /// Also run clients that ignore hints behind admission (immediate, fixed 1 s).
+    #[arg(long)]
+    extra: bool,
+    /// Only the contenders whose label contains one of these (comma-separated).
+    #[arg(long)]
+    only: Option<String>,
+    /// Client connect timeout (TCP + TLS + upgrade), sockets.
+    #[arg(long, default_value = "3s", value_parser = herdgate::config::parse_duration)]
+    connect_timeout: Duration,
+    /// Sockets: herdgate's cap on new TLS handshakes per second (wss listener).
+    #[arg(long)]
+    handshakes_per_second: Option<f64>,
+    /// Sockets: all clients share one rustls ClientConfig and so one session cache. It
+    /// keeps at most 8 TLS 1.3 tickets per server name, so most of a herd reconnecting at
+    /// once gets full handshakes. Default: each client resumes its own session, like a
+    /// browser does.
+    #[arg(long)]
+    tls_shared_config: bool,
+    /// Where the SVG charts go (default: docs/ of the crate).
+    #[arg(long)]
+    svg_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> ExitCode {
+    if std::env::var(ROLE_ENV).as_deref() == Ok("echo") {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        return match echo_node::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("echo node: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = Args::parse();
+    if !args.bench {
+        // `cargo test --benches` builds and starts us without --bench: this is a load, not
+        // a test.
+        println!("storm: run with `cargo bench --bench storm` (see benches/STORM.md)");
+        return ExitCode::SUCCESS;
+    }
+    let svg_dir = args
+        .svg_dir
+        .clone()
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("docs"));
+    let result = if args.sim {
+        simulate(&args, &svg_dir)
+    } else {
+        sockets(&args, &svg_dir)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("storm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn contenders(args: &Args) -> Vec<Contender> {
+    let mut all = Contender::standard();
+    if args.extra {
+        all.extend(Contender::hint_ignorers());
+    }
+    if let Some(only) = &args.only {
+        let want: Vec<&str> = only.split(',').map(str::trim).collect();
+        all.retain(|c| want.iter().any(|w| c.label.contains(w)));
+    }
+    all
+}
+
+fn write_svg(dir: &Path, name: &str, svg: &str) -> Result<PathBuf, BoxError> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(name);
+    std::fs::write(&path, svg)?;
+    Ok(path)
+}
+
+fn print_report(title: &str, subtitle: &str, summaries: &[Summary]) {
+    println!("\n{title}\n  {subtitle}");
+    print!("{}", report::table("", summaries).trim_start_matches('\n'));
+    print!("{}", report::terminal_chart(summaries));
+}
+
+// ---------------------------------------------------------------------------------------
+// Simulation
+
+fn simulate(args: &Args, svg_dir: &Path) -> Result<(), BoxError> {
+    let scenarios = match args.scenario {
+        ScenarioArg::NodeDeath => vec![Scenario::NodeDeath],
+        ScenarioArg::FleetRestart => vec![Scenario::FleetRestart],
+        ScenarioArg::Both => vec![Scenario::NodeDeath, Scenario::FleetRestart],
+    };
+    let list = contenders(args);
+    for scenario in scenarios {
+        let mut cfg = SimConfig::new(scenario);
+        if args.quick {
+            cfg.clients = 100_000;
+            cfg.nodes = 50;
+        }
+        cfg.clients = args.clients.unwrap_or(cfg.clients);
+        cfg.nodes = args.nodes.unwrap_or(cfg.nodes);
+        cfg.admit_rate = args.admit_rate.unwrap_or(cfg.admit_rate);
+        cfg.admit_burst = args.burst;
+        cfg.slow_start = args.slow_start.unwrap_or_default();
+        cfg.seed = args.seed;
+        let started = Instant::now();
+        let rep = sim::run_scenario(&cfg, &list)?;
+        print_report(&rep.title, &rep.fleet, &rep.summaries);
+        let name = match scenario {
+            Scenario::NodeDeath => "storm-sim-node-death.svg",
+            Scenario::FleetRestart => "storm-sim-fleet-restart.svg",
+        };
+        let path = write_svg(
+            svg_dir,
+            name,
+            &report::svg(&rep.title, &rep.fleet, &rep.summaries),
+        )?;
+        println!(
+            "  simulated in {:.1} s; chart: {}",
+            started.elapsed().as_secs_f64(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Sockets: processes
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Echo {
+    proc: Proc,
+    addr: SocketAddr,
+    stats: SocketAddr,
+}
+
+fn spawn_echo() -> Result<Echo, BoxError> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .env(ROLE_ENV, "echo")
+        .arg("127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let out = child.stdout.take().ok_or("echo node: no stdout")?;
+    let proc = Proc { child };
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    // "echo <addr> stats <addr>"
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    match parts.as_slice() {
+        ["echo", a, "stats", s] => Ok(Echo {
+            proc,
+            addr: a.parse()?,
+            stats: s.parse()?,
+        }),
+        _ => Err(format!("echo node said {line:?}").into()),
+    }
+}
+
+struct EchoStats {
+    open: u64,
+    accepts: Vec<u64>,
+}
+
+async fn echo_stats(addr: SocketAddr) -> Result<EchoStats, BoxError> {
+    let read = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        Ok::<_, std::io::Error>(text)
+    };
+    let text = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .map_err(|_| format!("echo stats {addr}: no answer within 10 s"))??;
+    let mut lines = text.lines();
+    let open = lines
+        .next()
+        .and_then(|l| l.strip_prefix("open "))
+        .and_then(|v| v.parse().ok())
+        .ok_or("echo stats: no open line")?;
+    let _ = lines.next();
+    let accepts = lines.filter_map(|l| l.parse().ok()).collect();
+    Ok(EchoStats { open, accepts })
+}
+
+/// A free port below the kernel's ephemeral range (32768 and up by default). A port from
+/// that range can be taken as the source port of any outgoing connection between our check
+/// and herdgate's bind (then herdgate cannot bind it, and a connect to it may even connect
+/// to itself and read its own bytes back).
+fn free_port() -> Result<u16, BoxError> {
+    let mut rng = rand::thread_rng();
+    for _ in 0..200 {
+        let port = rng.gen_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free port in 20000..32000".into())
+}
+
+/// The 1-minute load average: this machine is shared, and a loaded one stalls handshakes.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+struct Tls {
+    dir: PathBuf,
+    cert_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+fn make_cert(dir: &Path) -> Result<Tls, BoxError> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    std::fs::write(dir.join("cert.pem"), ck.cert.pem())?;
+    std::fs::write(dir.join("key.pem"), ck.key_pair.serialize_pem())?;
+    Ok(Tls {
+        dir: dir.to_path_buf(),
+        cert_der: ck.cert.der().clone(),
+    })
+}
+
+struct Gate {
+    _proc: Proc,
+    addr: SocketAddr,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn herdgate_config(
+    port: u16,
+    admin: u16,
+    tls: bool,
+    hps: Option<f64>,
+    rate: f64,
+    burst: u32,
+    nodes: &[&Echo],
+) -> String {
+    let mut s = format!(
+        r#"[admin]
+bind = "127.0.0.1:{admin}"
+
+[timeouts]
+close = "2s"
+
+[shutdown]
+spread = "1s"
+timeout = "2s"
+
+[[listener]]
+name = "edge"
+bind = "127.0.0.1:{port}"
+backlog = 8192
+"#
+    );
+    if tls {
+        if let Some(h) = hps {
+            s.push_str(&format!("handshakes_per_second = {h}\n"));
+        }
+        s.push_str(
+            "[[listener.tls.cert]]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nserver_names = [\"localhost\"]\n",
+        );
+    }
+    s.push_str(&format!(
+        r#"
+[[route]]
+pool = "storm"
+[route.sticky]
+query = "k"
+fallback = "none"
+
+[[pool]]
+name = "storm"
+admit_rate = {rate}
+admit_burst = {burst}
+max_retry_after = "60s"
+"#
+    ));
+    for (i, n) in nodes.iter().enumerate() {
+        s.push_str(&format!(
+            "[[pool.node]]\nname = \"echo-{i}\"\naddr = \"{}\"\n",
+            n.addr
+        ));
+    }
+    s
+}
+
+async fn spawn_herdgate(
+    dir: &Path,
+    config: &str,
+    port: u16,
+    round: &str,
+) -> Result<Gate, BoxError> {
+    let path = dir.join(format!("herdgate-{round}.toml"));
+    std::fs::write(&path, config)?;
+    let log = std::fs::File::create(dir.join(format!("herdgate-{round}.log")))?;
+    let child = Command::new(env!("CARGO_BIN_EXE_herdgate"))
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .env("HERDGATE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()?;
+    let mut proc = Proc { child };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Exited (cannot bind, bad config)? Then whatever answers on the port is not it.
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            return Err(format!(
+                "herdgate exited with {status} (see {})",
+                dir.join(format!("herdgate-{round}.log")).display()
+            )
+            .into());
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(Gate { _proc: proc, addr });
+        }
+        if Instant::now() > deadline {
+            return Err("herdgate did not listen within 20 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Counters of herdgate's /metrics worth a line, each summed over every label but one.
+const SCRAPED: &[(&str, Option<&str>, &str)] = &[
+    ("herdgate_admission_admitted_total", Some("via"), "admitted"),
+    ("herdgate_admission_queued_total", None, "held"),
+    (
+        "herdgate_admission_rejected_total",
+        Some("reason"),
+        "rejected",
+    ),
+    (
+        "herdgate_admission_tickets_total",
+        Some("outcome"),
+        "tickets",
+    ),
+    (
+        "herdgate_tls_handshakes_deferred_total",
+        None,
+        "handshakes deferred",
+    ),
+    (
+        "herdgate_handshake_timeouts_total",
+        None,
+        "handshake timeouts",
+    ),
+];
+
+/// `(metric, label value)` to value, from herdgate's admin endpoint.
+async fn scrape(admin: SocketAddr) -> Result<BTreeMap<(String, String), f64>, BoxError> {
+    use tokio::io::AsyncWriteExt;
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(admin).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        Ok::<_, std::io::Error>(text)
+    };
+    let text = tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .map_err(|_| "metrics: no answer within 10 s")??;
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let Some(&(_, label, _)) = SCRAPED.iter().find(|m| m.0 == name) else {
+            continue;
+        };
+        let which = label
+            .and_then(|l| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(l)?.strip_prefix("=\""))
+            })
+            .map(|v| v.trim_end_matches(['"', '}']).to_string())
+            .unwrap_or_default();
+        if let Ok(v) = value.parse::<f64>() {
+            *out.entry((name.to_string(), which)).or_insert(0.0) += v;
+        }
+    }
+    Ok(out)
+}
+
+/// What herdgate counted between two scrapes, e.g. "herdgate: admitted ticket 1990, ...".
+fn metrics_note(
+    before: &BTreeMap<(String, String), f64>,
+    after: &BTreeMap<(String, String), f64>,
+) -> String {
+    let mut parts = Vec::new();
+    for &(name, _, word) in SCRAPED {
+        let items: Vec<String> = after
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .filter_map(|(k, v)| {
+                let d = v - before.get(k).copied().unwrap_or(0.0);
+                (d > 0.0).then(|| {
+                    if k.1.is_empty() {
+                        format!("{d:.0}")
+                    } else {
+                        format!("{} {d:.0}", k.1)
+                    }
+                })
+            })
+            .collect();
+        if !items.is_empty() {
+            parts.push(format!("{word} {}", items.join(", ")));
+        }
+    }
+    format!("herdgate: {}", parts.join("; "))
+}
+
+// ---------------------------------------------------------------------------------------
+// Sockets: clients
+
+#[derive(Default)]
+struct Slot {
+    dropped_at: AtomicU64,
+    back_at: AtomicU64,
+    attempts: AtomicU32,
+}
+
+#[derive(Default)]
+struct Tally {
+    attempts: AtomicU64,
+    rejected: AtomicU64,
+    failed: AtomicU64,
+    timeouts: AtomicU64,
+    tls_full: AtomicU64,
+    tls_resumed: AtomicU64,
+    hints: AtomicU64,
+    tickets: AtomicU64,
+}
+
+impl Tally {
+    fn add(&self, s: &StatsSnapshot) {
+        let add = |a: &AtomicU64, v: u64| {
+            a.fetch_add(v, Ordering::Relaxed);
+        };
+        add(&self.attempts, s.attempts);
+        add(&self.rejected, s.rejected_status + s.rejected_close);
+        add(&self.failed, s.failed);
+        add(&self.timeouts, s.timeouts);
+        add(&self.tls_full, s.tls_full);
+        add(&self.tls_resumed, s.tls_resumed);
+        add(&self.hints, s.hints_obeyed);
+        add(&self.tickets, s.tickets_presented);
+    }
+}
+
+struct Crowd {
+    slots: Vec<Slot>,
+    connected: AtomicUsize,
+    dropped: AtomicUsize,
+    back: AtomicUsize,
+    initial: Stats,
+    storm: Tally,
+    stop: CancellationToken,
+}
+
+/// Reads until the connection ends; returns its close frame, if any. `None` from the
+/// outer option: stopped.
+async fn hold(
+    ws: &mut herdgate::client::WsStream,
+    stop: &CancellationToken,
+) -> Option<Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            m = ws.next() => match m {
+                Some(Ok(Message::Close(f))) => return Some(f),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Some(None),
+            }
+        }
+    }
+}
+
+async fn client(
+    i: usize,
+    target: Arc<Target>,
+    strategy: Strategy,
+    crowd: Arc<Crowd>,
+    start_after: Duration,
+    seed: u64,
+) {
+    let stop = crowd.stop.clone();
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = tokio::time::sleep(start_after) => {}
+    }
+    // Everyone first gets in with the reference client; the contender's strategy is only
+    // for the reconnect after the kill.
+    let mut first = ReconnectingClient::new(
+        target.clone(),
+        Strategy::Herdgate { tickets: true },
+        StdRng::seed_from_u64(seed ^ 0xf1f1),
+    );
+    let mut conn = tokio::select! {
+        _ = stop.cancelled() => return,
+        r = first.connect(&crowd.initial) => match r { Ok(c) => c, Err(_) => return },
+    };
+    drop(first);
+    crowd.connected.fetch_add(1, Ordering::Relaxed);
+    let Some(close) = hold(&mut conn.ws, &stop).await else {
+        return;
+    };
+    drop(conn);
+    let slot = &crowd.slots[i];
+    slot.dropped_at.store(unix_nanos(), Ordering::Relaxed);
+    crowd.dropped.fetch_add(1, Ordering::Relaxed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let policy = policy_for(strategy, &mut rng);
+    let mut c = ReconnectingClient::with_policy(target, policy, rng);
+    let stats = Stats::new();
+    let r = tokio::select! {
+        _ = stop.cancelled() => None,
+        r = c.reconnect(close.as_ref(), &stats) => Some(r),
+    };
+    let snap = stats.snapshot();
+    slot.attempts.store(snap.attempts as u32, Ordering::Relaxed);
+    crowd.storm.add(&snap);
+    if let Some(Ok(mut conn)) = r {
+        slot.back_at.store(unix_nanos(), Ordering::Relaxed);
+        crowd.back.fetch_add(1, Ordering::Relaxed);
+        let _ = hold(&mut conn.ws, &stop).await;
+    }
+}
+
+async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + deadline;
+    while !done() {
+        if Instant::now() > until {
+            eprintln!("    {what}: not within {deadline:?}");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+struct RoundCfg<'a> {
+    tls: Option<&'a Tls>,
+    clients: usize,
+    rate: f64,
+    burst: u32,
+    connect_timeout: Duration,
+    hps: Option<f64>,
+    cache_per_client: bool,
+    seed: u64,
+}
+
+async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Summary, BoxError> {
+    let dir = tempfile::tempdir()?;
+    let dir_path = match rc.tls {
+        Some(t) => t.dir.clone(),
+        None => dir.path().to_path_buf(),
+    };
+    let echoes: Vec<Echo> = (0..3).map(|_| spawn_echo()).collect::<Result<_, _>>()?;
+    let port = free_port()?;
+    let admin = free_port()?;
+    let (rate, burst) = if contender.admission {
+        (rc.rate, rc.burst)
+    } else {
+        // "No admission": a bucket no storm here can empty.
+        (1e6, 1_000_000)
+    };
+    let refs: Vec<&Echo> = echoes.iter().collect();
+    let config = herdgate_config(port, admin, rc.tls.is_some(), rc.hps, rate, burst, &refs);
+    let gate = spawn_herdgate(&dir_path, &config, port, tag).await?;
+
+    let tls_cfg = match rc.tls {
+        Some(t) => Some(tls_client_config_with_root(t.cert_der.clone())?),
+        None => None,
+    };
+    let scheme = if rc.tls.is_some() { "wss" } else { "ws" };
+    let crowd = Arc::new(Crowd {
+        slots: (0..rc.clients).map(|_| Slot::default()).collect(),
+        connected: AtomicUsize::new(0),
+        dropped: AtomicUsize::new(0),
+        back: AtomicUsize::new(0),
+        initial: Stats::new(),
+        storm: Tally::default(),
+        stop: CancellationToken::new(),
+    });
+    let mut rng = StdRng::seed_from_u64(rc.seed);
+    // The initial connect is spread over a few seconds: it is not what is measured.
+    let ramp = Duration::from_secs_f64((rc.clients as f64 / (3.0 * rc.rate)).clamp(1.0, 10.0));
+    let mut tasks = Vec::with_capacity(rc.clients);
+    for i in 0..rc.clients {
+        let mut t = Target::new(format!("{scheme}://localhost:{port}/storm?k=c{i}"))
+            .with_addr(gate.addr)
+            .with_connect_timeout(rc.connect_timeout);
+        if let Some(c) = &tls_cfg {
+            let c = if rc.cache_per_client {
+                // A real client resumes its own session: give each its own ticket cache.
+                let mut own = (**c).clone();
+                own.resumption = rustls::client::Resumption::in_memory_sessions(4);
+                Arc::new(own)
+            } else {
+                c.clone()
+            };
+            t = t.with_tls(c);
+        }
+        let after = ramp.mul_f64(i as f64 / rc.clients as f64);
+        tasks.push(tokio::spawn(client(
+            i,
+            Arc::new(t),
+            contender.strategy,
+            crowd.clone(),
+            after,
+            rng.gen(),
+        )));
+    }
+    let all_in = wait_for("initial connect", Duration::from_secs(120), || {
+        crowd.connected.load(Ordering::Relaxed) == rc.clients
+    })
+    .await;
+    if !all_in {
+        crowd.stop.cancel();
+        let log = std::fs::read_to_string(dir_path.join(format!("herdgate-{tag}.log")))
+            .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(10).collect();
+        return Err(format!(
+            "only {} of {} clients connected ({:?}); herdgate's log ends with:\n{}",
+            crowd.connected.load(Ordering::Relaxed),
+            rc.clients,
+            crowd.initial.snapshot(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+        .into());
+    }
+    // Let the last upgrades settle on the node before counting its tunnels.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let victim_open = echo_stats(echoes[0].stats).await?.open as usize;
+    let ideal = Duration::from_secs_f64(victim_open as f64 / (2.0 * rc.rate));
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin));
+    let before = scrape(admin).await.unwrap_or_default();
+    let mut echoes = echoes;
+    let killed_at = unix_nanos();
+    echoes[0].proc.kill();
+    let storm_started = Instant::now();
+    let limit = Duration::from_secs(30).max(ideal * 8);
+    let dropped_all = wait_for("drops seen", Duration::from_secs(10), || {
+        crowd.dropped.load(Ordering::Relaxed) >= victim_open
+    })
+    .await;
+    let _ = wait_for("everyone back", limit, || {
+        let d = crowd.dropped.load(Ordering::Relaxed);
+        d > 0 && crowd.back.load(Ordering::Relaxed) >= d
+    })
+    .await;
+    let storm_time = storm_started.elapsed();
+    // The last tunnels reach the node a moment before the client sees its 101.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut accepts = Vec::new();
+    for e in &echoes[1..] {
+        let st = echo_stats(e.stats).await?;
+        accepts.push(
+            st.accepts
+                .into_iter()
+                .filter(|&t| t >= killed_at)
+                .map(|t| t - killed_at)
+                .collect::<Vec<u64>>(),
+        );
+    }
+    let after = scrape(admin).await.unwrap_or_default();
+    crowd.stop.cancel();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    drop(gate);
+    drop(echoes);
+
+    let mut reconnected = Vec::new();
+    let mut attempts = Vec::new();
+    let mut noticed = Vec::new();
+    for s in &crowd.slots {
+        let dropped = s.dropped_at.load(Ordering::Relaxed);
+        if dropped == 0 {
+            continue;
+        }
+        noticed.push(dropped.saturating_sub(killed_at));
+        let back = s.back_at.load(Ordering::Relaxed);
+        reconnected.push((back != 0).then(|| back.saturating_sub(killed_at)));
+        attempts.push(s.attempts.load(Ordering::Relaxed));
+    }
+    let st = &crowd.storm;
+    let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut notes = vec![format!(
+        "{} attempts: {} rejected with a hint, {} failed ({} timeouts){}",
+        ld(&st.attempts),
+        ld(&st.rejected),
+        ld(&st.failed),
+        ld(&st.timeouts),
+        if rc.tls.is_some() {
+            format!(
+                "; TLS {} resumed / {} full",
+                ld(&st.tls_resumed),
+                ld(&st.tls_full)
+            )
+        } else {
+            String::new()
+        }
+    )];
+    noticed.sort_unstable();
+    if let (Some(&mid), Some(&last)) = (noticed.get(noticed.len() / 2), noticed.last()) {
+        notes.push(format!(
+            "clients noticed the drop after {:.0} ms (median), {:.0} ms (last)",
+            mid as f64 / 1e6,
+            last as f64 / 1e6
+        ));
+    }
+    notes.push(metrics_note(&before, &after));
+    if !dropped_all {
+        notes.push(format!(
+            "only {} of the {victim_open} clients of echo-0 saw the drop",
+            crowd.dropped.load(Ordering::Relaxed)
+        ));
+    }
+    eprintln!(
+        "    {tag}: {} displaced, {} back after {:.2} s",
+        reconnected.len(),
+        crowd.back.load(Ordering::Relaxed),
+        storm_time.as_secs_f64()
+    );
+    Ok(report::summarize(StormRun {
+        label: contender.label.clone(),
+        admit_rate: rc.rate,
+        surviving_rate: 2.0 * rc.rate,
+        ideal,
+        // No strategy reconnects before it notices the drop: the last client to notice
+        // sets the floor (the sim's is its detect_spread + rtt).
+        floor: Duration::from_nanos(noticed.last().copied().unwrap_or(0)),
+        tickets: contender.tickets(),
+        accepts,
+        reconnected,
+        attempts,
+        notes,
+    }))
+}
+
+fn sockets(args: &Args, svg_dir: &Path) -> Result<(), BoxError> {
+    let clients = args.clients.unwrap_or(if args.quick {
+        1500
+    } else if args.big {
+        9000
+    } else {
+        6000
+    });
+    let rate = args.admit_rate.unwrap_or(clients as f64 / 12.0);
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("storm: could not raise the descriptor limit: {e}");
+    }
+    let transports: Vec<bool> = match args.transport {
+        Which::Ws => vec![false],
+        Which::Wss => vec![true],
+        Which::Both => vec![false, true],
+    };
+    let list = contenders(args);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let certs = tempfile::tempdir()?;
+    let tls = make_cert(certs.path())?;
+    for tls_on in transports {
+        let scheme = if tls_on { "wss" } else { "ws" };
+        let rc = RoundCfg {
+            tls: tls_on.then_some(&tls),
+            clients,
+            rate,
+            burst: args.burst,
+            connect_timeout: args.connect_timeout,
+            hps: args.handshakes_per_second,
+            cache_per_client: !args.tls_shared_config,
+            seed: args.seed,
+        };
+        let mut summaries = Vec::new();
+        let started = Instant::now();
+        let load_before = loadavg();
+        for (k, c) in list.iter().enumerate() {
+            eprintln!("  {scheme}: {}", c.label);
+            let tag = format!("{scheme}-{k}");
+            summaries.push(rt.block_on(round(&rc, c, &tag))?);
+        }
+        let title = format!(
+            "sockets over {scheme}: {clients} clients, 3 echo nodes, echo-0 killed (SIGKILL)"
+        );
+        let sub = format!(
+            "{} clients displaced onto 2 nodes at admit_rate {rate:.0}/s; client connect timeout {:?}; load average {load_before} before, {} after{}",
+            summaries.first().map_or(0, |s| s.clients),
+            args.connect_timeout,
+            loadavg(),
+            if tls_on {
+                if args.tls_shared_config {
+                    "; one rustls ClientConfig shared by all clients"
+                } else {
+                    "; each client resumes its own TLS session"
+                }
+            } else {
+                ""
+            }
+        );
+        print_report(&title, &sub, &summaries);
+        let path = write_svg(
+            svg_dir,
+            &if clients == 6000 {
+                format!("storm-{scheme}.svg")
+            } else {
+                format!("storm-{scheme}-{clients}.svg")
+            },
+            &report::svg(&title, &sub, &summaries),
+        )?;
+        println!(
+            "  {} rounds in {:.0} s; chart: {}",
+            summaries.len(),
+            started.elapsed().as_secs_f64(),
+            path.display()
+        );
+    }
+    Ok(())
+}
