@@ -99,6 +99,7 @@ fn ticket_window_early_and_late() {
         Decision::Queue {
             until: slot,
             slot,
+            via: AdmitVia::Ticket,
             ticket_check: TicketCheck::Valid
         }
     );

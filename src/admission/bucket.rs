@@ -91,7 +91,7 @@ pub enum AdmitVia {
     Promise,
     /// The bucket had a token.
     Bucket,
-    /// It waited in the caller's queue for its slot ([`Decision::Queue`]); never returned by
+    /// It waited in the caller's queue for its slot (queue mode, [`Decision::Queue`]); never returned by
     /// [`NodeAdmission::check`], offered for the caller's metrics when it forwards.
     Queue,
 }
@@ -121,6 +121,9 @@ pub enum Decision {
     Queue {
         until: Nanos,
         slot: Nanos,
+        /// How it will have been admitted: [`AdmitVia::Queue`] in queue mode, else the
+        /// ticket, promise or bucket whose forward is being paced.
+        via: AdmitVia,
         ticket_check: TicketCheck,
     },
     /// Refuse; tell the client to come back after `retry_after` (RFC 9110 §10.2.3), with
@@ -399,6 +402,7 @@ impl NodeAdmission {
                 return Decision::Queue {
                     until: slot,
                     slot,
+                    via: AdmitVia::Queue,
                     ticket_check: check,
                 };
             }
@@ -568,6 +572,7 @@ impl State {
         Decision::Queue {
             until: at,
             slot: at,
+            via,
             ticket_check: check,
         }
     }

@@ -181,13 +181,13 @@ pub fn decide(node: &Node, input: &AdmitInput<'_>) -> Decision {
     let d = node.admission.check(now(), input);
     let nm = &node.metrics;
     match &d {
-        Decision::Admit { via, .. } => match via {
-            AdmitVia::Bucket => nm.admitted_bucket.increment(1),
-            AdmitVia::Promise => nm.admitted_promise.increment(1),
-            AdmitVia::Ticket => nm.admitted_ticket.increment(1),
-            AdmitVia::Queue => nm.admitted_queue.increment(1),
-        },
-        Decision::Queue { .. } => nm.queued.increment(1),
+        Decision::Admit { via, .. } => count_forwarded(node, *via),
+        // Counted as admitted (by `via`) when the held request is forwarded.
+        Decision::Queue { via, .. } => {
+            if *via == AdmitVia::Queue {
+                nm.queued.increment(1);
+            }
+        }
         Decision::Reject {
             retry_after,
             overflow,
@@ -235,4 +235,15 @@ pub fn spawn_limiter_sweeper(shared: Arc<Shared>) {
             }
         }
     });
+}
+
+/// Count an admission of a request that was held ([`Decision::Queue`]) and is now forwarded.
+pub fn count_forwarded(node: &Node, via: AdmitVia) {
+    let nm = &node.metrics;
+    match via {
+        AdmitVia::Bucket => nm.admitted_bucket.increment(1),
+        AdmitVia::Promise => nm.admitted_promise.increment(1),
+        AdmitVia::Ticket => nm.admitted_ticket.increment(1),
+        AdmitVia::Queue => nm.admitted_queue.increment(1),
+    }
 }

@@ -139,7 +139,9 @@ async fn admit(
     };
     match decide(node, &input) {
         Decision::Admit { .. } => None,
-        Decision::Queue { until, slot, .. } => {
+        Decision::Queue {
+            until, slot, via, ..
+        } => {
             // Hold the request until its slot. If the client goes away meanwhile hyper
             // drops this future: the guard gives the token back as a promise credit.
             let _waiting = QueueGuard::new(node, slot);
@@ -147,7 +149,7 @@ async fn admit(
             let wait = std::time::Duration::from_nanos(until.saturating_sub(now));
             tokio::time::sleep(wait).await;
             _waiting.served();
-            node.metrics.admitted_queue.increment(1);
+            crate::admission::wire::count_forwarded(node, via);
             None
         }
         Decision::Reject {
