@@ -1,16 +1,21 @@
-//! Resident memory per idle proxied WebSocket, plain and TLS.
+//! Resident memory per idle proxied WebSocket, plain and TLS, for herdgate, nginx and
+//! HAProxy.
 //!
-//! Run: `cargo bench --bench idle_memory` (about a minute). For each mode a fresh herdgate
-//! process (release binary) is started in front of the echo node process; this process
-//! opens 9,000 WebSockets through it (64 handshakes in flight), sends one 64-byte echo on
-//! each, and leaves them idle. herdgate's VmRSS (and RssAnon) from /proc/<pid>/status is
-//! read after a warm-up of 500 tunnels that are opened and closed again (runtime threads,
-//! allocator arenas and TLS state exist by then) and again after the 9,000 have settled;
-//! the difference divided by 9,000 is the cost of one idle tunnel.
+//! Run: `cargo bench --bench idle_memory` (under a minute). For each proxy and
+//! mode a fresh proxy process (herdgate: the release binary; nginx and HAProxy: system
+//! binaries with the configs of benches/common, skipped with a note when not installed)
+//! is started in front of a fresh echo node process; this process opens 9,000 WebSockets
+//! through it (64 handshakes in flight), sends one 64-byte echo on each, and leaves them
+//! idle. The proxy's VmRSS (and RssAnon) from /proc/<pid>/status, summed over its
+//! processes (nginx: master and workers), is read after a warm-up of 64 tunnels that are
+//! opened and closed again (runtime threads, allocator arenas and TLS state exist by then)
+//! and again after the 9,000 have settled; the difference divided by 9,000 is the cost of
+//! one idle tunnel.
 //!
-//! A tunnel costs herdgate two descriptors. Every process raises its soft limit to the
+//! A tunnel costs a proxy two descriptors. Every process raises its soft limit to the
 //! hard one; when the hard limit is too small for 9,000 the bench says so and uses fewer.
-//! HERDGATE_BENCH_TUNNELS=N changes the count.
+//! HERDGATE_BENCH_TUNNELS=N changes the count, HERDGATE_BENCH_PROXIES=herdgate,nginx,
+//! haproxy (any subset) the proxies.
 
 mod common;
 
@@ -35,10 +40,13 @@ fn main() -> ExitCode {
         println!("idle_memory bench: skipped (run it with `cargo bench --bench idle_memory`)");
         return ExitCode::SUCCESS;
     }
-    run_main("idle_memory", Duration::from_secs(170), run())
+    run_main("idle_memory", Duration::from_secs(300), run())
 }
 
 struct Row {
+    proxy: &'static str,
+    procs: usize,
+    fds_per_tunnel: f64,
     mode: &'static str,
     n: usize,
     rss0: u64,
@@ -68,28 +76,38 @@ async fn run() -> Result<()> {
             "SHORT: the hard limit {hard} leaves room for {n} tunnels (2 descriptors each), not {want}"
         ));
     }
+    let (kinds, skipped) = proxies_to_run();
+    notes.extend(skipped);
+    for k in &kinds {
+        notes.push(format!("{}: {}", k.label(), k.version()));
+    }
     let mut rows = Vec::new();
     for mode in ["plain (ws)", "TLS (wss)"] {
-        rows.push(measure(mode, n).await?);
+        for &k in &kinds {
+            rows.push(measure(k, mode, n).await?);
+        }
     }
     let sizes = type_sizes().await?;
 
     println!();
-    println!("## herdgate idle tunnel memory: load average {}", loadavg());
+    println!("## idle tunnel memory: load average {}", loadavg());
     for n in &notes {
         println!("{n}");
     }
     println!();
-    println!("| mode | tunnels | herdgate VmRSS before → after | per idle tunnel (VmRSS) | RssAnon | marginal, 2nd half | VmRSS all closed → same again | open time |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| mode | proxy | processes | tunnels | fds per tunnel | VmRSS before → after | per idle tunnel (VmRSS) | RssAnon | marginal, 2nd half | VmRSS all closed → same again | open time |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mib = |k: u64| k as f64 / 1024.0;
     for r in &rows {
         let per = |a: u64, b: u64, n: usize| b.saturating_sub(a) as f64 * 1024.0 / n as f64;
         let whole = per(r.rss0, r.rss1, r.n);
         println!(
-            "| {} | {} | {:.1} → {:.1} MiB | **{:.2} KiB** ({:.0} B) | {:.2} KiB | {:.2} KiB | {:.1} → {:.1} MiB | {:.1} s |",
+            "| {} | {} | {} | {} | {:.2} | {:.1} → {:.1} MiB | **{:.2} KiB** ({:.0} B) | {:.2} KiB | {:.2} KiB | {:.1} → {:.1} MiB | {:.1} s |",
             r.mode,
+            r.proxy,
+            r.procs,
             r.n,
+            r.fds_per_tunnel,
             mib(r.rss0),
             mib(r.rss1),
             whole / 1024.0,
@@ -103,7 +121,9 @@ async fn run() -> Result<()> {
     }
     println!();
     println!(
-        "per idle tunnel = (VmRSS after - before) / tunnels; marginal = growth from {} to {} tunnels \
+        "VmRSS and RssAnon are summed over the proxy's processes (nginx: master + workers); fds \
+         per tunnel = growth of their open descriptors / tunnels (2 = both connections held). \
+         per idle tunnel = (VmRSS after - before) / tunnels; marginal = growth from {} to {} tunnels \
          / {}; \"all closed → same again\": VmRSS once every tunnel closed, then with as many open \
          again (the allocator reuses what closed tunnels left; no growth = no leak).",
         rows.first().map_or(0, |r| r.n / 2),
@@ -116,21 +136,23 @@ async fn run() -> Result<()> {
     Ok(())
 }
 
-async fn measure(mode: &'static str, n: usize) -> Result<Row> {
+async fn measure(kind: ProxyKind, mode: &'static str, n: usize) -> Result<Row> {
     let dir = tempfile::tempdir()?;
     let cert = write_cert(dir.path())?;
     let echo = spawn_echo(&cert)?;
     // Analysis only: HERDGATE_BENCH_HEAPTRACK=<dir> runs herdgate under heaptrack's
     // preload library, writing a raw trace (see benches/RESULTS.md for reading it). VmRSS
     // figures of such a run include heaptrack's own buffers.
-    let heaptrack = std::env::var_os("HERDGATE_BENCH_HEAPTRACK").map(|d| {
-        let tag = if mode.starts_with("TLS") {
-            "tls"
-        } else {
-            "plain"
-        };
-        std::path::Path::new(&d).join(format!("heaptrack.{tag}.raw"))
-    });
+    let heaptrack = std::env::var_os("HERDGATE_BENCH_HEAPTRACK")
+        .filter(|_| kind == ProxyKind::Herdgate)
+        .map(|d| {
+            let tag = if mode.starts_with("TLS") {
+                "tls"
+            } else {
+                "plain"
+            };
+            std::path::Path::new(&d).join(format!("heaptrack.{tag}.raw"))
+        });
     let env: Vec<(&str, std::ffi::OsString)> = match &heaptrack {
         Some(f) => vec![
             (
@@ -141,75 +163,45 @@ async fn measure(mode: &'static str, n: usize) -> Result<Row> {
         ],
         None => vec![],
     };
-    let mut hg = spawn_herdgate(dir.path(), &cert, echo.plain, &env).await?;
-    let pid = hg.proc.pid();
+    let mut px = spawn_proxy(kind, dir.path(), &cert, echo.plain, &env).await?;
     let target = if mode.starts_with("TLS") {
         Target {
-            addr: hg.wss,
+            addr: px.wss,
             tls: Some(tls_connector(&cert.der, false)?),
         }
     } else {
         Target {
-            addr: hg.ws,
+            addr: px.ws,
             tls: None,
         }
     };
 
     let warm = open_many(&target, WARMUP).await?;
+    let fds_warm = px.fds()?;
     drop(warm);
-    wait_metric(hg.admin, "herdgate_tunnels_open", 0.0, STEP).await?;
-    let rss0 = settled_rss(pid).await?;
-    let anon0 = status_kib(pid, "RssAnon")?;
+    let fds0 = fds_warm.saturating_sub(2 * WARMUP);
+    wait_closed(&px, fds0).await?;
+    let rss0 = settled_rss(&px).await?;
+    let anon0 = px.status_kib("RssAnon")?;
+    let fds0 = px.fds()?;
 
+    // Every tunnel carried an echo before open_many returns, so it is open in the proxy.
     let t0 = Instant::now();
     let mut conns = open_many(&target, n / 2).await?;
-    wait_metric(hg.admin, "herdgate_tunnels_open", (n / 2) as f64, STEP).await?;
-    let rss_half = settled_rss(pid).await?;
+    wait_open(&px, n / 2).await?;
+    let rss_half = settled_rss(&px).await?;
     conns.extend(open_many(&target, n - n / 2).await?);
     let open_secs = t0.elapsed().as_secs_f64();
-    wait_metric(hg.admin, "herdgate_tunnels_open", n as f64, STEP).await?;
-    let rss1 = settled_rss(pid).await?;
-    let anon1 = status_kib(pid, "RssAnon")?;
-    hg.proc.alive()?;
-    if heaptrack.is_some() {
-        // End herdgate with its tunnels open: the trace then shows what they held as
-        // "leaked".
-        drop(hg);
-        return Ok(Row {
-            mode,
-            n,
-            rss0,
-            rss1,
-            anon0,
-            anon1,
-            rss_half,
-            rss_closed: 0,
-            rss_again: 0,
-            open_secs,
-        });
-    }
-
-    // The tunnels were live, not just counted: a sample still echoes.
-    for c in conns.iter_mut().step_by((n / 50).max(1)) {
-        step("echo after idle", echo_once(c)).await??;
-    }
-    drop(conns);
-    wait_metric(
-        hg.admin,
-        "herdgate_tunnels_open",
-        0.0,
-        Duration::from_secs(30),
-    )
-    .await?;
-    let rss_closed = settled_rss(pid).await?;
-
-    // Closed tunnels leave their memory to the allocator, not to the system; opening the
-    // same number again must reuse it (growth here would be a leak).
-    let again = open_many(&target, n).await?;
-    wait_metric(hg.admin, "herdgate_tunnels_open", n as f64, STEP).await?;
-    let rss_again = settled_rss(pid).await?;
-    drop(again);
-    Ok(Row {
+    wait_open(&px, n).await?;
+    let rss1 = settled_rss(&px).await?;
+    let anon1 = px.status_kib("RssAnon")?;
+    let fds_per_tunnel = px.fds()?.saturating_sub(fds0) as f64 / n as f64;
+    let procs = px.pids().len();
+    px.proc.alive()?;
+    let row = |rss_closed, rss_again| Row {
+        proxy: kind.label(),
+        procs,
+        fds_per_tunnel,
         mode,
         n,
         rss0,
@@ -220,7 +212,61 @@ async fn measure(mode: &'static str, n: usize) -> Result<Row> {
         rss_closed,
         rss_again,
         open_secs,
-    })
+    };
+    if heaptrack.is_some() {
+        // End herdgate with its tunnels open: the trace then shows what they held as
+        // "leaked".
+        drop(px);
+        return Ok(row(0, 0));
+    }
+
+    // The tunnels were live, not just counted: a sample still echoes.
+    for c in conns.iter_mut().step_by((n / 50).max(1)) {
+        step("echo after idle", echo_once(c)).await??;
+    }
+    drop(conns);
+    wait_closed(&px, fds0).await?;
+    let rss_closed = settled_rss(&px).await?;
+
+    // Closed tunnels leave their memory to the allocator, not to the system; opening the
+    // same number again must reuse it (growth here would be a leak).
+    let again = open_many(&target, n).await?;
+    wait_open(&px, n).await?;
+    let rss_again = settled_rss(&px).await?;
+    drop(again);
+    Ok(row(rss_closed, rss_again))
+}
+
+/// herdgate counts its tunnels; for the others every tunnel has already carried an echo.
+async fn wait_open(px: &Proxy, n: usize) -> Result<()> {
+    match px.admin {
+        Some(admin) => wait_metric(admin, "herdgate_tunnels_open", n as f64, STEP).await,
+        None => Ok(()),
+    }
+}
+
+/// Until the proxy has closed the tunnels: herdgate's count at 0, and (every proxy) its
+/// descriptors back to `fds0` (a few of slack: log files, an admin connection).
+async fn wait_closed(px: &Proxy, fds0: usize) -> Result<()> {
+    let within = Duration::from_secs(30);
+    if let Some(admin) = px.admin {
+        wait_metric(admin, "herdgate_tunnels_open", 0.0, within).await?;
+    }
+    let deadline = Instant::now() + within;
+    loop {
+        let fds = px.fds()?;
+        if fds <= fds0 + 4 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} still holds {fds} descriptors, {fds0} before the tunnels",
+                px.kind.label()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Open `n` WebSockets (OPEN_CONCURRENCY handshakes in flight), one echo on each.
@@ -247,14 +293,14 @@ async fn open_many(t: &Target, n: usize) -> Result<Vec<Conn>> {
     Ok(all)
 }
 
-/// VmRSS (KiB) once it has stopped moving (two readings 300 ms apart within 64 KiB), or
-/// after 5 s.
-async fn settled_rss(pid: u32) -> Result<u64> {
+/// VmRSS (KiB, summed over the proxy's processes) once it has stopped moving (two
+/// readings 300 ms apart within 64 KiB), or after 5 s.
+async fn settled_rss(px: &Proxy) -> Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut last = status_kib(pid, "VmRSS")?;
+    let mut last = px.status_kib("VmRSS")?;
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = status_kib(pid, "VmRSS")?;
+        let now = px.status_kib("VmRSS")?;
         if now.abs_diff(last) <= 64 || Instant::now() > deadline {
             return Ok(now);
         }

@@ -1,23 +1,27 @@
-//! WebSocket handshakes per second and echo round-trip latency, through herdgate versus
-//! direct to the echo node, plain (ws) and TLS (wss), measured side by side in one run.
+//! WebSocket handshakes per second and echo round-trip latency, direct to the echo node and
+//! through herdgate, nginx and HAProxy, plain (ws) and TLS (wss), side by side in one run.
 //!
-//! Run: `cargo bench --bench proxy` (about 70 s). Three processes share the machine:
-//! this one (the clients), herdgate (release binary, its own process) and the echo node
-//! (this binary in its echo role). "Direct TLS" is the same lean echo behind tokio-rustls.
-//! Direct and proxied phases are interleaved in rounds, so a load spike from elsewhere
-//! hits both; rates are the median over rounds, latency percentiles pool all samples.
+//! Run: `cargo bench --bench proxy` (about 2 minutes). The processes share the machine:
+//! this one (the clients), the echo node (this binary in its echo role), and the proxies,
+//! each its own process(es) in front of that same echo node: herdgate (the release
+//! binary), nginx and HAProxy (system binaries, configs in common::nginx_config and
+//! common::haproxy_config; one that is not installed is skipped with a printed note).
+//! "Direct TLS" is the same lean echo behind tokio-rustls. The paths are interleaved in
+//! rounds (their order rotating), so a load spike from elsewhere hits all of them; rates
+//! are the median over rounds, latency percentiles pool all samples.
 //!
 //! A handshake here is a whole short WebSocket: TCP connect, (TLS), upgrade to 101, then
 //! the closing handshake (Close, Close back, the server closes TCP first). Closing the way
 //! RFC 6455 wants it keeps TIME_WAIT on the servers' accepted sockets; a client that
-//! reset or closed first would make herdgate (which then closes towards the node first)
+//! reset or closed first would make a proxy (which then closes towards the node first)
 //! search a port range full of TIME_WAIT on every connect, a cost of the bench's
 //! choice rather than of the proxy.
 //!
 //! Environment: HERDGATE_BENCH_ECHO=tungstenite uses herdgate::echo::EchoNode (and
 //! tokio-tungstenite behind TLS) as the echo node instead of the lean raw echo;
 //! HERDGATE_BENCH_ONLY runs one part: "handshakes", "rtt", or one mode of it such as
-//! "handshakes ws", "handshakes wss (resumed)", "rtt wss".
+//! "handshakes ws", "handshakes wss (resumed)", "rtt wss"; HERDGATE_BENCH_PROXIES=
+//! herdgate,nginx,haproxy (any subset) chooses the proxies.
 
 mod common;
 
@@ -30,10 +34,10 @@ use tokio::time::Instant;
 
 /// Connections in flight at once in the handshake phases.
 const HS_CONCURRENCY: usize = 32;
-const HS_PHASE: Duration = Duration::from_millis(1200);
-const HS_ROUNDS: usize = 5;
-const RTT_PHASE: Duration = Duration::from_millis(1500);
-const RTT_ROUNDS: usize = 2;
+const HS_PHASE: Duration = Duration::from_millis(1000);
+const HS_ROUNDS: usize = 6;
+const RTT_PHASE: Duration = Duration::from_millis(750);
+const RTT_ROUNDS: usize = 4;
 const RTT_CONNS: [usize; 2] = [1, 16];
 
 fn main() -> ExitCode {
@@ -44,7 +48,7 @@ fn main() -> ExitCode {
         println!("proxy bench: skipped (run it with `cargo bench --bench proxy`)");
         return ExitCode::SUCCESS;
     }
-    run_main("proxy", Duration::from_secs(170), run())
+    run_main("proxy", Duration::from_secs(300), run())
 }
 
 /// What one phase (or several rounds of it) measured.
@@ -56,7 +60,7 @@ struct Samples {
     lat: Vec<u64>,
     errors: u64,
     resumed: u64,
-    /// CPU seconds per operation per phase: herdgate (proxied phases), echo node, clients.
+    /// CPU seconds per operation per phase: the proxy (if any), echo node, clients.
     cpu: Vec<[f64; 3]>,
 }
 
@@ -81,7 +85,7 @@ impl Samples {
         let (a, b) = percentiles(&mut self.lat);
         (a as f64 / 1e3, b as f64 / 1e3)
     }
-    /// Median CPU µs per operation of process `i` (0 herdgate, 1 echo, 2 clients).
+    /// Median CPU µs per operation of process `i` (0 proxy, 1 echo, 2 clients).
     fn cpu_us(&self, i: usize) -> f64 {
         median(&self.cpu.iter().map(|c| c[i]).collect::<Vec<_>>()) * 1e6
     }
@@ -94,106 +98,204 @@ fn median(v: &[f64]) -> f64 {
 }
 
 /// The processes whose CPU time a phase accounts.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Pids {
-    herdgate: u32,
+    /// The proxy's processes (nginx: master and workers); empty for direct.
+    proxy: Vec<u32>,
     echo: u32,
 }
 
 impl Pids {
     fn cpu(&self) -> Result<[f64; 3]> {
         Ok([
-            cpu_secs(self.herdgate)?,
+            self.proxy
+                .iter()
+                .map(|&p| cpu_secs(p))
+                .sum::<Result<f64>>()?,
             cpu_secs(self.echo)?,
             cpu_secs(std::process::id())?,
         ])
     }
 }
 
+/// One way to the echo node: direct, or through one of the proxies.
+struct Path {
+    name: String,
+    proxy: Option<Proxy>,
+    ws: std::net::SocketAddr,
+    wss: std::net::SocketAddr,
+}
+
+impl Path {
+    fn pids(&self, echo: u32) -> Pids {
+        Pids {
+            proxy: self.proxy.as_ref().map(|p| p.pids()).unwrap_or_default(),
+            echo,
+        }
+    }
+    fn alive(&mut self) -> Result<()> {
+        match &mut self.proxy {
+            Some(p) => p.proc.alive(),
+            None => Ok(()),
+        }
+    }
+}
+
+const HS_MODES: [&str; 3] = ["ws", "wss (full handshake)", "wss (resumed)"];
+const RTT_MODES: [&str; 2] = ["ws", "wss"];
+
 async fn run() -> Result<()> {
     let (soft, hard) = raise_fd_limit();
     let dir = tempfile::tempdir()?;
     let cert = write_cert(dir.path())?;
     let mut echo = spawn_echo(&cert)?;
-    let mut hg = spawn_herdgate(dir.path(), &cert, echo.plain, &[]).await?;
-    let pids = Pids {
-        herdgate: hg.proc.pid(),
-        echo: echo.proc.pid(),
-    };
+    let echo_pid = echo.proc.pid();
+    let (kinds, skipped) = proxies_to_run();
+    let mut paths = vec![Path {
+        name: "direct".into(),
+        proxy: None,
+        ws: echo.plain,
+        wss: echo.tls,
+    }];
+    let mut versions = Vec::new();
+    for k in kinds {
+        let sub = dir.path().join(k.label());
+        std::fs::create_dir(&sub)?;
+        let p = spawn_proxy(k, &sub, &cert, echo.plain, &[]).await?;
+        versions.push(k.version());
+        paths.push(Path {
+            name: k.label().into(),
+            ws: p.ws,
+            wss: p.wss,
+            proxy: Some(p),
+        });
+    }
+    // HERDGATE_BENCH_BASELINE_BIN=<another herdgate build>: measured as one more path,
+    // interleaved with the others (before/after figures of a change, same conditions).
+    if let Some(bin) = std::env::var_os("HERDGATE_BENCH_BASELINE_BIN") {
+        let sub = dir.path().join("baseline");
+        std::fs::create_dir(&sub)?;
+        let h = spawn_herdgate(
+            &sub,
+            &cert,
+            echo.plain,
+            &[],
+            Some(std::path::Path::new(&bin)),
+        )
+        .await?;
+        versions.push(format!("herdgate baseline: {}", bin.to_string_lossy()));
+        paths.push(Path {
+            name: "herdgate (baseline)".into(),
+            ws: h.ws,
+            wss: h.wss,
+            proxy: Some(Proxy {
+                kind: ProxyKind::Herdgate,
+                proc: h.proc,
+                ws: h.ws,
+                wss: h.wss,
+                admin: Some(h.admin),
+            }),
+        });
+    }
     let load_before = loadavg();
     let echo_kind = std::env::var(ECHO_ENV).unwrap_or_else(|_| "raw".into());
 
-    let plain = |addr| Target { addr, tls: None };
-    let tls = |addr, resume| -> Result<Target> {
-        Ok(Target {
-            addr,
-            tls: Some(tls_connector(&cert.der, resume)?),
+    let target = |path: &Path, mode: &str| -> Result<Target> {
+        Ok(match mode {
+            "ws" => Target {
+                addr: path.ws,
+                tls: None,
+            },
+            // A connector per target, so session caches stay apart.
+            m => Target {
+                addr: path.wss,
+                tls: Some(tls_connector(&cert.der, !m.contains("full"))?),
+            },
         })
     };
-    // (label, direct, via herdgate); a connector per target so session caches stay apart.
-    let hs_modes: Vec<(&str, Target, Target)> = vec![
-        ("ws", plain(echo.plain), plain(hg.ws)),
-        (
-            "wss (full handshake)",
-            tls(echo.tls, false)?,
-            tls(hg.wss, false)?,
-        ),
-        ("wss (resumed)", tls(echo.tls, true)?, tls(hg.wss, true)?),
-    ];
-    let rtt_modes: Vec<(&str, Target, Target)> = vec![
-        ("ws", plain(echo.plain), plain(hg.ws)),
-        ("wss", tls(echo.tls, true)?, tls(hg.wss, true)?),
-    ];
     // HERDGATE_BENCH_ONLY=handshakes|rtt|"handshakes <mode>"|"rtt <mode>": one part only
-    // (e.g. while profiling herdgate).
+    // (e.g. while profiling a proxy).
     let only = std::env::var("HERDGATE_BENCH_ONLY").ok();
     let wanted = |part: &str, label: &str| {
         only.as_deref()
             .is_none_or(|o| o == part || o == format!("{part} {label}"))
     };
-    let hs_modes: Vec<_> = hs_modes
+    let hs_modes: Vec<&str> = HS_MODES
         .into_iter()
-        .filter(|m| wanted("handshakes", m.0))
+        .filter(|m| wanted("handshakes", m))
         .collect();
-    let rtt_modes: Vec<_> = rtt_modes
-        .into_iter()
-        .filter(|m| wanted("rtt", m.0))
-        .collect();
+    let rtt_modes: Vec<&str> = RTT_MODES.into_iter().filter(|m| wanted("rtt", m)).collect();
+    // targets[mode][path]
+    let hs_targets: Vec<Vec<Target>> = hs_modes
+        .iter()
+        .map(|m| paths.iter().map(|p| target(p, m)).collect())
+        .collect::<Result<_>>()?;
+    let rtt_targets: Vec<Vec<Target>> = rtt_modes
+        .iter()
+        .map(|m| paths.iter().map(|p| target(p, m)).collect())
+        .collect::<Result<_>>()?;
 
-    // Warm up every path (connections, TLS caches, allocator) before measuring.
-    for (_, d, p) in &hs_modes {
-        handshakes(d, Duration::from_millis(300), pids).await?;
-        handshakes(p, Duration::from_millis(300), pids).await?;
+    // What TLS each path negotiates (the same work should be compared).
+    let mut tls_lines = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        let full = tls_summary(&target(p, "wss (full handshake)")?).await?;
+        let resumed_t = target(p, "wss (resumed)")?;
+        tls_summary(&resumed_t).await?; // gets a ticket
+        let resumed = tls_summary(&resumed_t).await?;
+        tls_lines.push(format!("{}: {full}; then {resumed}", paths[i].name));
     }
 
-    let mut hs: Vec<(Samples, Samples)> = hs_modes.iter().map(|_| Default::default()).collect();
-    for _ in 0..HS_ROUNDS {
-        for (i, (_, d, p)) in hs_modes.iter().enumerate() {
-            hs[i].0.add(handshakes(d, HS_PHASE, pids).await?);
-            hs[i].1.add(handshakes(p, HS_PHASE, pids).await?);
-            hg.proc.alive()?;
-            echo.proc.alive()?;
+    // Warm up every path (connections, TLS caches, allocator) before measuring.
+    for ts in &hs_targets {
+        for (j, t) in ts.iter().enumerate() {
+            handshakes(t, Duration::from_millis(300), &paths[j].pids(echo_pid)).await?;
         }
     }
 
-    let mut rtt: Vec<Vec<(Samples, Samples)>> = rtt_modes
+    let np = paths.len();
+    let mut hs: Vec<Vec<Samples>> = hs_modes
         .iter()
-        .map(|_| RTT_CONNS.iter().map(|_| Default::default()).collect())
+        .map(|_| (0..np).map(|_| Samples::default()).collect())
         .collect();
-    for _ in 0..RTT_ROUNDS {
-        for (i, (_, d, p)) in rtt_modes.iter().enumerate() {
-            for (j, &c) in RTT_CONNS.iter().enumerate() {
-                rtt[i][j].0.add(echo_rtt(d, c, RTT_PHASE, pids).await?);
-                rtt[i][j].1.add(echo_rtt(p, c, RTT_PHASE, pids).await?);
-                hg.proc.alive()?;
+    for round in 0..HS_ROUNDS {
+        for (i, ts) in hs_targets.iter().enumerate() {
+            // The order of the paths rotates each round, so none is always first or last.
+            for k in 0..np {
+                let j = (k + round) % np;
+                let pids = paths[j].pids(echo_pid);
+                hs[i][j].add(handshakes(&ts[j], HS_PHASE, &pids).await?);
+                paths[j].alive()?;
                 echo.proc.alive()?;
+            }
+        }
+    }
+
+    let mut rtt: Vec<Vec<Vec<Samples>>> = rtt_modes
+        .iter()
+        .map(|_| {
+            RTT_CONNS
+                .iter()
+                .map(|_| (0..np).map(|_| Samples::default()).collect())
+                .collect()
+        })
+        .collect();
+    for round in 0..RTT_ROUNDS {
+        for (i, ts) in rtt_targets.iter().enumerate() {
+            for (c, &conns) in RTT_CONNS.iter().enumerate() {
+                for k in 0..np {
+                    let j = (k + round) % np;
+                    let pids = paths[j].pids(echo_pid);
+                    rtt[i][c][j].add(echo_rtt(&ts[j], conns, RTT_PHASE, &pids).await?);
+                    paths[j].alive()?;
+                    echo.proc.alive()?;
+                }
             }
         }
     }
 
     println!();
     println!(
-        "## herdgate proxy bench: {} logical CPUs, load average {load_before} before / {} after",
+        "## proxy bench: {} logical CPUs, load average {load_before} before / {} after",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         loadavg()
     );
@@ -202,65 +304,122 @@ async fn run() -> Result<()> {
          {HS_ROUNDS} rounds x {}s per mode and path; ranges are min–max over rounds",
         HS_PHASE.as_secs_f64()
     );
+    for v in &versions {
+        println!("- {v}");
+    }
+    for n in &skipped {
+        println!("- {n}");
+    }
+    for l in &tls_lines {
+        println!("- TLS {l}");
+    }
+
+    let direct = 0;
     if !hs_modes.is_empty() {
         println!();
-        println!("| WebSockets opened and closed | direct /s | via herdgate /s | herdgate/direct | time to 101, direct p50 / p99 ms | via herdgate p50 / p99 ms | CPU µs each: herdgate · echo · clients (direct: echo · clients) | errors |");
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| WebSockets opened and closed | path | /s median (min–max) | of direct | time to 101 p50 / p99 ms | CPU µs each: proxy · echo · clients | resumed | errors |");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|");
     }
-    for (i, (label, _, _)) in hs_modes.iter().enumerate() {
-        let (d, p) = &mut hs[i];
-        let (dr, pr) = (d.median_rate(), p.median_rate());
-        let (d50, d99) = d.p();
-        let (p50, p99) = p.p();
-        let resumed = if label.contains("resumed") {
-            format!(
-                ", {:.0}% / {:.0}% resumed",
-                100.0 * d.resumed as f64 / d.lat.len().max(1) as f64,
-                100.0 * p.resumed as f64 / p.lat.len().max(1) as f64
-            )
-        } else {
-            String::new()
-        };
-        println!(
-            "| {label}{resumed} | {dr:.0} ({:.0}–{:.0}) | {pr:.0} ({:.0}–{:.0}) | **{:.0}%** | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} · {:.0} · {:.0} ({:.0} · {:.0}) | {} / {} |",
-            d.range().0,
-            d.range().1,
-            p.range().0,
-            p.range().1,
-            100.0 * pr / dr.max(1e-9),
-            d50 / 1e3,
-            d99 / 1e3,
-            p50 / 1e3,
-            p99 / 1e3,
-            p.cpu_us(0),
-            p.cpu_us(1),
-            p.cpu_us(2),
-            d.cpu_us(1),
-            d.cpu_us(2),
-            d.errors,
-            p.errors,
-        );
+    for (i, label) in hs_modes.iter().enumerate() {
+        let dr = hs[i][direct].median_rate();
+        for (j, path) in paths.iter().enumerate() {
+            let s = &mut hs[i][j];
+            let r = s.median_rate();
+            let (lo, hi) = s.range();
+            let (p50, p99) = s.p();
+            let proxy_cpu = if j == direct {
+                "–".to_string()
+            } else {
+                format!("{:.0}", s.cpu_us(0))
+            };
+            let resumed = if label.contains("wss") {
+                format!(
+                    "{:.0}%",
+                    100.0 * s.resumed as f64 / s.lat.len().max(1) as f64
+                )
+            } else {
+                "–".into()
+            };
+            let ratio = if j == direct {
+                "–".to_string()
+            } else {
+                format!("**{:.0}%**", 100.0 * r / dr.max(1e-9))
+            };
+            println!(
+                "| {label} | {} | {r:.0} ({lo:.0}–{hi:.0}) | {ratio} | {:.2} / {:.2} | {proxy_cpu} · {:.0} · {:.0} | {resumed} | {} |",
+                path.name,
+                p50 / 1e3,
+                p99 / 1e3,
+                s.cpu_us(1),
+                s.cpu_us(2),
+                s.errors,
+            );
+        }
     }
     if !rtt_modes.is_empty() {
         println!();
-        println!("| echo round trip, 64 B | connections | direct p50 / p99 µs | via herdgate p50 / p99 µs | added p50 µs | direct msg/s | via herdgate msg/s | herdgate CPU µs/msg |");
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| echo round trip, 64 B | connections | path | p50 / p99 µs | added p50 µs | msg/s | proxy CPU µs/msg |");
+        println!("|---|---:|---|---:|---:|---:|---:|");
     }
-    for (i, (label, _, _)) in rtt_modes.iter().enumerate() {
-        for (j, c) in RTT_CONNS.iter().enumerate() {
-            let (d, p) = &mut rtt[i][j];
-            let (d50, d99) = d.p();
-            let (p50, p99) = p.p();
+    for (i, label) in rtt_modes.iter().enumerate() {
+        for (c, conns) in RTT_CONNS.iter().enumerate() {
+            let (d50, _) = rtt[i][c][direct].p();
+            for (j, path) in paths.iter().enumerate() {
+                let s = &mut rtt[i][c][j];
+                let (p50, p99) = s.p();
+                let (added, cpu) = if j == direct {
+                    ("–".to_string(), "–".to_string())
+                } else {
+                    (format!("{:.0}", p50 - d50), format!("{:.1}", s.cpu_us(0)))
+                };
+                println!(
+                    "| {label} | {conns} | {} | {p50:.0} / {p99:.0} | {added} | {:.0} | {cpu} |",
+                    path.name,
+                    s.median_rate(),
+                );
+            }
+        }
+    }
+
+    // The same figures side by side, one column per path.
+    println!();
+    let head: Vec<&str> = paths.iter().map(|p| p.name.as_str()).collect();
+    println!("| side by side | {} |", head.join(" | "));
+    println!("|---|{}", "---:|".repeat(np));
+    for (i, label) in hs_modes.iter().enumerate() {
+        let row: Vec<String> = (0..np)
+            .map(|j| format!("{:.0}", hs[i][j].median_rate()))
+            .collect();
+        println!("| {label}, WebSockets/s | {} |", row.join(" | "));
+    }
+    for (i, label) in hs_modes.iter().enumerate() {
+        let row: Vec<String> = (0..np)
+            .map(|j| {
+                let (a, b) = hs[i][j].p();
+                format!("{:.2} / {:.2}", a / 1e3, b / 1e3)
+            })
+            .collect();
+        println!(
+            "| {label}, time to 101 p50 / p99 ms | {} |",
+            row.join(" | ")
+        );
+    }
+    for (i, label) in rtt_modes.iter().enumerate() {
+        for (c, conns) in RTT_CONNS.iter().enumerate() {
+            let row: Vec<String> = (0..np)
+                .map(|j| {
+                    let (a, b) = rtt[i][c][j].p();
+                    format!("{a:.0} / {b:.0}")
+                })
+                .collect();
             println!(
-                "| {label} | {c} | {d50:.0} / {d99:.0} | {p50:.0} / {p99:.0} | {:.0} | {:.0} | {:.0} | {:.1} |",
-                p50 - d50,
-                d.median_rate(),
-                p.median_rate(),
-                p.cpu_us(0),
+                "| {label} echo RTT p50 / p99 µs, {conns} conn. | {} |",
+                row.join(" | ")
             );
         }
     }
     println!();
+    drop(paths);
     Ok(())
 }
 
@@ -273,7 +432,7 @@ struct Phase {
 }
 
 /// CPU seconds per operation of each process since `before`.
-fn cpu_per_op(pids: Pids, before: [f64; 3], ops: usize) -> Result<[f64; 3]> {
+fn cpu_per_op(pids: &Pids, before: [f64; 3], ops: usize) -> Result<[f64; 3]> {
     let after = pids.cpu()?;
     let n = ops.max(1) as f64;
     Ok([0, 1, 2].map(|i| (after[i] - before[i]) / n))
@@ -281,7 +440,7 @@ fn cpu_per_op(pids: Pids, before: [f64; 3], ops: usize) -> Result<[f64; 3]> {
 
 /// HS_CONCURRENCY tasks run short WebSockets back to back for `dur`: connect, (TLS),
 /// upgrade (timed), closing handshake.
-async fn handshakes(t: &Target, dur: Duration, pids: Pids) -> Result<Phase> {
+async fn handshakes(t: &Target, dur: Duration, pids: &Pids) -> Result<Phase> {
     let stop = Arc::new(AtomicBool::new(false));
     let cpu0 = pids.cpu()?;
     let start = Instant::now();
@@ -337,7 +496,7 @@ async fn handshakes(t: &Target, dur: Duration, pids: Pids) -> Result<Phase> {
 }
 
 /// `conns` connections each send a 64-byte message and wait for its echo, back to back.
-async fn echo_rtt(t: &Target, conns: usize, dur: Duration, pids: Pids) -> Result<Phase> {
+async fn echo_rtt(t: &Target, conns: usize, dur: Duration, pids: &Pids) -> Result<Phase> {
     let mut opened = Vec::new();
     for _ in 0..conns {
         let mut o = step("open", open(t, false)).await??;

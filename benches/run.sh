@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# herdgate benches: handshakes and echo latency through herdgate vs direct, then memory
-# per idle tunnel at 9,000 connections. Loopback only, about 2 minutes, prints two
-# markdown tables (the figures in benches/RESULTS.md come from this script).
+# herdgate benches: handshakes and echo latency direct and through herdgate, nginx and
+# HAProxy, then memory per idle tunnel at 9,000 connections for each proxy. Loopback only,
+# about 3 minutes once built, prints markdown tables (the figures in benches/RESULTS.md
+# come from this script). nginx and HAProxy are skipped with a note when not installed
+# (Debian: apt-get install nginx haproxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo bench --bench proxy

@@ -8,14 +8,54 @@
 
 use rustls::ServerConnection;
 use std::io::{self, Read, Write};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+/// The reactor's readiness is edge-triggered here (epoll, kqueue), as tokio's own
+/// `poll_read` assumes for the same shortcut.
+const EDGE_TRIGGERED: bool = cfg!(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+));
+
+/// One non-blocking read. A read that fills less than `buf` has emptied the socket's
+/// receive queue, so the socket's read readiness is cleared at once (what tokio's
+/// `poll_read` does, and `try_read` does not): otherwise the next read is a syscall that
+/// only returns EAGAIN, one wasted `recvfrom` per relayed chunk. Data or a FIN arriving
+/// after the read raises readiness again, and a FIN already seen stays (tokio keeps the
+/// closed state when clearing).
+fn read_now(t: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    if !EDGE_TRIGGERED {
+        return t.try_read(buf);
+    }
+    let mut short = None;
+    let r = t.try_io(Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(t)).read(buf)?;
+        if n > 0 && n < buf.len() {
+            short = Some(n);
+            // Tells tokio the socket is drained; `short` carries the data out.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => r,
+    }
+}
 
 /// `std::io` view of a non-blocking tokio socket, for rustls' read_tls/write_tls.
 struct TryIo<'a>(&'a TcpStream);
 
 impl Read for TryIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
+        read_now(self.0, buf)
     }
 }
 
@@ -69,7 +109,7 @@ impl Side {
     /// Read what is available now, without waiting.
     pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<ReadOutcome> {
         match self {
-            Side::Plain(t) => match t.try_read(buf) {
+            Side::Plain(t) => match read_now(t, buf) {
                 Ok(0) => Ok(ReadOutcome::Eof),
                 Ok(n) => Ok(ReadOutcome::Data(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::WouldBlock),
