@@ -54,11 +54,12 @@ pub async fn forward(
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
         .await
         .map_err(|e| ProxyError::BackendFailed(e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!("node connection: {e}");
-        }
-    });
+    // The node connection is driven here, in this task, until the response head is in: on
+    // a 101 it is finished by then (the upgrade hands its socket over), so no task of its
+    // own is spawned and the response needs no hop between tasks. It gets a task only if
+    // it still has work (a non-101 response with a body).
+    let mut conn = Box::pin(conn.with_upgrades());
+    let mut conn_done = false;
 
     let (mut parts, _body) = req.into_parts();
     // Remembered for the tunnel's life: a drain hint for this client comes with a ticket.
@@ -74,20 +75,41 @@ pub async fn forward(
     parts.uri = Uri::try_from(pq).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
     let breq = Request::from_parts(parts, Body::empty());
 
-    let mut resp =
-        match tokio::time::timeout(timeouts.backend_response.0, sender.send_request(breq)).await {
-            Err(_) => {
-                node.metrics.backend_timeout.increment(1);
-                ctx.shared.health.passive_failure(node, false);
-                return Err(ProxyError::BackendTimeout);
+    let send = tokio::time::timeout(timeouts.backend_response.0, sender.send_request(breq));
+    tokio::pin!(send);
+    let sent = loop {
+        tokio::select! {
+            biased;
+            r = &mut send => break r,
+            r = conn.as_mut(), if !conn_done => {
+                conn_done = true;
+                if let Err(e) = r {
+                    // `send` reports it to the client.
+                    tracing::debug!("node connection: {e}");
+                }
             }
-            Ok(Err(e)) => {
-                node.metrics.backend_other.increment(1);
-                ctx.shared.health.passive_failure(node, false);
-                return Err(ProxyError::BackendFailed(e.to_string()));
+        }
+    };
+    if !conn_done {
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("node connection: {e}");
             }
-            Ok(Ok(r)) => r,
-        };
+        });
+    }
+    let mut resp = match sent {
+        Err(_) => {
+            node.metrics.backend_timeout.increment(1);
+            ctx.shared.health.passive_failure(node, false);
+            return Err(ProxyError::BackendTimeout);
+        }
+        Ok(Err(e)) => {
+            node.metrics.backend_other.increment(1);
+            ctx.shared.health.passive_failure(node, false);
+            return Err(ProxyError::BackendFailed(e.to_string()));
+        }
+        Ok(Ok(r)) => r,
+    };
 
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The node said no: its answer is the client's answer.
