@@ -428,7 +428,15 @@ pub fn svg(title: &str, subtitle: &str, summaries: &[Summary]) -> String {
         .first()
         .map_or(1.0, |x| x.capacity_per_bin() * k as f64)
         .max(1e-9);
-    let ymax = 3.0 * cap;
+    // A herd far below capacity (one dead node out of 500) would be invisible on a scale
+    // made for capacity: then the scale follows the bars and the capacity line is left out.
+    let highest = bins.iter().flatten().copied().max().unwrap_or(0);
+    let cap_shown = f64::from(highest) > cap / 2.0;
+    let ymax = if cap_shown {
+        3.0 * cap
+    } else {
+        (f64::from(highest) * 1.25).max(1.0)
+    };
     let plot_w = W - LEFT - RIGHT;
     let bar_w = plot_w / cols as f64;
     let h = top + summaries.len() as f64 * (PANEL + GAP) + 30.0;
@@ -470,18 +478,10 @@ pub fn svg(title: &str, subtitle: &str, summaries: &[Summary]) -> String {
             s,
             r##"<rect x="{LEFT}" y="{y0:.1}" width="{plot_w}" height="{PANEL}" fill="#f6f6f6"/>"##
         );
-        // Only the highest clipped bar gets its value: neighbours' labels would overlap.
-        let top = b
-            .iter()
-            .enumerate()
-            .filter(|(_, &v)| f64::from(v) > ymax)
-            .max_by_key(|(c, &v)| (v, std::cmp::Reverse(*c)))
-            .map(|(c, _)| c);
         for (c, &v) in b.iter().enumerate() {
             if v == 0 {
                 continue;
             }
-            let clipped = top == Some(c);
             let bh = (f64::from(v).min(ymax) / ymax * PANEL).max(0.8);
             let bx = LEFT + c as f64 * bar_w;
             let _ = writeln!(
@@ -490,27 +490,37 @@ pub fn svg(title: &str, subtitle: &str, summaries: &[Summary]) -> String {
                 base - bh,
                 (bar_w - 0.3).max(0.5)
             );
-            if clipped {
-                let _ = writeln!(
-                    s,
-                    r##"<text x="{:.1}" y="{:.1}" fill="#b00" font-size="11">▲ {v} (bars clipped at {ymax:.0})</text>"##,
-                    bx + bar_w + 2.0,
-                    y0 + 11.0
-                );
-            }
         }
-        let cy = base - cap / ymax * PANEL;
-        let _ = writeln!(
-            s,
-            r##"<line x1="{LEFT}" y1="{cy:.1}" x2="{:.1}" y2="{cy:.1}" stroke="#333" stroke-dasharray="4 3"/>"##,
-            LEFT + plot_w
-        );
-        let _ = writeln!(
-            s,
-            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#333" font-size="10">capacity</text>"##,
-            LEFT - 4.0,
-            cy + 3.0
-        );
+        // Bars taller than the panel: say so once, in the corner, over the bars.
+        if let Some(&v) = b.iter().max().filter(|&&v| f64::from(v) > ymax) {
+            let _ = writeln!(
+                s,
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#b00" font-size="11">▲ bars clipped at {ymax:.0}; highest {v}</text>"##,
+                LEFT + plot_w - 4.0,
+                y0 + 12.0
+            );
+        }
+        if cap_shown {
+            let cy = base - cap / ymax * PANEL;
+            let _ = writeln!(
+                s,
+                r##"<line x1="{LEFT}" y1="{cy:.1}" x2="{:.1}" y2="{cy:.1}" stroke="#333" stroke-dasharray="4 3"/>"##,
+                LEFT + plot_w
+            );
+            let _ = writeln!(
+                s,
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#333" font-size="10">capacity</text>"##,
+                LEFT - 4.0,
+                cy + 3.0
+            );
+        } else if i == 0 {
+            let _ = writeln!(
+                s,
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#333" font-size="11">capacity ({cap:.0} per bin) is far above this scale</text>"##,
+                LEFT + plot_w - 4.0,
+                y0 + 12.0
+            );
+        }
         let ideal_x = LEFT + x.ideal.as_secs_f64() * 1000.0 / bin_ms * bar_w;
         if ideal_x <= LEFT + plot_w {
             let _ = writeln!(
