@@ -17,7 +17,7 @@
 //! search a port range full of TIME_WAIT on every connect, a cost of the bench's
 //! choice rather than of the proxy.
 //!
-//! Environment: HERDGATE_BENCH_ECHO=tungstenite uses herdgate::echo::EchoNode (and
+//! Environment: HERDGATE_BENCH_ECHO=tungstenite uses herdgate_echo::EchoNode (and
 //! tokio-tungstenite behind TLS) as the echo node instead of the lean raw echo;
 //! HERDGATE_BENCH_ONLY runs one part: "handshakes", "rtt", or one mode of it such as
 //! "handshakes ws", "handshakes wss (resumed)", "rtt wss"; HERDGATE_BENCH_PROXIES=

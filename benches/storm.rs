@@ -14,7 +14,7 @@
 //! gets fresh processes. Accepts are read from the echo nodes (their TCP accept times),
 //! reconnect times and attempts from the clients.
 //!
-//! Simulation (`--sim`): [`herdgate::admission::sim`], the real admission code and client
+//! Simulation (`--sim`): [`herdgate_sim`], the real admission code and client
 //! policy on a virtual clock, for storms past this machine.
 //!
 //! Results, commands and the SVGs' paths: benches/STORM.md.
@@ -33,11 +33,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
-use herdgate::admission::sim::report::{self, StormRun, Summary};
-use herdgate::admission::sim::{self, policy_for, Contender, Scenario, SimConfig};
-use herdgate::client::{
+use herdgate_client::{
     tls_client_config_with_root, ReconnectingClient, Stats, StatsSnapshot, Strategy, Target,
 };
+use herdgate_sim as sim;
+use herdgate_sim::report::{self, StormRun, Summary};
+use herdgate_sim::{policy_for, Contender, Scenario, SimConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::AsyncReadExt;
@@ -597,7 +598,7 @@ struct Crowd {
 /// Reads until the connection ends; returns its close frame, if any. `None` from the
 /// outer option: stopped.
 async fn hold(
-    ws: &mut herdgate::client::WsStream,
+    ws: &mut herdgate_client::WsStream,
     stop: &CancellationToken,
 ) -> Option<Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>> {
     loop {

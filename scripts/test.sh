@@ -31,5 +31,5 @@ fi
 # Tunnels cost descriptors; the tests raise their soft limit to the hard one themselves.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cargo build --all-targets
-cargo nextest run --no-fail-fast "$@"
+cargo build --workspace --all-targets
+cargo nextest run --workspace --no-fail-fast "$@"

@@ -17,11 +17,8 @@
 pub mod admin;
 pub mod admission;
 pub mod backend;
-pub mod client;
 pub mod config;
-pub mod demo;
 pub mod drain;
-pub mod echo;
 pub mod fdlimit;
 pub mod io;
 pub mod listener;

@@ -1,5 +1,7 @@
 //! `herdgate` command line: a thin shell over the library.
 
+mod cli;
+
 use clap::{Parser, Subcommand};
 use herdgate::config::Config;
 use herdgate::server::{Inherited, Server};
@@ -45,7 +47,7 @@ enum Cmd {
         pidfile: PathBuf,
     },
     /// The embedded default: echo nodes, herdgate and simulated clients in one process.
-    Demo(herdgate::demo::DemoArgs),
+    Demo(cli::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,7 +66,7 @@ fn main() -> ExitCode {
         },
         Cmd::Reload { pidfile } => reload(&pidfile),
         Cmd::Run { config, pidfile } => runtime().block_on(run(config, pidfile)),
-        Cmd::Demo(args) => match runtime().block_on(herdgate::demo::run(args)) {
+        Cmd::Demo(args) => match runtime().block_on(cli::demo::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("herdgate demo: {e:#}");

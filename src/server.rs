@@ -94,7 +94,7 @@ impl Server {
         let metrics = crate::metrics::install();
         let config = Arc::new(config);
         let nodes = DashMap::new();
-        let signer = crate::admission::wire::signer(&config).map_err(BuildError::from)?;
+        let signer = crate::admission::gate::signer(&config).map_err(BuildError::from)?;
         let snap = Snapshot::build(
             config.clone(),
             BuildCtx {
@@ -222,7 +222,7 @@ impl Server {
         }
         let snap = shared.snapshot.load_full();
         shared.health.apply(&snap);
-        crate::admission::wire::spawn_limiter_sweeper(shared.clone());
+        crate::admission::gate::spawn_limiter_sweeper(shared.clone());
         crate::reload::apply_drain_flags(&shared, &snap);
         tracing::info!("herdgate serving (config generation 1)");
         shutdown.await;

@@ -164,8 +164,8 @@ impl Snapshot {
                     None => {
                         // A node added by a reload ramps up (slow start); at start-up the
                         // whole fleet is new and nothing ramps.
-                        let params = admission::wire::params(&config, p, n);
-                        let adm = admission::wire::node_admission(
+                        let params = admission::gate::params(&config, p, n);
+                        let adm = admission::gate::node_admission(
                             signer,
                             p.name(),
                             n.name(),

@@ -5,7 +5,7 @@
 mod support;
 mod support_drain;
 
-use herdgate::client::{
+use herdgate_client::{
     connect_once, run_until_connected, HintSource, Outcome, ReconnectPolicy, RejectedBy, Rejection,
     Stats, Strategy, Target,
 };
@@ -50,7 +50,7 @@ fn rejected(o: Outcome) -> Rejection {
     }
 }
 
-fn connected(o: Outcome) -> herdgate::client::Connected {
+fn connected(o: Outcome) -> herdgate_client::Connected {
     match o {
         Outcome::Connected(c) => c,
         Outcome::Rejected(r) => panic!("expected a connection, got {r}"),
@@ -190,7 +190,7 @@ async fn websocket_close_rejection_is_1013_with_a_short_json_reason() {
     }
     // The reference client sees a rejection with the hint.
     let r = rejected(
-        herdgate::client::connect_and_confirm(&target, None, true, Duration::from_secs(5)).await,
+        herdgate_client::connect_and_confirm(&target, None, true, Duration::from_secs(5)).await,
     );
     assert_eq!(r.by, RejectedBy::Close(1013));
     assert!(r.hint.is_some_and(|h| h.ticket.is_some()));
@@ -513,7 +513,7 @@ async fn a_node_added_by_reload_starts_slow() {
     let snap = proxy.handle.snapshot();
     let node = |name: &str| snap.pools.iter().find(|p| &*p.name == name).unwrap().nodes[0].clone();
     let (n_old, n_new) = (node("old"), node("new"));
-    let now = herdgate::admission::wire::now();
+    let now = herdgate::admission::gate::now();
     let rate_new = n_new.admission.effective_rate(now);
     assert_eq!(
         n_old.admission.effective_rate(now),
@@ -662,7 +662,7 @@ pool = "p"
         )
     );
     let proxy = support::start(parse(&toml, certs.dir.path())).await;
-    let tls = herdgate::client::tls_client_config_with_root(
+    let tls = herdgate_client::tls_client_config_with_root(
         rustls::pki_types::CertificateDer::from(certs.cert_der.clone()),
     )
     .unwrap();

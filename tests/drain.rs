@@ -6,7 +6,7 @@
 mod support;
 mod support_drain;
 
-use herdgate::client::{connect_once, Outcome, Target};
+use herdgate_client::{connect_once, Outcome, Target};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;

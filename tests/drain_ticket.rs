@@ -8,7 +8,7 @@ mod support;
 mod support_drain;
 
 use futures_util::StreamExt;
-use herdgate::client::{connect_once, Connected, Hint, HintSource, Outcome, Target};
+use herdgate_client::{connect_once, Connected, Hint, HintSource, Outcome, Target};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use support::{echo_nodes, metric, parse, start, within, DEADLINE};

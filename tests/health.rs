@@ -10,7 +10,7 @@ mod support;
 
 use futures_util::StreamExt;
 use gate_support::*;
-use herdgate::admission::wire::now;
+use herdgate::admission::gate::now;
 use herdgate::server::Handle;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};

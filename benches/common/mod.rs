@@ -24,7 +24,7 @@ use tokio_rustls::rustls;
 pub const ROLE_ENV: &str = "HERDGATE_BENCH_ROLE";
 const CERT_ENV: &str = "HERDGATE_BENCH_CERT";
 const KEY_ENV: &str = "HERDGATE_BENCH_KEY";
-/// `raw` (default: a lean echo written here) or `tungstenite` (herdgate::echo::EchoNode).
+/// `raw` (default: a lean echo written here) or `tungstenite` (herdgate_echo::EchoNode).
 pub const ECHO_ENV: &str = "HERDGATE_BENCH_ECHO";
 
 /// Bound on every single network step of a bench (a hang is an error, not a result).
@@ -1023,7 +1023,7 @@ fn echo_role() -> Result<()> {
                 tokio::spawn(accept_loop(tls, Some(acceptor)));
             }
             "tungstenite" => {
-                _node = herdgate::echo::EchoNode::from_listener(plain);
+                _node = herdgate_echo::EchoNode::from_listener(plain);
                 tokio::spawn(tungstenite_tls_loop(tls, acceptor));
             }
             other => return Err(format!("{ECHO_ENV}={other}: use raw or tungstenite").into()),

@@ -74,7 +74,7 @@ pub async fn serve(
                 metrics.deferred.increment(1);
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = hl.until_ready() => {}
+                    _ = hl.until_ready_with(tokio::time::sleep) => {}
                 }
             }
         }

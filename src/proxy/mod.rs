@@ -6,7 +6,7 @@ mod http_fwd;
 pub mod respond;
 mod upgrade;
 
-use crate::admission::wire::{decide, ticket_info};
+use crate::admission::gate::{decide, ticket_info};
 use crate::admission::{AdmitInput, ClientKey, Decision};
 use crate::backend::Node;
 use crate::config::{ClientLimitKey, RejectStyle};
@@ -145,11 +145,11 @@ async fn admit(
             // Hold the request until its slot. If the client goes away meanwhile hyper
             // drops this future: the guard gives the token back as a promise credit.
             let _waiting = QueueGuard::new(node, slot);
-            let now = crate::admission::wire::now();
+            let now = crate::admission::gate::now();
             let wait = std::time::Duration::from_nanos(until.saturating_sub(now));
             tokio::time::sleep(wait).await;
             _waiting.served();
-            crate::admission::wire::count_forwarded(node, via);
+            crate::admission::gate::count_forwarded(node, via);
             None
         }
         Decision::Reject {

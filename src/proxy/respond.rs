@@ -179,12 +179,12 @@ pub fn reject(
     }
     if let Some(t) = &rej.ticket {
         if let Ok(v) = HeaderValue::from_str(t) {
-            h.insert(crate::admission::wire::TICKET_HEADER, v);
+            h.insert(crate::admission::gate::TICKET_HEADER, v);
         }
         let max_age = (ms / 1000) + rej.claim_window.as_secs() + 1;
         if let Ok(v) = HeaderValue::from_str(&format!(
             "{}={t}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax",
-            crate::admission::wire::TICKET_COOKIE
+            crate::admission::gate::TICKET_COOKIE
         )) {
             h.append(http::header::SET_COOKIE, v);
         }

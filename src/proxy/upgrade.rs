@@ -63,7 +63,7 @@ pub async fn forward(
 
     let (mut parts, _body) = req.into_parts();
     // Remembered for the tunnel's life: a drain hint for this client comes with a ticket.
-    let wants_ticket = crate::admission::wire::ticket_info(&parts).wants;
+    let wants_ticket = crate::admission::gate::ticket_info(&parts).wants;
     strip_hop_by_hop(&mut parts.headers, true);
     add_forwarded(
         &mut parts.headers,

@@ -1,12 +1,13 @@
-//! WebSocket: handshake checks, frame-boundary tracking, and the tunnel.
+//! WebSocket at run time: handshake checks, the relay (tunnel), and turning a browser away
+//! readably. The frame-boundary tracker is the pure [`herdgate_core::frame`].
 
-pub mod frame;
 pub mod handshake;
 pub mod reject;
 pub mod side;
 pub mod tunnel;
 
-pub use frame::{
+pub use herdgate_core::frame;
+pub use herdgate_core::frame::{
     parse_close_payload, write_close_frame, Direction, FrameError, FrameTracker,
     CLOSE_FRAME_MAX_LEN, CLOSE_REASON_MAX_LEN,
 };

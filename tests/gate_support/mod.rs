@@ -7,9 +7,9 @@
 use crate::support::{http_get, within, DEADLINE};
 use futures_util::{SinkExt, StreamExt};
 use herdgate::admin::NodeReport;
-use herdgate::echo::EchoNode;
 use herdgate::routing::key_hash;
 use herdgate::server::Handle;
+use herdgate_echo::EchoNode;
 use http_body_util::Full;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use herdgate::config::Config;
-use herdgate::echo::EchoNode;
 use herdgate::server::{Handle, Server};
+use herdgate_echo::EchoNode;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,56 @@
+//! Admission: who may open a connection to which backend node, and when everyone else should
+//! come back.
+//!
+//! - [`NodeAdmission`] (bucket.rs): per-node GCRA token bucket that owns the node's retry
+//!   schedule: promises for ticketless clients, signed reservations for ticket-capable ones,
+//!   optional queueing, slow start, reload without reset. Pure logic: every call takes `now`.
+//! - [`TicketSigner`] / [`TicketKey`] (ticket.rs): compact HMAC tickets that fit in a
+//!   WebSocket close reason, and [`node_id`], the stable id they name a node by.
+//! - [`ClientLimiter`] (client_limit.rs): per-client new-connection limit.
+//! - [`HandshakeLimiter`] (handshake.rs): TLS handshakes per second, before `accept`.
+//! - [`Clock`] (clock.rs): unix-aligned nanoseconds; [`ManualClock`] drives tests and
+//!   simulators.
+//!
+//! Metrics are the caller's job: every [`Decision`] says how it was reached, and
+//! [`NodeAdmission::stats`] holds what only the node can see (unclaimed promises and
+//! reservations).
+
+mod bucket;
+mod client_limit;
+mod clock;
+mod handshake;
+mod params;
+mod schedule;
+mod ticket;
+
+pub use bucket::{
+    AdmissionStats, AdmitInput, AdmitVia, Decision, NodeAdmission, NodeAdmissionBuilder,
+    StateSizes, FOREIGN_CLAIMS_CAP, RESERVATION_WINDOW, TICKET_EARLY_TOLERANCE,
+};
+pub use client_limit::{ClientKey, ClientLimiter};
+pub use clock::{
+    duration_to_nanos, Clock, ManualClock, MonotonicClock, Nanos, NANOS_PER_MILLI, NANOS_PER_SEC,
+};
+pub use handshake::HandshakeLimiter;
+pub use params::AdmissionParams;
+pub use ticket::{
+    node_id, TicketCheck, TicketClaims, TicketKey, TicketSigner, TICKET_KEY_MIN_LEN, TICKET_MAX_LEN,
+};
+
+/// Errors of the admission module; each names the offending setting or file and its value.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    /// A parameter is out of range.
+    #[error("admission: {field} {expected}, got {got}")]
+    InvalidParam {
+        field: &'static str,
+        expected: &'static str,
+        got: String,
+    },
+    /// A key given as bytes is too short.
+    #[error("ticket key: {len} bytes, need at least {min}", min = TICKET_KEY_MIN_LEN)]
+    KeyTooShort { len: usize },
+    /// The ticket key file cannot be read or holds no usable key.
+    #[error("ticket key file {path}: {reason}")]
+    KeyFile { path: String, reason: String },
+}

@@ -1,0 +1,19 @@
+//! herdgate's pure cores: the decisions of the proxy with no I/O, no runtime and no config
+//! types. Every function takes plain parameters and, where time matters, `now`; so each core
+//! is tested exhaustively without sockets or tokio, and the simulator drives the very same
+//! code on a virtual clock.
+//!
+//! - [`admission`]: per-node GCRA bucket and retry schedule (promises, reservations,
+//!   tickets), per-client and handshake limiters, the unix-aligned clock.
+//! - [`routing`]: stable key hash, weighted rendezvous and Maglev tables, the learned
+//!   sticky table, sticky-key extraction from a request head.
+//! - [`frame`]: the WebSocket frame-boundary tracker and close-frame codec used by the
+//!   tunnel.
+//!
+//! The runtime (`herdgate`'s `server`, `proxy`, `tunnel`, ...) composes them; nothing here
+//! imports from it. See ARCHITECTURE.md at the repository root.
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod frame;
+pub mod routing;
