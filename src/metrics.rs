@@ -43,6 +43,8 @@ pub const STICKY_ENTRIES: &str = "herdgate_sticky_entries";
 pub fn install() -> PrometheusHandle {
     static H: OnceLock<PrometheusHandle> = OnceLock::new();
     H.get_or_init(|| {
+        // The bucket list is a non-empty constant, so this cannot fail; were it to, the
+        // retry-after histogram would render as a summary rather than stop the process.
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full(RETRY_AFTER.to_string()),
@@ -50,7 +52,7 @@ pub fn install() -> PrometheusHandle {
                     0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
                 ],
             )
-            .expect("static bucket list is not empty");
+            .unwrap_or_else(|_| PrometheusBuilder::new());
         match builder.install_recorder() {
             Ok(h) => h,
             // Another recorder is installed (embedding application): render ours anyway.

@@ -7,6 +7,9 @@
 //! is a fixture made once with `openssl genpkey -algorithm RSA -pkeyopt
 //! rsa_keygen_bits:2048` (tests/fixtures/rsa2048-test-only.key.pem, a test-only key);
 //! its certificate is still made by rcgen in the test.
+// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
+// in the shipped code (Cargo.toml [workspace.lints]).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 mod support_core;
