@@ -316,8 +316,9 @@ async fn settled_rss(px: &Proxy) -> Result<u64> {
 async fn type_sizes() -> Result<String> {
     use herdgate::admission::{AdmissionParams, NodeAdmission, TicketKey, TicketSigner};
     use herdgate::backend::{Node, NodeKey};
+    use herdgate::registry::TunnelCtl;
     use herdgate::websocket::side::Side;
-    use herdgate::websocket::tunnel::{relay, TunnelCtl, TunnelSettings};
+    use herdgate::websocket::tunnel::{relay, TunnelSettings};
 
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let a = tokio::net::TcpStream::connect(l.local_addr()?).await?;

@@ -2,7 +2,7 @@
 //! and `POST /admin/nodes/{pool}/{node}/drain` (bearer token).
 
 use crate::proxy::body::Body;
-use crate::server::Shared;
+use crate::state::Shared;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let (stream, _) = tokio::select! {
-            _ = shared.stop_all.cancelled() => return,
+            _ = shared.lifecycle.stop_all.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -85,7 +85,7 @@ async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> 
             r
         }
         (&Method::GET, "/healthz") => {
-            if shared.stop_http.is_cancelled() {
+            if shared.lifecycle.stop_http.is_cancelled() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             } else {
                 text(StatusCode::OK, "ok\n")
@@ -119,7 +119,7 @@ async fn handle(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Body> 
 /// Constant-time comparison against the token file of the running config. Without a
 /// token file, mutating endpoints are refused.
 fn authorized(req: &Request<Incoming>, shared: &Shared) -> bool {
-    let snap = shared.snapshot.load();
+    let snap = shared.load();
     let Some(path) = &snap.config.admin.token_file else {
         return false;
     };
@@ -142,7 +142,7 @@ fn authorized(req: &Request<Incoming>, shared: &Shared) -> bool {
 }
 
 pub fn node_reports(shared: &Shared) -> Vec<NodeReport> {
-    let snap = shared.snapshot.load();
+    let snap = shared.load();
     let mut out = Vec::new();
     for pool in &snap.pools {
         for node in &pool.nodes {

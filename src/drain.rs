@@ -4,100 +4,13 @@
 //! guard for its whole life; drain and shutdown find the tunnels through this registry.
 
 use crate::backend::{DrainSource, Node};
-use crate::server::Shared;
+use crate::registry::TunnelCtl;
 use crate::snapshot::Snapshot;
-use crate::websocket::tunnel::TunnelCtl;
-use dashmap::DashMap;
+use crate::state::Shared;
 use rand::seq::SliceRandom;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-#[derive(Default)]
-pub struct Registry {
-    tunnels: DashMap<u64, Arc<TunnelCtl>>,
-    next_id: AtomicU64,
-    /// Woken whenever a tunnel ends (shutdown waits on it).
-    ended: tokio::sync::Notify,
-}
-
-impl Registry {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Registry::default())
-    }
-
-    pub fn register(
-        self: &Arc<Self>,
-        node: Arc<Node>,
-        key_hash: Option<u64>,
-        wants_ticket: bool,
-    ) -> TunnelGuard {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let ctl = Arc::new(TunnelCtl::new(id, node, key_hash, wants_ticket));
-        self.tunnels.insert(id, ctl.clone());
-        TunnelGuard {
-            registry: self.clone(),
-            ctl,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.tunnels.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tunnels.is_empty()
-    }
-
-    /// Tunnels of one node.
-    pub fn of_node(&self, node: &Arc<Node>) -> Vec<Arc<TunnelCtl>> {
-        self.tunnels
-            .iter()
-            .filter(|e| Arc::ptr_eq(&e.value().node, node))
-            .map(|e| e.value().clone())
-            .collect()
-    }
-
-    pub fn all(&self) -> Vec<Arc<TunnelCtl>> {
-        self.tunnels.iter().map(|e| e.value().clone()).collect()
-    }
-
-    /// Wait until no tunnel is left, or `deadline`; true when empty.
-    pub async fn wait_empty(&self, deadline: Instant) -> bool {
-        loop {
-            let ended = self.ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            if self.tunnels.is_empty() {
-                return true;
-            }
-            tokio::select! {
-                _ = ended => {}
-                _ = tokio::time::sleep_until(deadline) => return self.tunnels.is_empty(),
-            }
-        }
-    }
-}
-
-/// Held by a running tunnel; deregisters on drop.
-pub struct TunnelGuard {
-    registry: Arc<Registry>,
-    ctl: Arc<TunnelCtl>,
-}
-
-impl TunnelGuard {
-    pub fn ctl(&self) -> &Arc<TunnelCtl> {
-        &self.ctl
-    }
-}
-
-impl Drop for TunnelGuard {
-    fn drop(&mut self) {
-        self.registry.tunnels.remove(&self.ctl.id);
-        self.registry.ended.notify_waiters();
-    }
-}
 
 /// How fast a funnel closes tunnels.
 #[derive(Debug, Clone, Copy)]
@@ -150,33 +63,21 @@ pub fn drain_node(shared: &Arc<Shared>, node: &Arc<Node>, source: DrainSource, s
             let tunnels: Vec<_> = tunnels.into_iter().filter(|t| !t.is_closing()).collect();
             if !tunnels.is_empty() {
                 tracing::info!(node = %node.key, "draining {} tunnels ({pace:?})", tunnels.len());
-                funnel(&shared, tunnels, pace, &shared.stop_all).await;
+                funnel(&shared, tunnels, pace, &shared.lifecycle.stop_all).await;
             }
-            if shared.stop_all.is_cancelled() {
+            if shared.lifecycle.stop_all.is_cancelled() {
                 break;
             }
             let deadline = Instant::now() + Duration::from_secs(1);
-            let _ = tokio::time::timeout_at(deadline, wait_node_empty(&shared, &node)).await;
+            let _ = tokio::time::timeout_at(deadline, shared.tunnels.wait_node_empty(&node)).await;
         }
         tracing::info!(node = %node.key, "drain finished");
     });
 }
 
-async fn wait_node_empty(shared: &Shared, node: &Arc<Node>) {
-    while node.open_tunnels.load(Ordering::Relaxed) > 0 {
-        let ended = shared.tunnels.ended.notified();
-        tokio::pin!(ended);
-        ended.as_mut().enable();
-        if node.open_tunnels.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        ended.await;
-    }
-}
-
 /// Drain by names (admin API). False when no such node.
 pub fn drain_node_by_name(shared: &Arc<Shared>, pool: &str, node: &str) -> bool {
-    let snap = shared.snapshot.load_full();
+    let snap = shared.load_full();
     let Some(n) = snap
         .pools
         .iter()
@@ -219,7 +120,7 @@ async fn funnel(
                 // Closed meanwhile (a second signal, another drain): no hint, no count.
                 continue;
             }
-            let (hint, ticket) = crate::admission::drain_hint(shared, t);
+            let (hint, ticket) = drain_hint(shared, t);
             t.drain(hint, ticket);
             t.node.metrics.drain_closed.increment(1);
         }
@@ -230,13 +131,13 @@ async fn funnel(
 /// SIGTERM: stop accepting, let in-flight HTTP finish, funnel every tunnel over
 /// `shutdown.spread`, and close what is left at `shutdown.timeout` with 1001.
 pub async fn shutdown(shared: &Arc<Shared>) {
-    let snap = shared.snapshot.load_full();
+    let snap = shared.load_full();
     let spread = snap.config.shutdown.spread.0;
     let timeout = snap.config.shutdown.timeout.0;
     let close = snap.config.timeouts.close.0;
     let started = Instant::now();
     shared.stop_listeners();
-    shared.stop_http.cancel();
+    shared.lifecycle.stop_http.cancel();
     let tunnels = shared.tunnels.all();
     tracing::info!(
         "shutting down: {} tunnels, funnelled over {spread:?} (timeout {timeout:?})",
@@ -267,66 +168,46 @@ pub async fn shutdown(shared: &Arc<Shared>) {
     // In-flight HTTP requests finish: their connections close once the response is out
     // (listener::handle_conn shuts them down gracefully). Returning earlier would end the
     // process, and the runtime would drop those requests half done.
-    if !shared.http_active.wait_zero(deadline).await {
+    if !shared.lifecycle.http_active.wait_zero(deadline).await {
         tracing::warn!(
             "shutdown timeout: {} HTTP connections still busy are cut",
-            shared.http_active.get()
+            shared.lifecycle.http_active.get()
         );
     }
     metrics::gauge!(crate::metrics::DRAINING_TUNNELS).set(0.0);
-    shared.stop_all.cancel();
+    shared.lifecycle.stop_all.cancel();
     tracing::info!("shutdown complete in {:?}", started.elapsed());
 }
 
 /// Close every tunnel now with 1001 (second signal).
 pub fn close_all_now(shared: &Shared) {
     shared.stop_listeners();
-    shared.stop_http.cancel();
+    shared.lifecycle.stop_http.cancel();
     for t in shared.tunnels.all() {
         t.close_now();
     }
 }
 
-/// A count of things under way that shutdown waits for.
-#[derive(Default)]
-pub struct ActiveCount {
-    n: std::sync::atomic::AtomicUsize,
-    zero: tokio::sync::Notify,
-}
-
-impl ActiveCount {
-    pub fn enter(&self) -> ActiveGuard<'_> {
-        self.n.fetch_add(1, Ordering::AcqRel);
-        ActiveGuard(self)
-    }
-
-    pub fn get(&self) -> usize {
-        self.n.load(Ordering::Acquire)
-    }
-
-    /// Wait until the count is zero, or `deadline`; true when zero.
-    pub async fn wait_zero(&self, deadline: Instant) -> bool {
-        loop {
-            let z = self.zero.notified();
-            tokio::pin!(z);
-            z.as_mut().enable();
-            if self.get() == 0 {
-                return true;
-            }
-            tokio::select! {
-                _ = z => {}
-                _ = tokio::time::sleep_until(deadline) => return self.get() == 0,
-            }
-        }
-    }
-}
-
-pub struct ActiveGuard<'a>(&'a ActiveCount);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        if self.0.n.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.zero.notify_waiters();
-        }
+/// When a drained client should come back: the slot of the node it will land on, with a
+/// ticket for that slot if the client can carry one.
+fn drain_hint(shared: &Shared, t: &TunnelCtl) -> (Duration, Option<String>) {
+    let snap = shared.load();
+    let target = snap
+        .pools
+        .iter()
+        .find(|p| p.name == t.node.key.pool)
+        .and_then(|p| crate::routing::landing(p, t.key_hash));
+    match target {
+        // A promise credit is only claimable by ticketless arrivals (bucket.rs, step b):
+        // a ticket-capable client told to come back on a promise would be refused at its
+        // slot and sent to the end of the schedule. It gets a reservation and ticket.
+        Some(n) if t.wants_ticket => n.admission.hint_with_ticket(crate::admission::gate::now()),
+        Some(n) => (n.admission.hint(crate::admission::gate::now()), None),
+        // Nowhere to go in this instance (whole pool draining: a deploy or shutdown): the
+        // client will land on the next instance; spread it over a second.
+        None => (
+            Duration::from_millis(rand::random::<u64>() % 1000 + 1),
+            None,
+        ),
     }
 }

@@ -8,8 +8,8 @@
 use crate::backend::{DrainSource, Node, NodeKey};
 use crate::config::{Config, ConfigErrors};
 use crate::metrics as m;
-use crate::server::Shared;
 use crate::snapshot::{BuildCtx, BuildError, Snapshot};
+use crate::state::Shared;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -44,9 +44,13 @@ pub async fn reload_file(shared: &Arc<Shared>, path: &Path) -> Result<(), Reload
 }
 
 pub async fn reload(shared: &Arc<Shared>, config: Config) -> Result<(), ReloadError> {
-    let _writer = shared.reload_lock.lock().await;
-    let old = shared.snapshot.load_full();
-    let generation = shared.generation.load(std::sync::atomic::Ordering::Relaxed) + 1;
+    let writer = shared.control.reload_lock.lock().await;
+    let old = shared.load_full();
+    let generation = shared
+        .control
+        .generation
+        .load(std::sync::atomic::Ordering::Relaxed)
+        + 1;
     // Building registers new nodes in the live table. If this reload fails they must go
     // again: the next good reload would take them for removed nodes and drop the learned
     // sticky entries of every node by their name.
@@ -68,6 +72,7 @@ pub async fn reload(shared: &Arc<Shared>, config: Config) -> Result<(), ReloadEr
 
     // Bind new listeners before anything changes, so a bind error leaves all as it was.
     let running: HashSet<(String, SocketAddr)> = shared
+        .control
         .listeners
         .lock()
         .map(|g| g.keys().cloned().collect())
@@ -95,17 +100,18 @@ pub async fn reload(shared: &Arc<Shared>, config: Config) -> Result<(), ReloadEr
     }
 
     let snap = Arc::new(snap);
-    shared.snapshot.store(snap.clone());
+    shared.publish(&writer, snap.clone());
     shared
+        .control
         .generation
         .store(generation, std::sync::atomic::Ordering::Relaxed);
 
     for ((name, bind), sock) in fresh {
-        if let Err(e) = shared.start_listener(name.clone(), bind, sock) {
+        if let Err(e) = crate::listener::start(shared, name.clone(), bind, sock) {
             tracing::error!(listener = %name, "cannot serve the new listener: {e}");
         }
     }
-    if let Ok(mut g) = shared.listeners.lock() {
+    if let Ok(mut g) = shared.control.listeners.lock() {
         g.retain(|key, l| {
             let keep = wanted.contains(key);
             if !keep {
@@ -115,9 +121,9 @@ pub async fn reload(shared: &Arc<Shared>, config: Config) -> Result<(), ReloadEr
             keep
         });
     }
-    shared.resize_conn_limit(snap.config.limits.max_connections);
-    crate::admission::apply_snapshot(shared, &snap);
-    shared.health.apply(&snap);
+    shared.conns.resize(snap.config.limits.max_connections);
+    crate::admission::apply_snapshot(&snap);
+    shared.health.apply(snap.health_targets());
 
     // Nodes no longer in the config: drained, then forgotten once their tunnels end.
     let live: HashSet<*const Node> = snap

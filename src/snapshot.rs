@@ -1,13 +1,15 @@
 //! The immutable routing snapshot: one per config generation, swapped atomically.
 
-use crate::admission::{self, RouteLimiter, TicketSigner};
 use crate::backend::connect::{http_client, HttpClient};
 use crate::backend::{Node, NodeKey};
+use crate::config::NodeConfig;
 use crate::config::{Config, PoolConfig, RouteConfig, StickyConfig, StickyFallback};
 use crate::listener::tls::{server_config, TlsError};
-use crate::listener::ListenerRt;
-use crate::routing::{HashRing, NodeRef, RoutingError, StickySource, StickyTable};
 use dashmap::DashMap;
+use herdgate_core::admission::{
+    AdmissionError, AdmissionParams, ClientKey, ClientLimiter, NodeAdmission, TicketSigner,
+};
+use herdgate_core::routing::{HashRing, NodeRef, RoutingError, StickySource, StickyTable};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -31,7 +33,7 @@ pub struct Route {
     pub listeners: Vec<String>,
     pub sticky: Option<RouteSticky>,
     /// Per-client new-connection limit (kept across reloads while its settings hold).
-    pub client_limiter: Option<Arc<RouteLimiter>>,
+    pub client_limiter: Option<Arc<ClientLimiter<ClientKey>>>,
     pub cfg: RouteConfig,
 }
 
@@ -85,7 +87,7 @@ pub enum BuildError {
     #[error("pool {pool}: {source}")]
     Routing { pool: String, source: RoutingError },
     #[error("{0}")]
-    Admission(#[from] crate::admission::AdmissionError),
+    Admission(#[from] AdmissionError),
 }
 
 /// What building a snapshot needs besides the config.
@@ -133,7 +135,7 @@ impl Snapshot {
                     let burst = l
                         .handshake_burst
                         .unwrap_or((rate / 10.0).ceil().max(1.0) as u32);
-                    Some(Arc::new(crate::admission::HandshakeLimiter::new(
+                    Some(Arc::new(herdgate_core::admission::HandshakeLimiter::new(
                         rate, burst,
                     )?))
                 }
@@ -164,14 +166,9 @@ impl Snapshot {
                     None => {
                         // A node added by a reload ramps up (slow start); at start-up the
                         // whole fleet is new and nothing ramps.
-                        let params = admission::gate::params(&config, p, n);
-                        let adm = admission::gate::node_admission(
-                            signer,
-                            p.name(),
-                            n.name(),
-                            params,
-                            prev.is_some(),
-                        )?;
+                        let params = params(&config, p, n);
+                        let adm =
+                            node_admission(signer, p.name(), n.name(), params, prev.is_some())?;
                         let node = Arc::new(Node::new(key.clone(), adm));
                         nodes.insert(key, node.clone());
                         node
@@ -259,7 +256,9 @@ impl Snapshot {
                     });
                     match same.and_then(|pr| pr.client_limiter.clone()) {
                         Some(l) => Some(l),
-                        None => Some(Arc::new(RouteLimiter::new(cl.rate, cl.burst)?)),
+                        None => Some(Arc::new(ClientLimiter::<ClientKey>::new(
+                            cl.rate, cl.burst,
+                        )?)),
                     }
                 }
             };
@@ -294,6 +293,15 @@ impl Snapshot {
             pools,
             http,
         })
+    }
+
+    /// Each pool's nodes with its `[pool.health]`, for [`crate::backend::health::Health::apply`].
+    pub fn health_targets(
+        &self,
+    ) -> impl Iterator<Item = (&[Arc<Node>], Option<&crate::config::HealthConfig>)> {
+        self.pools
+            .iter()
+            .map(|p| (p.nodes.as_slice(), p.cfg.health.as_ref()))
     }
 
     pub fn listener(&self, name: &str) -> Option<&ListenerRt> {
@@ -337,4 +345,46 @@ fn route_sticky(sc: &StickyConfig) -> Result<RouteSticky, RoutingError> {
         insert: if sc.insert { sc.cookie.clone() } else { None },
         ttl: sc.ttl.0,
     })
+}
+
+/// Runtime view of a listener inside a snapshot.
+#[derive(Clone)]
+pub struct ListenerRt {
+    pub name: Arc<str>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub conn_limit: Option<Arc<tokio::sync::Semaphore>>,
+    pub handshake_limit: Option<Arc<herdgate_core::admission::HandshakeLimiter>>,
+}
+
+/// Slow start begins at this fraction of the rate.
+const SLOW_START_FLOOR: f64 = 0.1;
+
+/// Parameters of one node from its pool (and its own overrides).
+pub fn params(config: &Config, pool: &PoolConfig, node: &NodeConfig) -> AdmissionParams {
+    AdmissionParams {
+        rate: node.admit_rate.unwrap_or(pool.admit_rate),
+        burst: node.admit_burst.unwrap_or(pool.admit_burst),
+        max_retry_after: pool.max_retry_after.0,
+        claim_window: config.tickets.claim_window.0,
+        slow_start: pool.slow_start.0,
+        slow_start_floor: SLOW_START_FLOOR,
+    }
+}
+
+/// Build a node's admission state (a node added by a reload starts in slow start).
+pub fn node_admission(
+    signer: &Arc<TicketSigner>,
+    pool: &str,
+    node: &str,
+    params: AdmissionParams,
+    slow_start: bool,
+) -> Result<NodeAdmission, AdmissionError> {
+    let ramp = slow_start && !params.slow_start.is_zero();
+    NodeAdmission::builder(
+        herdgate_core::admission::node_id(pool, node),
+        params,
+        signer.clone(),
+    )
+    .slow_start(ramp)
+    .build(crate::clock::now())
 }

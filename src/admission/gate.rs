@@ -2,16 +2,14 @@
 //! per-decision metrics, drain hints, slow start on recovery.
 
 use super::{
-    AdmissionParams, AdmitInput, AdmitVia, ClientKey, ClientLimiter, Clock, Decision,
-    MonotonicClock, NodeAdmission, TicketCheck, TicketKey, TicketSigner,
+    AdmitInput, AdmitVia, ClientKey, ClientLimiter, Decision, TicketCheck, TicketKey, TicketSigner,
 };
 use crate::backend::Node;
-use crate::config::{Config, NodeConfig, PoolConfig};
+use crate::config::Config;
 use crate::metrics as m;
-use crate::server::Shared;
 use crate::snapshot::Snapshot;
-use crate::websocket::tunnel::TunnelCtl;
-use std::sync::{Arc, OnceLock};
+use crate::state::Shared;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Request header / query parameter by which a client says it can carry a ticket.
@@ -22,19 +20,7 @@ pub const TICKET_HEADER: &str = "herdgate-ticket";
 pub const TICKET_COOKIE: &str = "herdgate_ticket";
 pub const TICKET_QUERY: &str = "herdgate_ticket";
 
-/// Slow start begins at this fraction of the rate.
-const SLOW_START_FLOOR: f64 = 0.1;
-
-/// The process clock: monotonic, unix-aligned (tickets carry unix time so that several
-/// instances agree on slots).
-pub fn clock() -> &'static MonotonicClock {
-    static C: OnceLock<MonotonicClock> = OnceLock::new();
-    C.get_or_init(MonotonicClock::new)
-}
-
-pub fn now() -> super::Nanos {
-    clock().now()
-}
+pub use crate::clock::{clock, now};
 
 /// The ticket signer: key from `tickets.key_file` (shared by every instance that must
 /// accept the others' tickets) or random; a random instance id per process.
@@ -46,34 +32,10 @@ pub fn signer(config: &Config) -> Result<Arc<TicketSigner>, super::AdmissionErro
     Ok(Arc::new(TicketSigner::with_random_instance(key)))
 }
 
-/// Parameters of one node from its pool (and its own overrides).
-pub fn params(config: &Config, pool: &PoolConfig, node: &NodeConfig) -> AdmissionParams {
-    AdmissionParams {
-        rate: node.admit_rate.unwrap_or(pool.admit_rate),
-        burst: node.admit_burst.unwrap_or(pool.admit_burst),
-        max_retry_after: pool.max_retry_after.0,
-        claim_window: config.tickets.claim_window.0,
-        slow_start: pool.slow_start.0,
-        slow_start_floor: SLOW_START_FLOOR,
-    }
-}
-
-/// Build a node's admission state (a node added by a reload starts in slow start).
-pub fn node_admission(
-    signer: &Arc<TicketSigner>,
-    pool: &str,
-    node: &str,
-    params: AdmissionParams,
-    slow_start: bool,
-) -> Result<NodeAdmission, super::AdmissionError> {
-    let ramp = slow_start && !params.slow_start.is_zero();
-    NodeAdmission::builder(super::node_id(pool, node), params, signer.clone())
-        .slow_start(ramp)
-        .build(now())
-}
+pub use crate::snapshot::{node_admission, params};
 
 /// After a reload: new parameters for every node, keeping its schedule and bucket.
-pub fn apply_snapshot(_shared: &Shared, snap: &Snapshot) {
+pub fn apply_snapshot(snap: &Snapshot) {
     let t = now();
     for pool in &snap.pools {
         for (node, cfg) in pool.nodes.iter().zip(&pool.cfg.nodes) {
@@ -86,7 +48,7 @@ pub fn apply_snapshot(_shared: &Shared, snap: &Snapshot) {
 }
 
 /// A node came back up: ramp its rate.
-pub fn on_node_up(_shared: &Shared, node: &Arc<Node>) {
+pub fn on_node_up(node: &Node) {
     node.admission.begin_slow_start(now());
 }
 
@@ -99,7 +61,7 @@ pub fn node_rate_backlog(node: &Node) -> (f64, Duration) {
 /// Gauges that are read rather than pushed: schedule backlog and unclaimed capacity.
 pub fn refresh_gauges(shared: &Shared) {
     let t = now();
-    let snap = shared.snapshot.load();
+    let snap = shared.load();
     for pool in &snap.pools {
         for node in &pool.nodes {
             node.metrics
@@ -119,30 +81,6 @@ pub fn refresh_gauges(shared: &Shared) {
     }
 }
 
-/// When a drained client should come back: the slot of the node it will land on, with a
-/// ticket for that slot if the client can carry one.
-pub fn drain_hint(shared: &Shared, t: &TunnelCtl) -> (Duration, Option<String>) {
-    let snap = shared.snapshot.load();
-    let target = snap
-        .pools
-        .iter()
-        .find(|p| p.name == t.node.key.pool)
-        .and_then(|p| crate::routing::landing(p, t.key_hash));
-    match target {
-        // A promise credit is only claimable by ticketless arrivals (bucket.rs, step b):
-        // a ticket-capable client told to come back on a promise would be refused at its
-        // slot and sent to the end of the schedule. It gets a reservation and ticket.
-        Some(n) if t.wants_ticket => n.admission.hint_with_ticket(now()),
-        Some(n) => (n.admission.hint(now()), None),
-        // Nowhere to go in this instance (whole pool draining: a deploy or shutdown): the
-        // client will land on the next instance; spread it over a second.
-        None => (
-            Duration::from_millis(rand::random::<u64>() % 1000 + 1),
-            None,
-        ),
-    }
-}
-
 /// What the request says about tickets.
 pub struct TicketInfo<'a> {
     pub ticket: Option<&'a str>,
@@ -155,7 +93,7 @@ pub fn ticket_info(parts: &http::request::Parts) -> TicketInfo<'_> {
     let ticket = h
         .get(TICKET_HEADER)
         .and_then(|v| v.to_str().ok())
-        .or_else(|| crate::routing::key::request_cookie(h, TICKET_COOKIE))
+        .or_else(|| herdgate_core::routing::key::request_cookie(h, TICKET_COOKIE))
         .or_else(|| query_value(query, TICKET_QUERY))
         .filter(|t| !t.is_empty());
     let wants = h
@@ -218,10 +156,10 @@ pub fn spawn_limiter_sweeper(shared: Arc<Shared>) {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
             tokio::select! {
-                _ = shared.stop_all.cancelled() => return,
+                _ = shared.lifecycle.stop_all.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let snap = shared.snapshot.load();
+            let snap = shared.load();
             for r in &snap.routes {
                 if let Some(l) = &r.client_limiter {
                     l.retain_recent();

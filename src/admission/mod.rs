@@ -5,7 +5,5 @@
 
 pub mod gate;
 
-pub use gate::{
-    apply_snapshot, drain_hint, node_rate_backlog, on_node_up, refresh_gauges, RouteLimiter,
-};
+pub use gate::{apply_snapshot, node_rate_backlog, on_node_up, refresh_gauges, RouteLimiter};
 pub use herdgate_core::admission::*;

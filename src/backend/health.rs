@@ -10,7 +10,6 @@
 
 use super::{Node, NodeKey};
 use crate::config::{HealthConfig, HealthKind};
-use crate::snapshot::Snapshot;
 use rand::Rng;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -110,27 +109,31 @@ impl Health {
         });
     }
 
-    /// Start the active checks of a new snapshot (and stop the previous generation's).
-    pub fn apply(self: &Arc<Self>, snap: &Snapshot) {
+    /// Start the active checks of a new snapshot (and stop the previous generation's):
+    /// each pool's nodes with the pool's `[pool.health]`, if any.
+    pub fn apply<'a>(
+        self: &Arc<Self>,
+        pools: impl IntoIterator<Item = (&'a [Arc<Node>], Option<&'a HealthConfig>)>,
+    ) {
         let Ok(mut active) = self.active.lock() else {
             return;
         };
         let mut keep: HashMap<NodeKey, (HealthConfig, CancellationToken)> = HashMap::new();
-        for pool in &snap.pools {
-            let threshold = pool.cfg.health.as_ref().map_or(3, |h| h.passive_failures);
-            for node in &pool.nodes {
+        for (nodes, health) in pools {
+            let threshold = health.map_or(3, |h| h.passive_failures);
+            for node in nodes {
                 node.passive_threshold.store(threshold, Ordering::Relaxed);
                 node.actively_checked
-                    .store(pool.cfg.health.is_some(), Ordering::Relaxed);
+                    .store(health.is_some(), Ordering::Relaxed);
                 // A node left down when its pool's active checks were removed has no one
                 // left to see it come back but the recovery probe.
-                if pool.cfg.health.is_none()
+                if health.is_none()
                     && !node.is_healthy()
                     && !node.probing.swap(true, Ordering::AcqRel)
                 {
                     self.spawn_probe(node.clone());
                 }
-                let Some(h) = &pool.cfg.health else { continue };
+                let Some(h) = health else { continue };
                 match active.remove(&node.key) {
                     Some((old, token)) if old == *h => {
                         keep.insert(node.key.clone(), (old, token));

@@ -1,10 +1,13 @@
 //! Backend nodes: live state that outlives config snapshots, and connecting to them.
 
 pub mod connect;
+mod failure;
 pub mod health;
 
-use crate::admission::NodeAdmission;
+pub use failure::NodeFailure;
+
 use crate::metrics::NodeMetrics;
+use herdgate_core::admission::NodeAdmission;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;

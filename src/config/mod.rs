@@ -391,7 +391,7 @@ pub struct PoolConfig {
     pub name: Spanned<String>,
     /// "rendezvous" (default) or "maglev" (O(1) lookups for pools of hundreds of nodes).
     #[serde(default)]
-    pub hash: crate::routing::HashAlgo,
+    pub hash: herdgate_core::routing::HashAlgo,
     /// New connections per second each node accepts (token bucket rate).
     #[serde(default = "default_admit_rate")]
     pub admit_rate: f64,

@@ -331,11 +331,13 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
             let named = [
                 s.cookie
                     .as_deref()
-                    .map(crate::routing::StickySource::cookie),
+                    .map(herdgate_core::routing::StickySource::cookie),
                 s.header
                     .as_deref()
-                    .map(crate::routing::StickySource::header),
-                s.query.as_deref().map(crate::routing::StickySource::query),
+                    .map(herdgate_core::routing::StickySource::header),
+                s.query
+                    .as_deref()
+                    .map(herdgate_core::routing::StickySource::query),
             ];
             for e in named.into_iter().flatten().filter_map(Result::err) {
                 r.at(format!("{key}.sticky"), at, e.to_string());

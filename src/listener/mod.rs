@@ -2,9 +2,11 @@
 
 pub mod tls;
 
+use crate::conn::{ClientIo, ConnGuard, ConnInfo};
 use crate::metrics::ListenerMetrics;
 use crate::proxy;
-use crate::server::Shared;
+use crate::snapshot::ListenerRt;
+use crate::state::{RunningListener, Shared};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::io;
@@ -13,20 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// A client connection, plain or TLS.
-pub type ClientIo = crate::io::MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
-
-/// What a connection knows about where it came in.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    pub listener: Arc<str>,
-    pub peer: SocketAddr,
-    pub tls: bool,
-}
 
 /// Bind a listening socket the way a proxy wants it: SO_REUSEADDR, a deep backlog,
 /// non-blocking.
@@ -53,7 +43,7 @@ pub async fn serve(
     let metrics = ListenerMetrics::new(&name);
     let mut backoff = Duration::from_millis(5);
     loop {
-        let snap = shared.snapshot.load();
+        let snap = shared.load();
         let lrt = snap.listener(&name).cloned();
         drop(snap);
         let Some(lrt) = lrt else {
@@ -106,13 +96,13 @@ pub async fn serve(
         let permit = loop {
             let p = tokio::select! {
                 _ = stop.cancelled() => return,
-                p = shared.conn_limit.clone().acquire_owned() => match p {
+                p = shared.conns.sem.clone().acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => return,
                 },
             };
             // A lowered cap takes its slots back as they come free.
-            if let Some(p) = shared.pay_conn_debt(p) {
+            if let Some(p) = shared.conns.pay_debt(p) {
                 break p;
             }
         };
@@ -122,11 +112,7 @@ pub async fn serve(
         let m = metrics.clone();
         tokio::spawn(async move {
             m.open.increment(1.0);
-            let guard = ConnGuard {
-                _permit: permit,
-                _listener_permit: listener_permit,
-                open: m.open.clone(),
-            };
+            let guard = ConnGuard::new(permit, listener_permit, m.open.clone());
             handle_conn(stream, peer, name, lrt, shared, &m, guard).await;
         });
     }
@@ -142,29 +128,6 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
     )
 }
 
-/// Holds a connection's place under the caps; a tunnel takes it over from the HTTP
-/// connection so that caps count tunnels too.
-pub struct ConnGuard {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    _listener_permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    open: metrics::Gauge,
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.open.decrement(1.0);
-    }
-}
-
-/// Runtime view of a listener inside a snapshot.
-#[derive(Clone)]
-pub struct ListenerRt {
-    pub name: Arc<str>,
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    pub conn_limit: Option<Arc<Semaphore>>,
-    pub handshake_limit: Option<Arc<crate::admission::HandshakeLimiter>>,
-}
-
 async fn handle_conn(
     stream: TcpStream,
     peer: SocketAddr,
@@ -175,8 +138,8 @@ async fn handle_conn(
     guard: ConnGuard,
 ) {
     let _ = stream.set_nodelay(true);
-    let _active = shared.http_active.enter();
-    let snap = shared.snapshot.load_full();
+    let _active = shared.lifecycle.http_active.enter();
+    let snap = shared.load_full();
     let timeouts = &snap.config.timeouts;
     let deadline = Instant::now() + timeouts.handshake.0;
     // The accept loop read `lrt` before it waited in accept(): a reload since then (new
@@ -231,7 +194,7 @@ async fn handle_conn(
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     drop(snap);
-    let stop = shared.stop_http.clone();
+    let stop = shared.lifecycle.stop_http.clone();
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
@@ -248,4 +211,33 @@ async fn handle_conn(
             let _ = conn.await;
         }
     }
+}
+
+/// Start serving `sock` as listener `name` (configured as `bind`), replacing a running
+/// listener of the same name and bind address.
+pub(crate) fn start(
+    shared: &Arc<Shared>,
+    name: String,
+    bind: SocketAddr,
+    sock: std::net::TcpListener,
+) -> std::io::Result<()> {
+    let local_addr = sock.local_addr()?;
+    let l = tokio::net::TcpListener::from_std(sock)?;
+    let stop = shared.lifecycle.stop_all.child_token();
+    tracing::info!(listener = %name, "listening on {local_addr}");
+    tokio::spawn(serve(
+        l,
+        Arc::from(name.as_str()),
+        shared.clone(),
+        stop.clone(),
+    ));
+    if let Ok(mut g) = shared.control.listeners.lock() {
+        if let Some(old) = g.insert((name, bind), RunningListener { stop, local_addr }) {
+            // A reload that ran before `run` started the listeners bound a socket of
+            // its own for this one: keep one, or the other would serve on unseen and
+            // hold a connection slot that shutdown waits for.
+            old.stop.cancel();
+        }
+    }
+    Ok(())
 }

@@ -5,7 +5,7 @@ use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::respond::ProxyError;
 use super::ConnCtx;
 use crate::backend::connect::{classify_client_error, ClientFailure};
-use crate::backend::Node;
+use crate::backend::{Node, NodeFailure};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -26,35 +26,15 @@ pub async fn forward(
     let req = Request::from_parts(parts, body);
     let timeout = ctx.snap.config.timeouts.backend_response.0;
     let resp = match tokio::time::timeout(timeout, ctx.snap.http.request(req)).await {
-        Err(_) => {
-            node.metrics.backend_timeout.increment(1);
-            ctx.shared.health.passive_failure(node, false);
-            return Err(ProxyError::BackendTimeout);
-        }
+        Err(elapsed) => return Err(super::node_failed(ctx, node, NodeFailure::Timeout, elapsed)),
         Ok(Err(e)) => {
-            let kind = classify_client_error(&e);
-            tracing::debug!(node = %node.key, "HTTP forward failed: {e:?}");
-            return Err(match kind {
-                ClientFailure::Refused => {
-                    node.metrics.backend_refused.increment(1);
-                    ctx.shared.health.passive_failure(node, true);
-                    ProxyError::BackendRefused
-                }
-                ClientFailure::Timeout => {
-                    node.metrics.backend_timeout.increment(1);
-                    ctx.shared.health.passive_failure(node, false);
-                    ProxyError::BackendTimeout
-                }
-                ClientFailure::ConnectOther => {
-                    node.metrics.backend_other.increment(1);
-                    ctx.shared.health.passive_failure(node, true);
-                    ProxyError::BackendFailed(e.to_string())
-                }
-                ClientFailure::Other => {
-                    node.metrics.backend_other.increment(1);
-                    ProxyError::BackendFailed(e.to_string())
-                }
-            });
+            let kind = match classify_client_error(&e) {
+                ClientFailure::Refused => NodeFailure::Refused,
+                ClientFailure::Timeout => NodeFailure::Timeout,
+                ClientFailure::ConnectOther => NodeFailure::ConnectFailed,
+                ClientFailure::Other => NodeFailure::Unattributed,
+            };
+            return Err(super::node_failed(ctx, node, kind, e));
         }
         Ok(Ok(r)) => r,
     };

@@ -8,16 +8,16 @@ mod upgrade;
 
 use crate::admission::gate::{decide, ticket_info};
 use crate::admission::{AdmitInput, ClientKey, Decision};
-use crate::backend::Node;
+use crate::backend::{Node, NodeFailure};
 use crate::config::{ClientLimitKey, RejectStyle};
-use crate::listener::{ConnGuard, ConnInfo};
+use crate::conn::{ConnGuard, ConnInfo};
 use crate::routing;
-use crate::server::Shared;
 use crate::snapshot::{Route, Snapshot};
+use crate::state::Shared;
 use body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use respond::{error_response, ProxyError, Rejection};
+use respond::{BrowserClose, ProxyError, Rejection};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -50,8 +50,8 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<Body>
     let resp = match pipeline(req, &ctx).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::debug!(peer = %ctx.info.peer, "request failed: {e}");
-            error_response(&e)
+            tracing::debug!(peer = %ctx.info.peer, error = ?e, "request failed: {e}");
+            respond::response(e)
         }
     };
     crate::metrics::request(resp.status().as_u16());
@@ -69,6 +69,13 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
     let (parts, body) = req.into_parts();
     let (key, cookie) = routing::session_key(route, &parts, ctx.info.peer.ip(), ctx.info.tls);
     let browser_close = ws && route.cfg.reject == RejectStyle::WebsocketClose;
+    // A rejection turns a browser away readably (a 101 closed with 1013) on such routes.
+    let turn_away = |rej: Rejection| {
+        let close = browser_close
+            .then(|| BrowserClose::prepare(&parts, ctx.snap.config.timeouts.close.0))
+            .flatten();
+        ProxyError::Rejected(Box::new(rej.closing(close)))
+    };
 
     if let Some(limiter) = &route.client_limiter {
         let ck = match (route.cfg.client_limit.as_ref().map(|c| c.by), key) {
@@ -77,8 +84,7 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
         };
         if let Err(retry_after) = limiter.check(&ck) {
             metrics::counter!(crate::metrics::CLIENT_LIMITED).increment(1);
-            let rej = Rejection::client_limited(retry_after);
-            return Ok(respond::reject(&parts, rej, browser_close, &ctx.shared));
+            return Err(turn_away(Rejection::client_limited(retry_after)));
         }
     }
 
@@ -96,13 +102,13 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
             set_cookie: cookie,
         },
         None => routing::choose(pool, key, cookie)
-            .ok_or_else(|| ProxyError::NoNode(pool.name.to_string()))?,
+            .ok_or_else(|| ProxyError::NoNode(pool.name.clone()))?,
     };
     let node = choice.node;
 
     if ws || route.cfg.admit_http {
         if let Some(rej) = admit(node, route, pool, &parts).await {
-            return Ok(respond::reject(&parts, rej, browser_close, &ctx.shared));
+            return Err(turn_away(rej));
         }
     }
 
@@ -116,6 +122,23 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
         resp.headers_mut().append(http::header::SET_COOKIE, c);
     }
     Ok(resp)
+}
+
+/// The one record of a node's failure: its counter and passive health
+/// ([`NodeFailure::record`]), then the error the client's answer is made from, with its
+/// cause kept for the log.
+pub(crate) fn node_failed(
+    ctx: &ConnCtx,
+    node: &Arc<Node>,
+    kind: NodeFailure,
+    cause: impl Into<respond::BoxError>,
+) -> ProxyError {
+    kind.record(node, &ctx.shared.health);
+    ProxyError::Node {
+        node: node.key.to_string(),
+        kind,
+        cause: cause.into(),
+    }
 }
 
 /// Admission of one request to `node`: `None` to go ahead, or how to turn it away.

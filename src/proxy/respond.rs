@@ -1,63 +1,90 @@
-//! The one place where a failure becomes a response. Bodies are short and reveal no
-//! internals (no addresses, no error chains): those go to the log.
+//! The one place where a failure becomes a response, in the manner of linkerd2-proxy's
+//! single error-to-response map: every path of the pipeline returns a [`ProxyError`]
+//! (a rejection by admission included) and [`response`] turns it into what the client
+//! sees. Bodies are short and reveal no internals (no addresses, no error chains): those
+//! stay in the error's `source()` chain, for the log.
 
 use super::body::Body;
-use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+use crate::websocket::frame::{write_close_frame, Direction, FrameTracker, CLOSE_FRAME_MAX_LEN};
+use crate::websocket::handshake::{accept_key, HandshakeError};
+use herdgate_wire::{
+    reason_json, retry_after_ms, retry_after_secs, CLOSE_TRY_AGAIN_LATER, RETRY_AFTER_MS_HEADER,
+    TICKET_COOKIE, TICKET_HEADER,
+};
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER, UPGRADE};
 use http::{Response, StatusCode};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A cause kept whole for the log (no `String` flattening).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request did not get a node's answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The request itself is unusable (400).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A WebSocket upgrade that breaks RFC 6455 §4.2.1 (400).
+    #[error("bad WebSocket upgrade: {0}")]
+    BadUpgrade(#[from] HandshakeError),
+    /// No route matches the host and path (404).
     #[error("no route for this host and path")]
     NoRoute,
+    /// The route's pool has no eligible node (503).
     #[error("no eligible node in pool {0}")]
-    NoNode(String),
-    #[error("node refused the connection")]
-    BackendRefused,
-    #[error("node did not answer in time")]
-    BackendTimeout,
-    #[error("node failed: {0}")]
-    BackendFailed(String),
-    /// Per-client limit (429) with a hint.
-    #[error("client over its connection rate")]
-    ClientLimited { retry_after: Duration },
+    NoNode(Arc<str>),
+    /// The node failed; `kind` says how (502, or 504 for a timeout).
+    #[error("node {node}: {kind}")]
+    Node {
+        /// The node, for the log.
+        node: String,
+        /// How it failed (also what was counted: see [`crate::backend::NodeFailure`]).
+        kind: crate::backend::NodeFailure,
+        /// What the socket or the HTTP client said.
+        #[source]
+        cause: BoxError,
+    },
+    /// Admission or a per-client limit turned the client away, with when to come back.
+    #[error("turned away: {}", .0.reason)]
+    Rejected(Box<Rejection>),
 }
 
 impl ProxyError {
+    /// The status of the response this error becomes (a browser-close rejection is then
+    /// completed as a 101 instead).
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoNode(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BackendRefused | ProxyError::BackendFailed(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::ClientLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Node { kind, .. } => kind.status(),
+            ProxyError::Rejected(r) => r.status,
         }
     }
 }
 
 /// Map an error to the response the client sees.
-pub fn error_response(e: &ProxyError) -> Response<Body> {
-    let status = e.status();
-    let text = match e {
-        ProxyError::BadRequest(why) => *why,
+pub fn response(e: ProxyError) -> Response<Body> {
+    let text = match &e {
+        ProxyError::BadRequest(why) => why,
+        ProxyError::BadUpgrade(HandshakeError(why)) => why,
         ProxyError::NoRoute => "no route",
         ProxyError::NoNode(_) => "no backend available",
-        ProxyError::BackendRefused | ProxyError::BackendFailed(_) => "bad gateway",
-        ProxyError::BackendTimeout => "gateway timeout",
-        ProxyError::ClientLimited { .. } => "too many connections from this client",
+        ProxyError::Node { .. } if e.status() == StatusCode::GATEWAY_TIMEOUT => "gateway timeout",
+        ProxyError::Node { .. } => "bad gateway",
+        ProxyError::Rejected(_) => "",
     };
-    let mut r = plain(status, text);
-    if let ProxyError::ClientLimited { retry_after } = e {
-        add_retry_after(&mut r, *retry_after);
-        r.headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
+    match e {
+        ProxyError::Rejected(rej) => reject(*rej),
+        e => plain(e.status(), text),
     }
-    r
 }
 
+/// A short `text/plain` answer of our own.
 pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut r = Response::new(Body::from_static(text));
     *r.status_mut() = status;
@@ -68,30 +95,28 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     r
 }
 
-/// `Retry-After` in whole seconds rounded up (RFC 9110 §10.2.3 allows only integers) and
-/// the exact value in `retry-after-ms` for clients that can use it.
-pub fn add_retry_after(r: &mut Response<Body>, after: Duration) {
-    let ms = after.as_millis().max(1) as u64;
-    let secs = ms.div_ceil(1000);
-    let h = r.headers_mut();
-    h.insert(RETRY_AFTER, HeaderValue::from(secs));
-    h.insert("retry-after-ms", HeaderValue::from(ms));
-}
-
 /// Why and how a client is turned away, with when to come back.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Rejection {
+    /// 503 (node busy) or 429 (per-client limit).
     pub status: StatusCode,
+    /// When to come back.
     pub retry_after: Duration,
+    /// A signed ticket for a reserved slot, for clients that can carry one.
     pub ticket: Option<String>,
+    /// The reason word of the JSON hint.
     pub reason: &'static str,
     /// Quota for the RateLimit-Policy field: admissions per second of the node.
     pub rate: Option<f64>,
     /// How long the ticket cookie stays useful after the slot.
     pub claim_window: Duration,
+    /// Set on `reject = "websocket-close"` routes for a WebSocket upgrade: complete it
+    /// and close with 1013 instead of answering 503.
+    pub close: Option<BrowserClose>,
 }
 
 impl Rejection {
+    /// The node's schedule is full now (`overflow`: beyond `max_retry_after`).
     pub fn busy(
         retry_after: Duration,
         ticket: Option<String>,
@@ -106,9 +131,11 @@ impl Rejection {
             reason: if overflow { "overloaded" } else { "node_busy" },
             rate: Some(rate),
             claim_window,
+            close: None,
         }
     }
 
+    /// The client is over its own connection rate.
     pub fn client_limited(retry_after: Duration) -> Self {
         Rejection {
             status: StatusCode::TOO_MANY_REQUESTS,
@@ -117,29 +144,52 @@ impl Rejection {
             reason: "client_limit",
             rate: None,
             claim_window: Duration::ZERO,
+            close: None,
         }
     }
 
-    /// Milliseconds, rounded up: a client back a hair early would find its slot not due.
+    /// Answer a browser's upgrade with a 101 and a 1013 close (when it can be completed).
+    pub fn closing(mut self, close: Option<BrowserClose>) -> Self {
+        self.close = close;
+        self
+    }
+
+    /// Milliseconds, rounded up (the wire contract's rounding).
     pub fn retry_after_ms(&self) -> u64 {
-        let ns = self.retry_after.as_nanos();
-        (ns.div_ceil(1_000_000) as u64).max(1)
+        retry_after_ms(self.retry_after)
     }
 
-    /// `{"retry_after_ms":N,"reason":"…","ticket":"…"}`: at most 123 bytes with a ticket
-    /// (RFC 6455 §5.5: a close reason must fit a control frame).
+    /// The wire contract's JSON hint: at most 123 bytes with a ticket (RFC 6455 §5.5: a
+    /// close reason must fit a control frame).
     pub fn json(&self) -> String {
-        match &self.ticket {
-            Some(t) => format!(
-                "{{\"retry_after_ms\":{},\"ticket\":\"{t}\"}}",
-                self.retry_after_ms()
-            ),
-            None => format!(
-                "{{\"retry_after_ms\":{},\"reason\":\"{}\"}}",
-                self.retry_after_ms(),
-                self.reason
-            ),
-        }
+        reason_json(
+            self.retry_after_ms(),
+            Some(self.reason),
+            self.ticket.as_deref(),
+        )
+    }
+}
+
+/// What it takes to complete a browser's upgrade ourselves and close it at once.
+#[derive(Debug)]
+pub struct BrowserClose {
+    on_upgrade: OnUpgrade,
+    accept: HeaderValue,
+    close_timeout: Duration,
+}
+
+impl BrowserClose {
+    /// `None` when the request cannot be upgraded here (no key, no upgrade handle): the
+    /// client then gets the HTTP answer.
+    pub fn prepare(parts: &http::request::Parts, close_timeout: Duration) -> Option<Self> {
+        let key = parts.headers.get("sec-websocket-key")?;
+        let on_upgrade = parts.extensions.get::<OnUpgrade>()?.clone();
+        let accept = HeaderValue::from_str(&accept_key(key.as_bytes())).ok()?;
+        Some(BrowserClose {
+            on_upgrade,
+            accept,
+            close_timeout,
+        })
     }
 }
 
@@ -148,22 +198,17 @@ impl Rejection {
 /// WebSocket upgrade is completed here instead (the node is never contacted) and closed at
 /// once with 1013 and the hint in the reason, because a browser sees only 1006 for a
 /// refused handshake but can read a close reason.
-pub fn reject(
-    parts: &http::request::Parts,
-    rej: Rejection,
-    browser_close: bool,
-    shared: &std::sync::Arc<crate::server::Shared>,
-) -> Response<Body> {
-    if browser_close {
-        if let Some(r) = crate::websocket::reject::close_1013(parts, &rej, shared) {
-            return r;
-        }
+fn reject(mut rej: Rejection) -> Response<Body> {
+    if let Some(close) = rej.close.take() {
+        return close_1013(close, &rej);
     }
     let ms = rej.retry_after_ms();
     let mut r = Response::new(Body::from_string(rej.json()));
     *r.status_mut() = rej.status;
-    add_retry_after(&mut r, Duration::from_millis(ms));
     let h = r.headers_mut();
+    // RFC 9110 §10.2.3 allows only whole seconds; the exact value goes beside it.
+    h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(ms)));
+    h.insert(RETRY_AFTER_MS_HEADER, HeaderValue::from(ms));
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CONNECTION, HeaderValue::from_static("close"));
     if let Some(rate) = rej.rate {
@@ -173,21 +218,66 @@ pub fn reject(
         if let Ok(v) = HeaderValue::from_str(&format!("\"node\";q={q};w=1")) {
             h.insert("ratelimit-policy", v);
         }
-        if let Ok(v) = HeaderValue::from_str(&format!("\"node\";r=0;t={}", ms.div_ceil(1000))) {
+        if let Ok(v) = HeaderValue::from_str(&format!("\"node\";r=0;t={}", retry_after_secs(ms))) {
             h.insert("ratelimit", v);
         }
     }
     if let Some(t) = &rej.ticket {
         if let Ok(v) = HeaderValue::from_str(t) {
-            h.insert(crate::admission::gate::TICKET_HEADER, v);
+            h.insert(TICKET_HEADER, v);
         }
         let max_age = (ms / 1000) + rej.claim_window.as_secs() + 1;
         if let Ok(v) = HeaderValue::from_str(&format!(
-            "{}={t}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax",
-            crate::admission::gate::TICKET_COOKIE
+            "{TICKET_COOKIE}={t}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax"
         )) {
             h.append(http::header::SET_COOKIE, v);
         }
     }
+    r
+}
+
+/// The 101 that completes the handshake locally (1013 Try Again Later, RFC 6455 §7.4.1);
+/// a task then sends the close frame and waits (bounded) for the client's close reply.
+fn close_1013(close: BrowserClose, rej: &Rejection) -> Response<Body> {
+    let mut frame = [0u8; CLOSE_FRAME_MAX_LEN];
+    let len = write_close_frame(&mut frame, CLOSE_TRY_AGAIN_LATER, &rej.json(), None);
+    let BrowserClose {
+        on_upgrade,
+        accept,
+        close_timeout,
+    } = close;
+    tokio::spawn(async move {
+        let Ok(up) = on_upgrade.await else { return };
+        let mut io = TokioIo::new(up);
+        if io.write_all(&frame[..len]).await.is_err() {
+            return;
+        }
+        let _ = io.flush().await;
+        // Wait for the client's Close (or EOF) so the close handshake completes cleanly;
+        // once it is in, the server closes TCP first (RFC 6455 §7.1.1) rather than wait
+        // for a FIN the client may not send until it drops its socket.
+        let mut buf = [0u8; 256];
+        let mut frames = FrameTracker::new(Direction::ClientToServer);
+        let _ = tokio::time::timeout(close_timeout.min(Duration::from_secs(5)), async {
+            loop {
+                match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if frames.advance(&buf[..n], false).is_err() || frames.close_seen() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        let _ = io.shutdown().await;
+    });
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert("sec-websocket-accept", accept);
     r
 }

@@ -5,8 +5,8 @@ use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::respond::ProxyError;
 use super::ConnCtx;
 use crate::backend::connect::{connect, ConnectError};
-use crate::backend::Node;
-use crate::listener::ClientIo;
+use crate::backend::{Node, NodeFailure};
+use crate::conn::ClientIo;
 use crate::websocket::side::Side;
 use crate::websocket::tunnel::{relay, TunnelSettings};
 use http::{Request, Response, StatusCode, Uri};
@@ -30,30 +30,18 @@ pub async fn forward(
     let stream = match connect(node.key.addr, timeouts.backend_connect.0).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::debug!(node = %node.key, "{e}");
-            return Err(match e {
-                ConnectError::Refused { .. } => {
-                    node.metrics.backend_refused.increment(1);
-                    ctx.shared.health.passive_failure(node, true);
-                    ProxyError::BackendRefused
-                }
-                ConnectError::Timeout { .. } => {
-                    node.metrics.backend_timeout.increment(1);
-                    ctx.shared.health.passive_failure(node, false);
-                    ProxyError::BackendTimeout
-                }
-                ConnectError::Io { .. } => {
-                    node.metrics.backend_other.increment(1);
-                    ctx.shared.health.passive_failure(node, true);
-                    ProxyError::BackendFailed(e.to_string())
-                }
-            });
+            let kind = match e {
+                ConnectError::Refused { .. } => NodeFailure::Refused,
+                ConnectError::Timeout { .. } => NodeFailure::Timeout,
+                ConnectError::Io { .. } => NodeFailure::ConnectFailed,
+            };
+            return Err(super::node_failed(ctx, node, kind, e));
         }
     };
 
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
         .await
-        .map_err(|e| ProxyError::BackendFailed(e.to_string()))?;
+        .map_err(|e| super::node_failed(ctx, node, NodeFailure::Unattributed, e))?;
     // The node connection is driven here, in this task, until the response head is in: on
     // a 101 it is finished by then (the upgrade hands its socket over), so no task of its
     // own is spawned and the response needs no hop between tasks. It gets a task only if
@@ -98,15 +86,14 @@ pub async fn forward(
         });
     }
     let mut resp = match sent {
-        Err(_) => {
-            node.metrics.backend_timeout.increment(1);
-            ctx.shared.health.passive_failure(node, false);
-            return Err(ProxyError::BackendTimeout);
-        }
+        Err(elapsed) => return Err(super::node_failed(ctx, node, NodeFailure::Timeout, elapsed)),
         Ok(Err(e)) => {
-            node.metrics.backend_other.increment(1);
-            ctx.shared.health.passive_failure(node, false);
-            return Err(ProxyError::BackendFailed(e.to_string()));
+            return Err(super::node_failed(
+                ctx,
+                node,
+                NodeFailure::ExchangeFailed,
+                e,
+            ))
         }
         Ok(Ok(r)) => r,
     };

@@ -4,8 +4,8 @@
 use crate::backend::Node;
 use crate::config::StickyFallback;
 use crate::routing::{extract_hash, key, key_hash, StickySource};
-use crate::server::Shared;
 use crate::snapshot::{Pool, Route};
+use crate::state::Shared;
 use http::HeaderValue;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -95,7 +95,7 @@ pub fn landing(pool: &Pool, key_hash: Option<u64>) -> Option<&Arc<Node>> {
 
 /// Drop a removed node's learned entries.
 pub fn forget_node(shared: &Shared, node: &Arc<Node>) {
-    let snap = shared.snapshot.load();
+    let snap = shared.load();
     for pool in snap.pools.iter().filter(|p| p.name == node.key.pool) {
         if let Some(t) = &pool.sticky {
             t.remove_node(&node.key.name);

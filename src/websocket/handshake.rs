@@ -1,6 +1,5 @@
 //! Opening-handshake checks (RFC 6455 §4.2.1) done before any node is contacted.
 
-use crate::proxy::respond::ProxyError;
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, Method, Request};
 
@@ -12,10 +11,16 @@ fn has_token(h: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// An upgrade request that breaks RFC 6455 §4.2.1; the message is what the client is told
+/// (a 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HandshakeError(pub &'static str);
+
 /// Is this a WebSocket upgrade? `Ok(false)`: an ordinary request. An upgrade to
 /// websocket that breaks §4.2.1 (not GET, not HTTP/1.1, no key, version != 13) is a 400
 /// here rather than a puzzle for the node.
-pub fn check_upgrade<B>(req: &Request<B>) -> Result<bool, ProxyError> {
+pub fn check_upgrade<B>(req: &Request<B>) -> Result<bool, HandshakeError> {
     let h = req.headers();
     if !has_token(h, UPGRADE, "websocket") {
         return Ok(false);
@@ -24,23 +29,21 @@ pub fn check_upgrade<B>(req: &Request<B>) -> Result<bool, ProxyError> {
         return Ok(false);
     }
     if req.method() != Method::GET {
-        return Err(ProxyError::BadRequest("WebSocket upgrade must be a GET"));
+        return Err(HandshakeError("WebSocket upgrade must be a GET"));
     }
     if req.version() != http::Version::HTTP_11 {
-        return Err(ProxyError::BadRequest("WebSocket upgrade needs HTTP/1.1"));
+        return Err(HandshakeError("WebSocket upgrade needs HTTP/1.1"));
     }
     let key_ok = h
         .get("sec-websocket-key")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|k| k.len() == 24 && k.ends_with("=="));
     if !key_ok {
-        return Err(ProxyError::BadRequest(
-            "missing or malformed Sec-WebSocket-Key",
-        ));
+        return Err(HandshakeError("missing or malformed Sec-WebSocket-Key"));
     }
     let mut versions = h.get_all("sec-websocket-version").iter();
     if versions.next().map(|v| v.as_bytes()) != Some(b"13") || versions.next().is_some() {
-        return Err(ProxyError::BadRequest(
+        return Err(HandshakeError(
             "unsupported Sec-WebSocket-Version (need 13)",
         ));
     }

@@ -2,7 +2,6 @@
 //! readably. The frame-boundary tracker is the pure [`herdgate_core::frame`].
 
 pub mod handshake;
-pub mod reject;
 pub mod side;
 pub mod tunnel;
 

@@ -14,85 +14,16 @@
 
 use super::frame::{write_close_frame, Direction, FrameTracker};
 use super::side::{ReadOutcome, Side};
-use crate::backend::Node;
 use crate::metrics as m;
+use crate::registry::{TunnelCtl, TunnelState};
 use bytes::Bytes;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// RFC 6455 §7.4.1 close codes herdgate sends.
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-pub const CLOSE_SERVICE_RESTART: u16 = 1012;
-pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
-
-const CMD_NONE: u8 = 0;
-const CMD_DRAIN: u8 = 1;
-const CMD_CLOSE_NOW: u8 = 2;
-
-/// Handle the drain machinery holds on a running tunnel.
-#[derive(Debug)]
-pub struct TunnelCtl {
-    pub id: u64,
-    pub node: Arc<Node>,
-    /// The client's session key hash: where it will land when it reconnects.
-    pub key_hash: Option<u64>,
-    /// The client announced it can carry tickets (herdgate-accept-ticket): a drain hint
-    /// for it must come with one.
-    pub wants_ticket: bool,
-    command: AtomicU8,
-    hint_ms: AtomicU64,
-    /// The drain hint's ticket, set before CMD_DRAIN is published.
-    ticket: OnceLock<String>,
-    notify: Notify,
-}
-
-impl TunnelCtl {
-    pub fn new(id: u64, node: Arc<Node>, key_hash: Option<u64>, wants_ticket: bool) -> Self {
-        TunnelCtl {
-            id,
-            node,
-            key_hash,
-            wants_ticket,
-            command: AtomicU8::new(CMD_NONE),
-            hint_ms: AtomicU64::new(0),
-            ticket: OnceLock::new(),
-            notify: Notify::new(),
-        }
-    }
-
-    /// Close cleanly with 1012 (Service Restart) and a retry hint (and ticket, if any)
-    /// for the client.
-    pub fn drain(&self, retry_after: Duration, ticket: Option<String>) {
-        // Rounded up, and never 0: a client told 0 (or a hair early) comes back before
-        // its slot; same rounding as the rejection hints (proxy::respond).
-        let ms = retry_after.as_nanos().div_ceil(1_000_000).max(1);
-        self.hint_ms
-            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Relaxed);
-        if let Some(t) = ticket {
-            // A tunnel is drained once (the funnel skips closing ones), so this is unset.
-            let _ = self.ticket.set(t);
-        }
-        let _ =
-            self.command
-                .compare_exchange(CMD_NONE, CMD_DRAIN, Ordering::AcqRel, Ordering::Relaxed);
-        self.notify.notify_one();
-    }
-
-    /// Already told to close (drain or shutdown): its close handshake is under way.
-    pub fn is_closing(&self) -> bool {
-        self.command.load(Ordering::Acquire) != CMD_NONE
-    }
-
-    /// Close now with 1001 (Going Away).
-    pub fn close_now(&self) {
-        self.command.store(CMD_CLOSE_NOW, Ordering::Release);
-        self.notify.notify_one();
-    }
-}
+/// RFC 6455 §7.4.1 close codes herdgate sends (the wire contract's).
+pub use herdgate_wire::{CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER};
 
 #[derive(Debug, Clone, Copy)]
 pub struct TunnelSettings {
@@ -276,14 +207,12 @@ struct Closing {
     client_close_sent: bool,
 }
 
-/// `{"retry_after_ms":N}`, or with a ticket the same JSON as a 1013 (respond.rs): at most
-/// 123 bytes, since tickets are at most 64 characters.
+/// The wire contract's JSON hint, `{"retry_after_ms":N}` or with a ticket the same JSON as
+/// a 1013; empty when there is no hint (a 1001).
 fn close_reason(hint_ms: Option<u64>, ticket: Option<&str>) -> String {
-    match (hint_ms, ticket) {
-        (Some(ms), Some(t)) => format!("{{\"retry_after_ms\":{ms},\"ticket\":\"{t}\"}}"),
-        (Some(ms), None) => format!("{{\"retry_after_ms\":{ms}}}"),
-        (None, _) => String::new(),
-    }
+    hint_ms.map_or_else(String::new, |ms| {
+        herdgate_wire::reason_json(ms, None, ticket)
+    })
 }
 
 /// Queue a close frame towards `dst` after whatever is pending.
@@ -350,7 +279,7 @@ pub async fn relay(
         // message boundary.
         if let Some(cl) = &mut closing {
             if !cl.client_close_sent && s2c.at_boundary() {
-                let reason = close_reason(cl.hint_ms, ctl.ticket.get().map(String::as_str));
+                let reason = close_reason(cl.hint_ms, ctl.ticket());
                 if let Err(e) = send_close(&mut client, &mut s2c, cl.code, &reason, false) {
                     tracing::debug!("tunnel {}: close to client failed: {e}", ctl.id);
                     return TunnelEnd::Error;
@@ -407,7 +336,7 @@ pub async fn relay(
         } else {
             tokio::select! {
                 biased;
-                _ = ctl.notify.notified() => Ev::Command,
+                _ = ctl.changed() => Ev::Command,
                 _ = &mut timer => Ev::Timer,
                 r = client.tcp().readable(), if can_read_client => match r { Ok(()) => Ev::ClientReadable, Err(_) => return TunnelEnd::Error },
                 r = backend.tcp().readable(), if can_read_backend => match r { Ok(()) => Ev::BackendReadable, Err(_) => return TunnelEnd::Error },
@@ -419,19 +348,18 @@ pub async fn relay(
         let res: io::Result<()> = (|| {
             match ev {
                 Ev::Command => {
-                    let cmd = ctl.command.load(Ordering::Acquire);
                     let now = Instant::now();
-                    match cmd {
-                        CMD_DRAIN if closing.is_none() => {
+                    match ctl.state() {
+                        TunnelState::Draining if closing.is_none() => {
                             closing = Some(Closing {
                                 code: CLOSE_SERVICE_RESTART,
-                                hint_ms: Some(ctl.hint_ms.load(Ordering::Relaxed)),
+                                hint_ms: Some(ctl.hint_ms()),
                                 deadline: now + settings.close_timeout,
                                 client_close_sent: false,
                             });
                             end = TunnelEnd::Drained;
                         }
-                        CMD_CLOSE_NOW => {
+                        TunnelState::ClosingNow => {
                             // Shutdown is here: whatever was under way ends with 1001 now.
                             let c = closing.get_or_insert(Closing {
                                 code: CLOSE_GOING_AWAY,
