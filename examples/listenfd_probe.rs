@@ -107,7 +107,8 @@ fn probe(out: &mut dyn Write) -> io::Result<i32> {
     Ok(0)
 }
 
-/// The socket-activation variables still set (children would inherit them).
+/// The socket-activation variables still set: `listen_fds` only reads the
+/// environment, so these are the ones the service manager set.
 fn env_left() -> Vec<&'static str> {
     [
         systemd::LISTEN_PID,

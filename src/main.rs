@@ -5,6 +5,7 @@ mod cli;
 use clap::{Parser, Subcommand};
 use herdgate::config::Config;
 use herdgate::server::{Inherited, Server};
+use herdgate::systemd::{InheritedListener, SystemdError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -65,7 +66,13 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Reload { pidfile } => reload(&pidfile),
-        Cmd::Run { config, pidfile } => runtime().block_on(run(config, pidfile)),
+        Cmd::Run { config, pidfile } => {
+            // Socket activation is read before the runtime starts any thread
+            // (the descriptors are adopted here, once); errors are reported in
+            // `run`, after the config's.
+            let inherited = herdgate::systemd::listen_fds();
+            runtime().block_on(run(config, pidfile, inherited))
+        }
         Cmd::Demo(args) => match runtime().block_on(cli::demo::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -99,31 +106,52 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
+/// `herdgate reload`: SIGHUP to the pid in `pidfile`, sent with kill(2) directly.
 fn reload(pidfile: &std::path::Path) -> ExitCode {
-    let pid = match std::fs::read_to_string(pidfile) {
-        Ok(s) => s.trim().to_string(),
+    let text = match std::fs::read_to_string(pidfile) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("herdgate reload: cannot read {}: {e}", pidfile.display());
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
-        eprintln!("herdgate reload: {} holds no pid", pidfile.display());
+    let pid = text.trim();
+    // Digits only: kill(2) gives negative and zero pids group meanings.
+    let parsed = pid
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| pid.parse::<i32>().ok())
+        .flatten()
+        .and_then(rustix::process::Pid::from_raw);
+    let Some(target) = parsed else {
+        eprintln!(
+            "herdgate reload: {} holds no pid (found {pid:?})",
+            pidfile.display()
+        );
         return ExitCode::from(EXIT_RUNTIME);
-    }
-    match std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-    {
-        Ok(s) if s.success() => ExitCode::SUCCESS,
-        Ok(_) | Err(_) => {
-            eprintln!("herdgate reload: could not signal pid {pid}");
+    };
+    match rustix::process::kill_process(target, rustix::process::Signal::HUP) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let why = match e {
+                rustix::io::Errno::SRCH => "no such process (stale pid file?)".to_owned(),
+                rustix::io::Errno::PERM => "not permitted (run as the same user or root)".to_owned(),
+                e => e.to_string(),
+            };
+            eprintln!(
+                "herdgate reload: could not send SIGHUP to pid {pid} from {}: {why}",
+                pidfile.display()
+            );
             ExitCode::from(EXIT_RUNTIME)
         }
     }
 }
 
-async fn run(config_path: PathBuf, pidfile: Option<PathBuf>) -> ExitCode {
+async fn run(
+    config_path: PathBuf,
+    pidfile: Option<PathBuf>,
+    inherited: Result<Vec<InheritedListener>, SystemdError>,
+) -> ExitCode {
     let config = match Config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -135,7 +163,7 @@ async fn run(config_path: PathBuf, pidfile: Option<PathBuf>) -> ExitCode {
         Ok(n) => tracing::info!("file descriptor limit: {n}"),
         Err(e) => tracing::warn!("could not raise the file descriptor limit: {e}"),
     }
-    let inherited = match herdgate::systemd::listen_fds() {
+    let inherited = match inherited {
         Ok(v) => v
             .into_iter()
             .map(|i| Inherited {

@@ -5,7 +5,8 @@
 //! `Type=notify` and `Type=notify-reload`):
 //!
 //! ```text
-//! start:   listen_fds() (before any thread is spawned: it edits the environment)
+//! start:   listen_fds() (in main, before the runtime: it adopts descriptors;
+//!          the environment is read, never edited)
 //!          → match_listeners() → bind the configured listeners nobody passed us
 //!          → ready()                                        "READY=1"
 //! SIGHUP:  reloading()        "RELOADING=1\nMONOTONIC_USEC=…"
@@ -24,9 +25,11 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
+use std::os::fd::OwnedFd;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Environment variable naming the datagram socket of the service manager.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
@@ -34,9 +37,6 @@ pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 pub const LISTEN_PID: &str = "LISTEN_PID";
 pub const LISTEN_FDS: &str = "LISTEN_FDS";
 pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
-/// `listenfd`'s private extension (not part of sd_listen_fds(3)); removed so
-/// that the first inherited fd is always `SD_LISTEN_FDS_START`.
-const LISTEN_FDS_FIRST_FD: &str = "LISTEN_FDS_FIRST_FD";
 /// `SD_LISTEN_FDS_START` from sd-daemon.h.
 pub const LISTEN_FDS_START: i32 = 3;
 /// More inherited sockets than this is a broken environment, not a config.
@@ -72,6 +72,13 @@ pub enum SystemdError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "socket activation: the inherited descriptors were already taken \
+         (listen_fds() is called once per process)"
+    )]
+    AlreadyTaken,
+    #[error("socket activation: cannot adopt the inherited descriptors: {0}")]
+    Adopt(String),
     #[error("inherited fd {fd} (index {index}, name {name}): cannot set O_NONBLOCK: {source}")]
     NonBlocking {
         index: usize,
@@ -205,91 +212,138 @@ impl InheritedListener {
 /// names from `LISTEN_FDNAMES` (colon separated). Returns an empty list when
 /// nothing was passed to this process.
 ///
-/// The three variables are removed on every path (like
-/// `sd_listen_fds(unset_environment = 1)`), so no child inherits them. Call
-/// it once, early in `main`, before the runtime spawns threads: the
-/// environment is process-global.
+/// Call it once, in `main` before the async runtime is built and before the
+/// process opens descriptors of its own: the descriptors become owned
+/// `TcpListener`s here, and an fd number must never be adopted twice (a
+/// second call is an error, not a second owner).
 ///
-/// Stricter than `listenfd::ListenFd::from_env` on its own: a missing
-/// `LISTEN_PID` means "not for us" (listenfd accepts it), because
-/// variables leaked through an intermediate process would otherwise make us
-/// adopt whatever happens to sit at fd 3.
+/// The environment is only read, never edited (like
+/// `sd_listen_fds(unset_environment = 0)`): editing it while other threads may
+/// read it is undefined behaviour in glibc, and clippy's `disallowed-methods`
+/// forbids it in this crate. A child would not adopt the sockets anyway:
+/// `LISTEN_PID` names this process, and the descriptors are made
+/// close-on-exec. Code that spawns processes should still clear the three
+/// variables on the `Command` (`env_remove`).
+///
+/// Stricter than `listenfd` or `sd-listen-fds` on their own: a missing
+/// `LISTEN_PID` means "not for us" (listenfd accepts it), because variables
+/// leaked through an intermediate process would otherwise make us adopt
+/// whatever happens to sit at fd 3; and every descriptor must be open, a TCP
+/// socket and listening before it is used.
 pub fn listen_fds() -> Result<Vec<InheritedListener>, SystemdError> {
     let plan = parse_listen_env(
         std::env::var_os(LISTEN_PID).as_deref(),
         std::env::var_os(LISTEN_FDS).as_deref(),
         std::env::var_os(LISTEN_FDNAMES).as_deref(),
         std::process::id(),
-    );
-    let names = match plan {
-        Ok(Some(names)) => names,
-        other => {
-            remove_listen_env();
-            return other.map(|_| Vec::new());
-        }
+    )?;
+    let Some(names) = plan else {
+        return Ok(Vec::new());
     };
-    // listenfd reads the same variables; ours were validated above, and its
-    // private first-fd override must not move us off fd 3.
-    std::env::remove_var(LISTEN_FDS_FIRST_FD);
-    let mut fds = listenfd::ListenFd::from_env();
-    remove_listen_env();
-    take_listeners(&mut fds, names)
-}
-
-fn remove_listen_env() {
-    for var in [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES] {
-        std::env::remove_var(var);
-    }
-}
-
-fn take_listeners(
-    fds: &mut listenfd::ListenFd,
-    names: Vec<Option<String>>,
-) -> Result<Vec<InheritedListener>, SystemdError> {
-    let mut out = Vec::with_capacity(names.len());
-    for (index, name) in names.into_iter().enumerate() {
-        let fd = LISTEN_FDS_START + index as i32;
-        let shown = || name.clone().unwrap_or_else(|| "(none)".to_owned());
-        let not_tcp = |source: io::Error| SystemdError::NotTcpListener {
-            index,
-            fd,
-            name: shown(),
-            source,
-        };
-        // listenfd checks fstat + SO_TYPE + family and sets FD_CLOEXEC.
-        let listener = match fds.take_tcp_listener(index) {
-            Ok(Some(listener)) => listener,
-            Ok(None) => {
-                return Err(not_tcp(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "descriptor missing from LISTEN_FDS",
-                )))
-            }
-            Err(e) => return Err(not_tcp(e)),
-        };
-        // An Accept=yes socket unit passes a connected stream, which passes
-        // the type checks above but cannot accept().
-        match socket2::SockRef::from(&listener).is_listener() {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(not_tcp(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "socket is not listening (Accept=yes passes connections, not listeners)",
-                )))
-            }
-            Err(e) => return Err(not_tcp(e)),
-        }
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| SystemdError::NonBlocking {
+    // Before anything owns a descriptor: owning (and so, on error, closing)
+    // a number that is not open, or that is some other part of this
+    // process's file, would close a descriptor that is not ours.
+    for (index, name) in names.iter().enumerate() {
+        let fd = fd_of(index);
+        if let Err(why) = looks_like_socket(fd) {
+            return Err(SystemdError::NotTcpListener {
                 index,
-                fd: listener.as_raw_fd(),
-                name: shown(),
-                source,
-            })?;
-        out.push(InheritedListener { name, listener });
+                fd,
+                name: shown(name),
+                source: io::Error::new(io::ErrorKind::InvalidInput, why),
+            });
+        }
     }
-    Ok(out)
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if TAKEN.swap(true, Ordering::SeqCst) {
+        return Err(SystemdError::AlreadyTaken);
+    }
+    // sd-listen-fds re-reads LISTEN_PID and LISTEN_FDS, which we validated
+    // above and nobody edits; a disagreement would be a bug, reported, not
+    // guessed around.
+    let fds = sd_listen_fds::get().map_err(|e| SystemdError::Adopt(e.to_string()))?;
+    if fds.len() != names.len() {
+        return Err(SystemdError::Adopt(format!(
+            "{} descriptors adopted, {} expected",
+            fds.len(),
+            names.len()
+        )));
+    }
+    names
+        .into_iter()
+        .zip(fds)
+        .enumerate()
+        .map(|(index, (name, (_, fd)))| inherited_listener(index, name, fd.into_std()))
+        .collect()
+}
+
+/// The descriptor number of the `index`th socket (index < MAX_LISTEN_FDS).
+fn fd_of(index: usize) -> i32 {
+    LISTEN_FDS_START.saturating_add(i32::try_from(index).unwrap_or(i32::MAX))
+}
+
+fn shown(name: &Option<String>) -> String {
+    name.clone().unwrap_or_else(|| "(none)".to_owned())
+}
+
+/// Checks, without owning it, that descriptor `fd` of this process is open
+/// and a socket, as /proc/self/fd shows it (`socket:[inode]`). Without /proc
+/// nothing can be told, and the checks on the owned socket have to do.
+fn looks_like_socket(fd: i32) -> Result<(), String> {
+    let dir = Path::new("/proc/self/fd");
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    match std::fs::read_link(dir.join(fd.to_string())) {
+        Ok(target) if target.as_os_str().as_bytes().starts_with(b"socket:") => Ok(()),
+        Ok(target) => Err(format!("not a socket but {}", target.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err("descriptor not open although LISTEN_FDS counts it".to_owned())
+        }
+        Err(e) => Err(format!("cannot inspect the descriptor: {e}")),
+    }
+}
+
+/// Checks that `fd` is a listening TCP socket and readies it for tokio.
+fn inherited_listener(
+    index: usize,
+    name: Option<String>,
+    fd: OwnedFd,
+) -> Result<InheritedListener, SystemdError> {
+    let raw = fd.as_raw_fd();
+    let not_tcp = |source: io::Error| SystemdError::NotTcpListener {
+        index,
+        fd: raw,
+        name: shown(&name),
+        source,
+    };
+    let refused = |why: &str| not_tcp(io::Error::new(io::ErrorKind::InvalidInput, why));
+    let sock = socket2::SockRef::from(&fd);
+    // SO_TYPE fails with ENOTSOCK on anything but a socket.
+    if sock.r#type().map_err(not_tcp)? != socket2::Type::STREAM {
+        return Err(refused("not a stream socket"));
+    }
+    if sock.local_addr().map_err(not_tcp)?.as_socket().is_none() {
+        return Err(refused("not an IPv4 or IPv6 socket"));
+    }
+    // An Accept=yes socket unit passes a connected stream, which passes the
+    // checks above but cannot accept().
+    if !sock.is_listener().map_err(not_tcp)? {
+        return Err(refused(
+            "socket is not listening (Accept=yes passes connections, not listeners)",
+        ));
+    }
+    sock.set_cloexec(true).map_err(not_tcp)?;
+    let listener = TcpListener::from(fd);
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| SystemdError::NonBlocking {
+            index,
+            fd: raw,
+            name: shown(&name),
+            source,
+        })?;
+    Ok(InheritedListener { name, listener })
 }
 
 /// Interprets the socket-activation variables for process `our_pid`.

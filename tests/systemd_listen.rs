@@ -53,8 +53,8 @@ fn named_tcp_listeners_are_handed_over_ready_for_tokio() {
     assert_eq!(summary["listeners"], json!(2));
     assert_eq!(
         summary["env_left"],
-        json!([]),
-        "children must not inherit LISTEN_*"
+        json!(["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"]),
+        "the environment is read, never edited"
     );
     // No NOTIFY_SOCKET: notify() says so instead of failing.
     assert_eq!(summary["notified"], json!(false));
@@ -91,6 +91,26 @@ fn unix_socket_is_refused_naming_index_fd_and_name() {
 }
 
 #[test]
+fn a_counted_descriptor_that_is_not_a_passed_socket_is_an_error() {
+    // LISTEN_FDS claims fd 4 as well, which nobody passed (in the probe it is
+    // the output file): refused before anything takes ownership of it, or
+    // closing it on the error path would pull the file from under the probe.
+    let Some((run, _)) = run_activated(
+        &[Spec::Tcp],
+        None,
+        &[("LISTEN_FDS", "2"), ("LISTEN_FDNAMES", "public:ghost")],
+        0,
+    ) else {
+        return;
+    };
+    assert_eq!(run.status.code(), Some(2), "{run:?}");
+    let err = run.error.expect("an error line");
+    for needle in ["fd 4", "index 1", "name ghost", "not a socket"] {
+        assert!(err.contains(needle), "{needle:?} missing from {err:?}");
+    }
+}
+
+#[test]
 fn sockets_for_another_pid_are_left_alone() {
     // systemd-socket-activate opens a real fd 3, but LISTEN_PID names pid 1.
     let Some((run, _)) = run_activated(&[Spec::Tcp], Some("public"), &[("LISTEN_PID", "1")], 0)
@@ -108,7 +128,11 @@ fn sockets_for_another_pid_are_left_alone() {
         json!(true),
         "fd 3 is not ours to close"
     );
-    assert_eq!(summary["env_left"], json!([]), "{summary}");
+    assert_eq!(
+        summary["env_left"],
+        json!(["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"]),
+        "{summary}"
+    );
 }
 
 #[test]
@@ -122,11 +146,15 @@ fn listen_fds_without_listen_pid_takes_nothing() {
     assert!(run.status.success(), "{run:?}");
     let summary = run.summary.expect("summary line");
     assert_eq!(summary["listeners"], json!(0), "{summary}");
-    assert_eq!(summary["env_left"], json!([]), "{summary}");
+    assert_eq!(
+        summary["env_left"],
+        json!(["LISTEN_FDS", "LISTEN_FDNAMES"]),
+        "{summary}"
+    );
 }
 
 #[test]
-fn malformed_listen_env_is_an_error_and_still_unset() {
+fn malformed_listen_env_is_an_error_and_left_untouched() {
     let run = run_direct(
         &[("LISTEN_PID", "not-a-pid"), ("LISTEN_FDS", "1")],
         &["NOTIFY_SOCKET"],
@@ -136,8 +164,8 @@ fn malformed_listen_env_is_an_error_and_still_unset() {
     assert!(err.contains("LISTEN_PID=\"not-a-pid\""), "{err}");
     assert_eq!(
         run.error_env_left,
-        Some(json!([])),
-        "unset on the error path too"
+        Some(json!(["LISTEN_PID", "LISTEN_FDS"])),
+        "read, never edited, on the error path too"
     );
 }
 

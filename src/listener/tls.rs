@@ -2,11 +2,11 @@
 
 use crate::config::TlsConfig;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, StoresServerSessions};
 use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -48,30 +48,52 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// Load a PEM chain and its key, and check that they belong together.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
-    let cert_pem = read(cert)?;
-    let chain: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut BufReader::new(&cert_pem[..]))
-            .collect::<Result<_, _>>()
-            .map_err(|e| TlsError::Pem {
-                path: cert.to_path_buf(),
-                detail: e.to_string(),
-            })?;
+    let chain = parse_chain(&read(cert)?, cert)?;
+    let key_der = parse_key(&read(key)?, key)?;
+    certified_key_from_der(chain, key_der, cert, key)
+}
+
+/// Every `CERTIFICATE` section of `pem`, in order; other sections are skipped.
+fn parse_chain(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, &e))?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate {
-            path: cert.to_path_buf(),
+            path: path.to_path_buf(),
         });
     }
-    let key_pem = read(key)?;
-    let key_der: PrivateKeyDer<'static> =
-        rustls_pemfile::private_key(&mut BufReader::new(&key_pem[..]))
-            .map_err(|e| TlsError::Pem {
-                path: key.to_path_buf(),
-                detail: e.to_string(),
-            })?
-            .ok_or_else(|| TlsError::NoKey {
-                path: key.to_path_buf(),
-            })?;
-    certified_key_from_der(chain, key_der, cert, key)
+    Ok(chain)
+}
+
+/// The first private key of `pem`: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+fn parse_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsError::NoKey {
+            path: path.to_path_buf(),
+        },
+        e => pem_error(path, &e),
+    })
+}
+
+/// A PEM syntax error naming the file, with the markers shown as text (the
+/// pki-types error prints them as byte arrays).
+fn pem_error(path: &Path, e: &pem::Error) -> TlsError {
+    let detail = match e {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "section not closed: \"-----END {}-----\" missing",
+            String::from_utf8_lossy(end_marker)
+        ),
+        pem::Error::IllegalSectionStart { line } => format!(
+            "illegal section start: {:?}",
+            String::from_utf8_lossy(line)
+        ),
+        other => other.to_string(),
+    };
+    TlsError::Pem {
+        path: path.to_path_buf(),
+        detail,
+    }
 }
 
 pub(crate) fn certified_key_from_der(
@@ -209,4 +231,139 @@ pub fn self_signed(names: &[&str]) -> Result<(String, String), TlsError> {
     let ck =
         rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Setup(e.to_string()))?;
     Ok((ck.cert.pem(), ck.key_pair.serialize_pem()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Files {
+        _dir: tempfile::TempDir,
+        cert: PathBuf,
+        key: PathBuf,
+    }
+
+    fn files(cert: &str, key: &str) -> Files {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (c, k) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&c, cert).expect("write cert");
+        std::fs::write(&k, key).expect("write key");
+        Files {
+            _dir: dir,
+            cert: c,
+            key: k,
+        }
+    }
+
+    fn load(f: &Files) -> Result<Arc<CertifiedKey>, TlsError> {
+        load_certified_key(&f.cert, &f.key)
+    }
+
+    fn pair() -> (String, String) {
+        self_signed(&["localhost"]).expect("self-signed pair")
+    }
+
+    #[test]
+    fn a_matching_pair_loads() {
+        let (cert, key) = pair();
+        let f = files(&cert, &key);
+        assert_eq!(load(&f).expect("loads").cert.len(), 1);
+    }
+
+    #[test]
+    fn other_sections_around_the_pem_items_are_skipped() {
+        let (cert, key) = pair();
+        let f = files(
+            &format!("leading text\n{key}{cert}trailing text\n"),
+            &format!("{cert}{key}"),
+        );
+        assert_eq!(load(&f).expect("loads").cert.len(), 1);
+    }
+
+    #[test]
+    fn an_unclosed_section_is_an_error_naming_the_file_and_marker() {
+        let (cert, key) = pair();
+        let cut = &cert[..cert.find("-----END").expect("END marker")];
+        let f = files(cut, &key);
+        let err = load(&f).expect_err("unclosed certificate");
+        assert!(matches!(err, TlsError::Pem { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains(&f.cert.display().to_string()), "{msg}");
+        assert!(msg.contains("-----END CERTIFICATE-----"), "{msg}");
+
+        let cut = &key[..key.find("-----END").expect("END marker")];
+        let f = files(&cert, cut);
+        let err = load(&f).expect_err("unclosed key");
+        assert!(matches!(err, TlsError::Pem { .. }), "{err:?}");
+        assert!(err.to_string().contains(&f.key.display().to_string()));
+    }
+
+    #[test]
+    fn bad_base64_is_an_error_naming_the_file() {
+        let (_, key) = pair();
+        let f = files(
+            "-----BEGIN CERTIFICATE-----\n!!!not base64!!!\n-----END CERTIFICATE-----\n",
+            &key,
+        );
+        let err = load(&f).expect_err("bad base64");
+        assert!(matches!(err, TlsError::Pem { .. }), "{err:?}");
+        assert!(err.to_string().contains(&f.cert.display().to_string()));
+    }
+
+    #[test]
+    fn missing_items_name_the_file() {
+        let (cert, key) = pair();
+        let f = files(&key, &key);
+        let err = load(&f).expect_err("no certificate");
+        assert!(matches!(err, TlsError::NoCertificate { .. }), "{err:?}");
+        assert!(err.to_string().contains(&f.cert.display().to_string()));
+
+        let f = files(&cert, &cert);
+        let err = load(&f).expect_err("no key");
+        assert!(matches!(err, TlsError::NoKey { .. }), "{err:?}");
+        assert!(err.to_string().contains(&f.key.display().to_string()));
+
+        let f = files("", "");
+        assert!(matches!(load(&f), Err(TlsError::NoCertificate { .. })));
+    }
+
+    #[test]
+    fn garbage_der_is_an_error_not_a_panic() {
+        let (cert, key) = pair();
+        // Valid PEM and base64 around DER that is not a key.
+        let junk_key = "-----BEGIN PRIVATE KEY-----\nAAECAwQFBgcICQ==\n-----END PRIVATE KEY-----\n";
+        let f = files(&cert, junk_key);
+        let err = load(&f).expect_err("junk key");
+        assert!(matches!(err, TlsError::BadKey { .. }), "{err:?}");
+        assert!(err.to_string().contains(&f.key.display().to_string()));
+
+        let junk_cert = "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n";
+        let f = files(junk_cert, &key);
+        // rustls may not be able to tell (then the handshake fails later), but
+        // never panics.
+        if let Err(err) = load(&f) {
+            assert!(
+                err.to_string().contains(&f.cert.display().to_string()),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_a_mismatch() {
+        let (cert, _) = pair();
+        let (_, other_key) = pair();
+        let f = files(&cert, &other_key);
+        let err = load(&f).expect_err("mismatch");
+        assert!(matches!(err, TlsError::Mismatch { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn an_unreadable_file_is_named() {
+        let f = files("", "");
+        let missing = f.cert.with_file_name("absent.pem");
+        let err = load_certified_key(&missing, &f.key).expect_err("absent");
+        assert!(matches!(err, TlsError::Read { .. }), "{err:?}");
+        assert!(err.to_string().contains("absent.pem"), "{err}");
+    }
 }
