@@ -1,5 +1,6 @@
 //! A table of broken configs, each with the message a user must see.
 
+use crate::support::process::bin;
 use herdgate::config::Config;
 use std::path::Path;
 
@@ -148,7 +149,7 @@ fn check_command_prints_ok_or_errors() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(&good, GOOD).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herdgate"))
+    let out = std::process::Command::new(bin())
         .args(["check", "--config"])
         .arg(&good)
         .output()
@@ -158,7 +159,7 @@ fn check_command_prints_ok_or_errors() {
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, GOOD.replace("pool = \"chat\"", "pool = \"x\"")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herdgate"))
+    let out = std::process::Command::new(bin())
         .args(["check", "--config"])
         .arg(&bad)
         .output()
