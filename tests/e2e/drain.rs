@@ -13,7 +13,7 @@ use crate::support::ws::{
     close_payload, raw_ws_client, read_frame, retry_after_ms, ws_connect_url,
 };
 use crate::support::{eventually, eventually_within, within, DEADLINE};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -73,6 +73,17 @@ async fn admin_post(admin: std::net::SocketAddr, path: &str, auth: Option<&str>)
         "POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     http_raw(admin, req.as_bytes()).await.0
+}
+
+/// Set when dropped: ends a sampler thread when the test ends, however it ends (the
+/// runtime's shutdown waits for its blocking tasks).
+#[derive(Default)]
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Open `n` streaming tunnels to node a, drain a with `trigger`, check everything.
@@ -181,20 +192,24 @@ async fn drain_scenario(trigger: Trigger, n: usize) {
     }
 
     // While the funnel runs, a sampler reads, at the same moment, how many closes the
-    // clients have seen and the funnel's own count (herdgate_drain_closed_total).
+    // clients have seen and the funnel's own count (herdgate_drain_closed_total). It
+    // samples on a thread of its own: on the runtime's two workers, busy with a thousand
+    // clients, it got too few turns on a loaded machine to see the funnel's steps.
     let drained = |text: &str| metric(text, "herdgate_drain_closed_total", &["node=\"a\""]);
+    let stop_sampler = StopOnDrop::default();
     let sampler = {
         let (fleet, handle) = (fleet.clone(), proxy.handle.clone());
-        tokio::spawn(async move {
+        let stop = stop_sampler.0.clone();
+        tokio::task::spawn_blocking(move || {
             let mut samples: Vec<(usize, u64)> = Vec::new();
             loop {
                 let seen = fleet.closes.load(Ordering::Relaxed);
                 let text = handle.render_metrics();
                 samples.push((seen, drained(&text) as u64));
-                if seen >= n {
+                if seen >= n || stop.load(Ordering::Relaxed) {
                     return (samples, std::time::Instant::now());
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                std::thread::sleep(Duration::from_millis(20));
             }
         })
     };
