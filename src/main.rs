@@ -135,7 +135,9 @@ fn reload(pidfile: &std::path::Path) -> ExitCode {
         Err(e) => {
             let why = match e {
                 rustix::io::Errno::SRCH => "no such process (stale pid file?)".to_owned(),
-                rustix::io::Errno::PERM => "not permitted (run as the same user or root)".to_owned(),
+                rustix::io::Errno::PERM => {
+                    "not permitted (run as the same user or root)".to_owned()
+                }
                 e => e.to_string(),
             };
             eprintln!(

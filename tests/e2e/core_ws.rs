@@ -2,18 +2,15 @@
 //! ping/pong, close handshakes, subprotocols, extensions (permessage-deflate end to end
 //! with Python's `websockets` when it is installed), a refused upgrade passed through,
 //! either side going away, and many tunnels at once.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-mod support_core;
-
+use crate::support::http1::Reader;
+use crate::support::nodes::echo_nodes;
+use crate::support::proxy::{basic_toml, fast_pool, parse, start, Proxy};
+use crate::support::ws::{echo_text, ws_connect, ws_connect_with, Ws};
+use crate::support::{eventually, within};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use support::{basic_toml, echo_nodes, parse, start, within, Proxy};
-use support_core::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -226,7 +223,7 @@ async fn close_code_and_reason_cross_both_ways() {
         other => panic!("{other:?}"),
     }
     let stats = nodes[0].stats.clone();
-    eventually("echo node logged the close", || {
+    eventually("echo node logged the close", || async {
         stats.closes.lock().unwrap().as_slice() == [1000]
     })
     .await;
@@ -558,7 +555,7 @@ async fn node_death_ends_the_client_stream() {
     }
     // The client closes its end on EOF, as any client does; the tunnel is then gone.
     drop(ws);
-    eventually("tunnel gone from the registry", || {
+    eventually("tunnel gone from the registry", || async {
         proxy.handle.tunnels() == 0
     })
     .await;
@@ -589,7 +586,10 @@ async fn node_death_ends_the_client_stream() {
     drop(node_tcp);
     let rest = within(rd.rest()).await;
     assert!(rest.is_empty(), "nothing after the reset: {rest:?}");
-    eventually("reset tunnel gone", || proxy.handle.tunnels() == 0).await;
+    eventually("reset tunnel gone", || async {
+        proxy.handle.tunnels() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -603,18 +603,18 @@ async fn client_drop_ends_the_node_connection() {
     assert_eq!(proxy.handle.tunnels(), 1);
     // Drop the TCP connection without a close frame.
     drop(ws);
-    eventually("node saw its connection end", || {
+    eventually("node saw its connection end", || async {
         stats.open.load(std::sync::atomic::Ordering::SeqCst) == 0
     })
     .await;
-    eventually("tunnel gone from the registry", || {
+    eventually("tunnel gone from the registry", || async {
         proxy.handle.tunnels() == 0
     })
     .await;
     // Reset rather than FIN: same outcome.
     let ws = ws_connect(proxy.addr("plain"), "/").await;
     let tcp = ws.into_inner();
-    eventually("node has it open", || {
+    eventually("node has it open", || async {
         stats.open.load(std::sync::atomic::Ordering::SeqCst) == 1
     })
     .await;
@@ -622,7 +622,7 @@ async fn client_drop_ends_the_node_connection() {
         .set_linger(Some(std::time::Duration::ZERO))
         .unwrap();
     drop(tcp);
-    eventually("node saw the reset connection end", || {
+    eventually("node saw the reset connection end", || async {
         stats.open.load(std::sync::atomic::Ordering::SeqCst) == 0
     })
     .await;

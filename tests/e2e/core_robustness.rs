@@ -1,37 +1,36 @@
 //! Robustness over real sockets: silent and slow clients dropped at the one handshake
 //! deadline (plain and TLS), the connection cap, abusive input on both listeners while
 //! other clients' tunnels keep working, and the admin endpoints.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-mod support_core;
-
+use crate::support::http1::{http_get, raw_request, Reader};
+use crate::support::metrics::{metric, metric_reaches};
+use crate::support::nodes::echo_nodes;
+use crate::support::proxy::{fast_pool, parse, start, Proxy};
+use crate::support::tls::{cert_toml, certs, tls_client, tls_client_any, tls_connect, Cert};
+use crate::support::within;
+use crate::support::ws::{echo_text, ws_connect, ws_over};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use support::{echo_nodes, metric, parse, start, within, Proxy};
-use support_core::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Plain listener `{tag}` and TLS listener `{tag}-tls`, admin on, `extra` at the top.
-async fn proxy(tag: &str, nodes: &[SocketAddr], extra: &str) -> (Proxy, support::Certs) {
-    let c = support::certs(&["localhost"]);
+/// Plain listener `{tag}` and TLS listener `{tag}-tls`, admin on, `extra` at the top; the
+/// TLS listener's certificate (and the directory that holds it).
+async fn proxy(tag: &str, nodes: &[SocketAddr], extra: &str) -> (Proxy, Cert, tempfile::TempDir) {
+    let (dir, c) = certs(&["localhost"]);
     let toml = format!(
         "{extra}\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
          [[listener]]\nname = \"{tag}\"\nbind = \"127.0.0.1:0\"\n\n\
          [[listener]]\nname = \"{tag}-tls\"\nbind = \"127.0.0.1:0\"\n\
-         [[listener.tls.cert]]\ncert = \"{}\"\nkey = \"{}\"\n\n\
+         {}\n\
          [[route]]\npool = \"{tag}\"\n\n{}",
-        c.cert.display(),
-        c.key.display(),
+        cert_toml(&c),
         fast_pool(tag, nodes)
     );
-    (start(parse(&toml, c.dir.path())).await, c)
+    (start(parse(&toml, dir.path())).await, c, dir)
 }
 
 /// Read until the peer closes; true when it closed (EOF or reset), with what came first.
@@ -53,7 +52,7 @@ fn label(l: &str) -> String {
 #[tokio::test]
 async fn silent_client_dropped_at_the_handshake_deadline() {
     let nodes = echo_nodes(1).await;
-    let (p, _c) = proxy(
+    let (p, c, _dir) = proxy(
         "silent",
         &[nodes[0].addr],
         "[timeouts]\nhandshake = \"300ms\"\n",
@@ -95,7 +94,7 @@ async fn silent_client_dropped_at_the_handshake_deadline() {
     );
 
     // TLS handshake done, then no request: the rest of the same deadline applies.
-    let cfg = Arc::new(tls_client(rustls::ALL_VERSIONS, &_c.cert_der));
+    let cfg = Arc::new(tls_client(rustls::ALL_VERSIONS, &[&c.der]));
     let mut tls = tls_connect(p.addr("silent-tls"), cfg, "localhost").await;
     let got = read_until_closed(&mut tls).await;
     assert!(got.is_empty(), "{got:?}");
@@ -108,7 +107,7 @@ async fn silent_client_dropped_at_the_handshake_deadline() {
 #[tokio::test]
 async fn half_a_header_then_stall_is_dropped() {
     let nodes = echo_nodes(1).await;
-    let (p, _c) = proxy(
+    let (p, _c, _dir) = proxy(
         "stall",
         &[nodes[0].addr],
         "[timeouts]\nhandshake = \"300ms\"\n",
@@ -162,7 +161,7 @@ async fn half_a_header_then_stall_is_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_is_enforced() {
     let nodes = echo_nodes(1).await;
-    let (p, _c) = proxy("cap", &[nodes[0].addr], "[limits]\nmax_connections = 2\n").await;
+    let (p, _c, _dir) = proxy("cap", &[nodes[0].addr], "[limits]\nmax_connections = 2\n").await;
     let addr = p.addr("cap");
     let mut ws1 = ws_connect(addr, "/one").await;
     let mut ws2 = ws_connect(addr, "/two").await;
@@ -264,7 +263,7 @@ fn worker_panics() -> &'static Mutex<Vec<String>> {
 }
 
 fn client_hello() -> Vec<u8> {
-    let cfg = Arc::new(tls_client_any());
+    let cfg = Arc::new(tls_client_any(rustls::DEFAULT_VERSIONS));
     let mut c = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
     let mut out = Vec::new();
     c.write_tls(&mut out).unwrap();
@@ -288,12 +287,12 @@ fn junk(n: usize, seed: u64) -> Vec<u8> {
 async fn abuse_does_not_hurt_other_clients() {
     worker_panics();
     let nodes = echo_nodes(1).await;
-    let (p, c) = proxy("abuse", &[nodes[0].addr], "").await;
+    let (p, c, _dir) = proxy("abuse", &[nodes[0].addr], "").await;
     let plain = p.addr("abuse");
     let tls_addr = p.addr("abuse-tls");
     // Tunnels open throughout, one plain and one TLS.
     let mut ws = ws_connect(plain, "/steady").await;
-    let cfg = Arc::new(tls_client(rustls::ALL_VERSIONS, &c.cert_der));
+    let cfg = Arc::new(tls_client(rustls::ALL_VERSIONS, &[&c.der]));
     let tls = tls_connect(tls_addr, cfg.clone(), "localhost").await;
     let (mut wss, _) = ws_over(tls, "wss://localhost/steady", &[]).await;
 
@@ -380,9 +379,9 @@ async fn abuse_does_not_hurt_other_clients() {
 #[tokio::test]
 async fn healthz_and_metrics() {
     let nodes = echo_nodes(1).await;
-    let (p, c) = proxy("obs", &[nodes[0].addr], "").await;
+    let (p, c, _dir) = proxy("obs", &[nodes[0].addr], "").await;
     let admin = p.admin.unwrap();
-    let (status, body) = support::http_get(admin, "/healthz").await;
+    let (status, body) = http_get(admin, "/healthz").await;
     assert_eq!(status, 200);
     assert_eq!(body.trim(), "ok");
 
@@ -401,7 +400,7 @@ async fn healthz_and_metrics() {
     let mut s = within(TcpStream::connect(p.addr("obs-tls"))).await.unwrap();
     s.write_all(&junk(512, 9)).await.unwrap();
     read_until_closed(&mut s).await;
-    let cfg = Arc::new(tls_client(rustls::ALL_VERSIONS, &c.cert_der));
+    let cfg = Arc::new(tls_client(rustls::ALL_VERSIONS, &[&c.der]));
     let tls = tls_connect(p.addr("obs-tls"), cfg, "localhost").await;
     let (mut wss, _) = ws_over(tls, "wss://localhost/", &[]).await;
     echo_text(&mut wss, "tls too").await;

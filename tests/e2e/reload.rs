@@ -3,22 +3,25 @@
 //! live node state carries over and open tunnels are never touched; a removed node is
 //! drained with 1012; listeners are bound and closed; the real binary reloads on SIGHUP
 //! sent by `herdgate reload --pidfile`.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod gate_support;
-mod support;
-
-use gate_support::*;
+use crate::support::http1::http_get;
+use crate::support::metrics::metric;
+use crate::support::net::free_addr;
+use crate::support::nodes::{land_ws, landed, Fleet};
+use crate::support::process::{bin, Herdgate};
+use crate::support::proxy::{
+    admin_node, admin_nodes, hash_pick, key_for, parse, start, sticky_len, wait_no_tunnels, Proxy,
+};
+use crate::support::tls::{certs, tls_client, try_tls_connect, TlsStream};
+use crate::support::ws::{close_code, echo_text, ws_connect_with, ws_status, ws_try, Ws};
+use crate::support::{eventually, within};
 use herdgate::server::Handle;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use support::{metric, parse, start, within, Proxy};
 
-/// Reload metrics are process-wide. Under `cargo test` (one process for this whole file)
-/// the tests take turns; nextest runs each test in its own process anyway.
+/// Reload metrics are process-wide. Under `cargo test` (one process for every test of
+/// this binary) the reload tests take turns; nextest runs each test in its own process.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const RELOAD_FAILURES: &str = "herdgate_config_reload_failures_total";
@@ -89,13 +92,6 @@ impl Files {
             .await
             .map_err(|e| e.to_string())
     }
-}
-
-fn key_for(h: &Handle, pool: &str, node: &str, prefix: &str) -> String {
-    (0..)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|k| hash_pick(h, pool, k) == node)
-        .unwrap()
 }
 
 async fn metrics(p: &Proxy) -> String {
@@ -326,8 +322,8 @@ async fn live_node_state_carries_over_for_unchanged_nodes() {
     files.reload(h, &c.text()).await.unwrap();
     let s1b = fleet.index("s1b");
     let (got, _) = landed(&fleet, || async {
-        let (mut w, _) = ws(addr, "/slow", &[]).await;
-        echo(&mut w, "fresh bucket").await;
+        let (mut w, _) = ws_connect_with(addr, "/slow", &[]).await;
+        echo_text(&mut w, "fresh bucket").await;
     })
     .await;
     assert_eq!(got, s1b);
@@ -344,8 +340,8 @@ async fn open_tunnels_are_never_touched() {
     let (addr, h) = (proxy.addr("plain"), &proxy.handle);
     let mut open = Vec::new();
     for i in 0..10 {
-        let (mut w, _) = ws(addr, "/", &[("x-session", &format!("t{i}"))]).await;
-        echo(&mut w, "before").await;
+        let (mut w, _) = ws_connect_with(addr, "/", &[("x-session", &format!("t{i}"))]).await;
+        echo_text(&mut w, "before").await;
         open.push(w);
     }
     // The route they came in by is gone, sticky and rates changed, timeouts shortened.
@@ -359,7 +355,7 @@ async fn open_tunnels_are_never_touched() {
         let text = if round % 2 == 0 { b.text() } else { a.text() };
         files.reload(h, &text).await.unwrap();
         for (i, w) in open.iter_mut().enumerate() {
-            echo(w, &format!("tunnel {i} after reload {round}")).await;
+            echo_text(w, &format!("tunnel {i} after reload {round}")).await;
         }
         assert_eq!(h.tunnels(), 10);
     }
@@ -370,7 +366,7 @@ async fn open_tunnels_are_never_touched() {
         "the new routes are in force"
     );
     for w in &mut open {
-        echo(w, "still here").await;
+        echo_text(w, "still here").await;
     }
     let closes: usize = fleet
         .nodes
@@ -399,8 +395,8 @@ async fn a_removed_node_is_drained_with_1012() {
     for (n, name) in ["n1", "n2"].iter().enumerate() {
         for i in 0..3 {
             let k = key_for(h, "p", name, &format!("t{i}"));
-            let (mut w, _) = ws(addr, "/", &[("x-session", &k)]).await;
-            echo(&mut w, "hi").await;
+            let (mut w, _) = ws_connect_with(addr, "/", &[("x-session", &k)]).await;
+            echo_text(&mut w, "hi").await;
             on[n].push(w);
         }
     }
@@ -419,7 +415,7 @@ async fn a_removed_node_is_drained_with_1012() {
         // Close handshake done and the proxy's FIN seen: a client closes its socket.
     }
     for w in &mut on[0] {
-        echo(w, "unaffected").await;
+        echo_text(w, "unaffected").await;
     }
     eventually("n2's tunnels ended", || async { h.tunnels() == 3 }).await;
     drop(on);
@@ -435,16 +431,16 @@ async fn listeners_are_bound_and_closed() {
     let a = Cfg::new("[[route]]\npool = \"p\"\n", &pool("p", &fleet, &[0], ""));
     let proxy = files.start(&a).await;
     let (plain, h) = (proxy.addr("plain"), &proxy.handle);
-    let extra = free_port();
+    let extra = free_addr();
 
     let mut b = a.clone();
     b.listeners += &format!("[[listener]]\nname = \"extra\"\nbind = \"{extra}\"\n");
     files.reload(h, &b.text()).await.unwrap();
     assert_eq!(h.listener_addrs().get("extra"), Some(&extra));
-    let (mut via_extra, _) = ws(extra, "/", &[]).await;
-    echo(&mut via_extra, "new listener").await;
-    let (mut via_plain, _) = ws(plain, "/", &[]).await;
-    echo(&mut via_plain, "old listener").await;
+    let (mut via_extra, _) = ws_connect_with(extra, "/", &[]).await;
+    echo_text(&mut via_extra, "new listener").await;
+    let (mut via_plain, _) = ws_connect_with(plain, "/", &[]).await;
+    echo_text(&mut via_plain, "old listener").await;
 
     // Drop "plain": its port refuses connections; its open tunnel stays.
     let mut c = b.clone();
@@ -455,47 +451,27 @@ async fn listeners_are_bound_and_closed() {
     })
     .await;
     assert!(!h.listener_addrs().contains_key("plain"));
-    echo(&mut via_plain, "tunnel outlives its listener").await;
-    echo(&mut via_extra, "still").await;
-    let (mut again, _) = ws(extra, "/", &[]).await;
-    echo(&mut again, "extra serves").await;
+    echo_text(&mut via_plain, "tunnel outlives its listener").await;
+    echo_text(&mut via_extra, "still").await;
+    let (mut again, _) = ws_connect_with(extra, "/", &[]).await;
+    echo_text(&mut again, "extra serves").await;
     drop((via_plain, via_extra, again));
     wait_no_tunnels(h).await;
     proxy.shutdown().await;
 }
 
-fn tls_client(roots: &[&[u8]]) -> tokio_rustls::TlsConnector {
-    let mut store = rustls::RootCertStore::empty();
-    for der in roots {
-        store
-            .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
-            .unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(store)
-    .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+/// A client that trusts `roots`, for [`tls_cert`].
+fn tls_trusting(roots: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    Arc::new(tls_client(rustls::DEFAULT_VERSIONS, roots))
 }
 
 /// TLS handshake with `sni`: the certificate the server presented, or the error.
 async fn tls_cert(
-    c: &tokio_rustls::TlsConnector,
+    c: &Arc<rustls::ClientConfig>,
     addr: SocketAddr,
     sni: &str,
-) -> Result<
-    (
-        Vec<u8>,
-        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-    ),
-    String,
-> {
-    let tcp = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
-    let s = within(c.connect(name, tcp))
+) -> Result<(Vec<u8>, TlsStream), String> {
+    let s = try_tls_connect(addr, c.clone(), sni)
         .await
         .map_err(|e| e.to_string())?;
     let der = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
@@ -518,19 +494,16 @@ fn tls_listener(certs: &[(&Path, &Path, &str)]) -> String {
 async fn tls_certificates_and_the_sni_set_swap() {
     let _turn = TURN.lock().await;
     let fleet = Fleet::start(&["n1"]).await;
-    let ca = support::certs(&["a.test"]);
-    let cb = support::certs(&["b.test"]);
+    let (_dir_a, ca) = certs(&["a.test"]);
+    let (_dir_b, cb) = certs(&["b.test"]);
     let files = Files::new();
     let mut a = Cfg::new("[[route]]\npool = \"p\"\n", &pool("p", &fleet, &[0], ""));
     a.listeners = tls_listener(&[(&ca.cert, &ca.key, "a.test")]);
     let proxy = files.start(&a).await;
     let (addr, h) = (proxy.addr("tls"), &proxy.handle);
-    let client = tls_client(&[&ca.cert_der, &cb.cert_der]);
+    let client = tls_trusting(&[&ca.der, &cb.der]);
 
-    assert_eq!(
-        tls_cert(&client, addr, "a.test").await.unwrap().0,
-        ca.cert_der
-    );
+    assert_eq!(tls_cert(&client, addr, "a.test").await.unwrap().0, ca.der);
     // b.test is not served yet: the default (a.test) certificate does not match it.
     let err = tls_cert(&client, addr, "b.test").await.unwrap_err();
     assert!(
@@ -543,7 +516,7 @@ async fn tls_certificates_and_the_sni_set_swap() {
     files.reload(h, &b.text()).await.unwrap();
     // The very next handshake sees the new SNI set.
     let (der, tls) = tls_cert(&client, addr, "b.test").await.unwrap();
-    assert_eq!(der, cb.cert_der);
+    assert_eq!(der, cb.der);
     let (mut w, _) = within(tokio_tungstenite::client_async("wss://b.test/", tls))
         .await
         .unwrap();
@@ -558,14 +531,11 @@ async fn tls_certificates_and_the_sni_set_swap() {
         .unwrap()
         .unwrap();
     assert_eq!(echoed.into_text().unwrap().as_str(), "over tls");
-    assert_eq!(
-        tls_cert(&client, addr, "a.test").await.unwrap().0,
-        ca.cert_der
-    );
+    assert_eq!(tls_cert(&client, addr, "a.test").await.unwrap().0, ca.der);
 
     // And removed again (a fresh client: a resumed session would skip the certificate).
     files.reload(h, &a.text()).await.unwrap();
-    let fresh = tls_client(&[&ca.cert_der, &cb.cert_der]);
+    let fresh = tls_trusting(&[&ca.der, &cb.der]);
     assert!(tls_cert(&fresh, addr, "b.test").await.is_err());
     echo_tls(&mut w).await;
     drop(w);
@@ -636,27 +606,16 @@ async fn a_failed_reload_leaves_no_trace() {
     proxy.shutdown().await;
 }
 
-/// A child process killed when the test ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn try_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     tokio::net::TcpStream::connect(addr).await.ok()?;
-    Some(support::http_get(addr, path).await)
+    Some(http_get(addr, path).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_reloads_on_sighup_from_herdgate_reload() {
     let _turn = TURN.lock().await;
     let fleet = Fleet::start(&["n1", "n2", "n3"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (admin, listen) = (free_port(), free_port());
+    let (admin, listen) = (free_addr(), free_addr());
     let cfg = |order: &[usize]| {
         format!(
             "[admin]\nbind = \"{admin}\"\n[[listener]]\nname = \"plain\"\nbind = \"{listen}\"\n\
@@ -664,25 +623,10 @@ async fn the_binary_reloads_on_sighup_from_herdgate_reload() {
             pool("p", &fleet, order, "")
         )
     };
-    let path = dir.path().join("herdgate.toml");
-    let pidfile = dir.path().join("herdgate.pid");
-    let log = dir.path().join("herdgate.log");
-    std::fs::write(&path, cfg(&[0, 1])).unwrap();
-    let bin = env!("CARGO_BIN_EXE_herdgate");
-    let _child = Child(
-        std::process::Command::new(bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .arg("--pidfile")
-            .arg(&pidfile)
-            .env("HERDGATE_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let show_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Killed when the test ends, however it ends.
+    let child = Herdgate::start(&cfg(&[0, 1])).await;
+    let (path, pidfile) = (child.config_path(), child.pidfile());
+    let show_log = || child.log();
     eventually("the child serves its admin endpoint", || async {
         try_get(admin, "/healthz")
             .await
@@ -691,7 +635,7 @@ async fn the_binary_reloads_on_sighup_from_herdgate_reload() {
     })
     .await;
     let reload = || {
-        let out = std::process::Command::new(bin)
+        let out = std::process::Command::new(bin())
             .arg("reload")
             .arg("--pidfile")
             .arg(&pidfile)
@@ -718,7 +662,7 @@ async fn the_binary_reloads_on_sighup_from_herdgate_reload() {
         names().await.len() == 3
     })
     .await;
-    let m = support::http_get(admin, "/metrics").await.1;
+    let m = http_get(admin, "/metrics").await.1;
     assert_eq!(metric(&m, LAST_SUCCESS, &[]), 1.0, "{m}");
 
     std::fs::write(
@@ -728,7 +672,7 @@ async fn the_binary_reloads_on_sighup_from_herdgate_reload() {
     .unwrap();
     reload();
     eventually("the failed reload is counted", || async {
-        let m = support::http_get(admin, "/metrics").await.1;
+        let m = http_get(admin, "/metrics").await.1;
         metric(&m, RELOAD_FAILURES, &[]) == 1.0 && metric(&m, LAST_SUCCESS, &[]) == 0.0
     })
     .await;
@@ -747,7 +691,7 @@ async fn the_binary_reloads_on_sighup_from_herdgate_reload() {
         names().await == ["n2", "n3"]
     })
     .await;
-    let m = support::http_get(admin, "/metrics").await.1;
+    let m = http_get(admin, "/metrics").await.1;
     assert_eq!(metric(&m, LAST_SUCCESS, &[]), 1.0);
     assert_eq!(metric(&m, RELOADS, &[]), 2.0);
 }
@@ -851,8 +795,8 @@ async fn reload_under_load() {
     let opened = std::time::Instant::now();
     let socks: Vec<Ws> = futures_util::stream::iter(0..n)
         .map(|i| async move {
-            let (mut w, _) = ws(addr, "/", &[("x-session", &format!("t{i}"))]).await;
-            echo(&mut w, "hello").await;
+            let (mut w, _) = ws_connect_with(addr, "/", &[("x-session", &format!("t{i}"))]).await;
+            echo_text(&mut w, "hello").await;
             w
         })
         .buffer_unordered(64)
@@ -881,7 +825,7 @@ async fn reload_under_load() {
                 let key = format!("fresh-{j}");
                 match ws_try(None, addr, "/", &[("x-session", &key)]).await {
                     Ok((mut w, _)) => {
-                        echo(&mut w, &key).await;
+                        echo_text(&mut w, &key).await;
                         let _ = within(futures_util::SinkExt::close(&mut w)).await;
                         ok.fetch_add(1, Relaxed);
                     }
@@ -977,8 +921,8 @@ async fn lowering_max_connections_holds_once_the_open_ones_end() {
     let (addr, h) = (proxy.addr("plain"), &proxy.handle);
     let mut open = Vec::new();
     for _ in 0..4 {
-        let (mut w, _) = ws(addr, "/", &[]).await;
-        echo(&mut w, "hi").await;
+        let (mut w, _) = ws_connect_with(addr, "/", &[]).await;
+        echo_text(&mut w, "hi").await;
         open.push(w);
     }
     // Lowered to 2 while 4 are open: the cap cannot take back slots in use...
@@ -990,8 +934,8 @@ async fn lowering_max_connections_holds_once_the_open_ones_end() {
     // ...but once they are given back, 2 is the cap.
     let mut two = Vec::new();
     for _ in 0..2 {
-        let (mut w, _) = ws(addr, "/", &[]).await;
-        echo(&mut w, "hi").await;
+        let (mut w, _) = ws_connect_with(addr, "/", &[]).await;
+        echo_text(&mut w, "hi").await;
         two.push(w);
     }
     let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -2,19 +2,20 @@
 //! pool's drain_rate with 1012 and a retry hint, by each of the three triggers; no frame
 //! corrupted, no message lost; a draining node gets no new connection; a 4 MiB message in
 //! flight is delivered whole before the close.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-mod support_drain;
-
-use herdgate_client::{connect_once, Outcome, Target};
-use std::sync::atomic::Ordering;
+use crate::support::client::{connect_once, Outcome, Target};
+use crate::support::http1::http_raw;
+use crate::support::metrics::metric;
+use crate::support::nodes::{big_message_node, big_payload, echo_nodes, BIG};
+use crate::support::proxy::{basic_toml, parse, pool_toml, start};
+use crate::support::stream::{stream_client, StreamFleet, StreamReport, WINDOW};
+use crate::support::ws::{
+    close_payload, raw_ws_client, read_frame, retry_after_ms, ws_connect_url,
+};
+use crate::support::{eventually, eventually_within, within, DEADLINE};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{echo_nodes, metric, parse, within, DEADLINE};
-use support_drain::*;
 use tokio::sync::mpsc;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,7 +72,18 @@ async fn admin_post(admin: std::net::SocketAddr, path: &str, auth: Option<&str>)
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
-    support::http_raw(admin, req.as_bytes()).await.0
+    http_raw(admin, req.as_bytes()).await.0
+}
+
+/// Set when dropped: ends a sampler thread when the test ends, however it ends (the
+/// runtime's shutdown waits for its blocking tasks).
+#[derive(Default)]
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Open `n` streaming tunnels to node a, drain a with `trigger`, check everything.
@@ -87,11 +99,11 @@ async fn drain_scenario(trigger: Trigger, n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("admin.token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    let proxy = support::start(parse(&config(&token, &node_a(a.addr, false)), dir.path())).await;
+    let proxy = start(parse(&config(&token, &node_a(a.addr, false)), dir.path())).await;
     let url = proxy.url("plain", "/stream");
 
     // The fleet: n clients streaming to a (the only node).
-    let fleet = Arc::new(Fleet::default());
+    let fleet = Arc::new(StreamFleet::default());
     let (close_tx, mut close_rx) = mpsc::unbounded_channel();
     *fleet.on_close.lock().unwrap() = Some(close_tx);
     let gate = Arc::new(tokio::sync::Semaphore::new(64));
@@ -104,15 +116,15 @@ async fn drain_scenario(trigger: Trigger, n: usize) {
             stream_client(id, url, PERIOD, fleet, Some(permit)).await
         }));
     }
-    wait_until("every client connected", 3 * DEADLINE, || {
+    eventually_within(3 * DEADLINE, "every client connected", || async {
         fleet.connected.load(Ordering::Relaxed) == n
     })
     .await;
-    wait_until("every tunnel registered", DEADLINE, || {
+    eventually("every tunnel registered", || async {
         proxy.handle.tunnels() == n
     })
     .await;
-    wait_until("every client has had echoes", DEADLINE, || {
+    eventually("every client has had echoes", || async {
         fleet.warm.load(Ordering::Relaxed) == n
     })
     .await;
@@ -180,27 +192,31 @@ async fn drain_scenario(trigger: Trigger, n: usize) {
     }
 
     // While the funnel runs, a sampler reads, at the same moment, how many closes the
-    // clients have seen and the funnel's own count (herdgate_drain_closed_total).
+    // clients have seen and the funnel's own count (herdgate_drain_closed_total). It
+    // samples on a thread of its own: on the runtime's two workers, busy with a thousand
+    // clients, it got too few turns on a loaded machine to see the funnel's steps.
     let drained = |text: &str| metric(text, "herdgate_drain_closed_total", &["node=\"a\""]);
+    let stop_sampler = StopOnDrop::default();
     let sampler = {
         let (fleet, handle) = (fleet.clone(), proxy.handle.clone());
-        tokio::spawn(async move {
+        let stop = stop_sampler.0.clone();
+        tokio::task::spawn_blocking(move || {
             let mut samples: Vec<(usize, u64)> = Vec::new();
             loop {
                 let seen = fleet.closes.load(Ordering::Relaxed);
                 let text = handle.render_metrics();
                 samples.push((seen, drained(&text) as u64));
-                if seen >= n {
+                if seen >= n || stop.load(Ordering::Relaxed) {
                     return (samples, std::time::Instant::now());
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                std::thread::sleep(Duration::from_millis(20));
             }
         })
     };
     // Meanwhile new clients arrive: they must all land on b.
     within(close_rx.recv()).await.expect("a first close");
     let drain_started = std::time::Instant::now();
-    wait_until("20 closes", DEADLINE, || {
+    eventually("20 closes", || async {
         fleet.closes.load(Ordering::Relaxed) >= 20
     })
     .await;
@@ -249,11 +265,11 @@ async fn drain_scenario(trigger: Trigger, n: usize) {
     }
     // Nothing the clients sent was lost on the way to the node, and the node saw a close
     // frame (the client's 1012 reply, passed through) on every tunnel.
-    wait_until("every tunnel ended", DEADLINE, || {
+    eventually("every tunnel ended", || async {
         proxy.handle.tunnels() == newcomers_connected.len()
     })
     .await;
-    wait_until("node a saw every close", DEADLINE, || {
+    eventually("node a saw every close", || async {
         a.stats.closes.lock().unwrap().len() == n
     })
     .await;
@@ -332,13 +348,13 @@ async fn drain_waits_for_the_end_of_a_large_message() {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "{}[[pool]]\nname = \"p\"\ndrain_rate = 200.0\n[[pool.node]]\nname = \"big\"\naddr = \"{node}\"\n",
-        support::basic_toml("p")
+        basic_toml("p")
     );
-    let proxy = support::start(parse(&toml, dir.path())).await;
-    let mut ws = ws_connect(&proxy.url("plain", "/big")).await;
+    let proxy = start(parse(&toml, dir.path())).await;
+    let mut ws = ws_connect_url(&proxy.url("plain", "/big")).await;
     within(first_sent).await.unwrap();
     // The proxy has relayed part of the first fragment: its tracker is inside the message.
-    wait_until("a quarter of the message relayed", DEADLINE, || {
+    eventually("a quarter of the message relayed", || async {
         metric(
             &proxy.handle.render_metrics(),
             "herdgate_tunnel_bytes_total",
@@ -347,7 +363,7 @@ async fn drain_waits_for_the_end_of_a_large_message() {
     })
     .await;
     assert!(proxy.handle.drain_node("p", "big"));
-    wait_until("the funnel commanded the close", DEADLINE, || {
+    eventually("the funnel commanded the close", || async {
         metric(
             &proxy.handle.render_metrics(),
             "herdgate_drain_closed_total",
@@ -402,7 +418,7 @@ async fn drain_waits_for_the_end_of_a_large_message() {
     );
     // The close handshake is over both ways: the tunnel ends now, although our socket
     // is still open (it does not wait close_timeout for our FIN).
-    wait_until("tunnel gone", DEADLINE, || proxy.handle.tunnels() == 0).await;
+    eventually("tunnel gone", || async { proxy.handle.tunnels() == 0 }).await;
     drop(ws);
     proxy.shutdown().await;
 }
@@ -416,13 +432,13 @@ async fn a_client_that_never_answers_is_cut_after_close_timeout_and_counted_once
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "[timeouts]\nclose = \"2s\"\n{}{}",
-        support::basic_toml("p"),
-        support::pool_toml("p", &[nodes[0].addr], "drain_rate = 200.0")
+        basic_toml("p"),
+        pool_toml("p", &[nodes[0].addr], "drain_rate = 200.0")
     );
-    let proxy = support::start(parse(&toml, dir.path())).await;
+    let proxy = start(parse(&toml, dir.path())).await;
     let (mut s, head) = raw_ws_client(proxy.addr("plain"), "/", "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    wait_until("tunnel up", DEADLINE, || proxy.handle.tunnels() == 1).await;
+    eventually("tunnel up", || async { proxy.handle.tunnels() == 1 }).await;
     assert!(proxy.handle.drain_node("p", "p-1"));
     let (fin, op, masked, p) = within(read_frame(&mut s)).await.unwrap();
     assert!(fin && op == 0x8 && !masked);
@@ -430,7 +446,7 @@ async fn a_client_that_never_answers_is_cut_after_close_timeout_and_counted_once
     assert_eq!(code, 1012);
     assert!(retry_after_ms(&reason).is_some_and(|ms| ms > 0), "{reason}");
     // We say nothing. The node gets herdgate's own close, then both connections end.
-    wait_until("the node saw a close", DEADLINE, || {
+    eventually("the node saw a close", || async {
         !nodes[0].stats.closes.lock().unwrap().is_empty()
     })
     .await;
@@ -439,7 +455,7 @@ async fn a_client_that_never_answers_is_cut_after_close_timeout_and_counted_once
     use tokio::io::AsyncReadExt;
     within(s.read_to_end(&mut rest)).await.unwrap();
     assert!(rest.is_empty(), "nothing after the close frame: {rest:?}");
-    wait_until("tunnel gone", DEADLINE, || proxy.handle.tunnels() == 0).await;
+    eventually("tunnel gone", || async { proxy.handle.tunnels() == 0 }).await;
     let text = proxy.handle.render_metrics();
     assert_eq!(
         metric(&text, "herdgate_drain_closed_total", &["node=\"p-1\""]),

@@ -4,17 +4,14 @@
 //! moves only its keys (and drops its learned entries).
 //!
 //! Which node took a connection is read from the echo nodes' own handshake counters.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod gate_support;
-mod support;
-
-use gate_support::*;
+use crate::support::http1::http_raw;
+use crate::support::nodes::{land_ws, landed, Fleet, HttpNode};
+use crate::support::proxy::{hash_order, hash_pick, parse, start, sticky_len};
+use crate::support::within;
+use crate::support::ws::{echo_text, ws_connect_with, ws_try};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use support::{http_raw, parse, start, within};
 
 /// A proxy with admission out of the way, over `fleet` as pool `p`, and `routes`.
 fn config(fleet: &Fleet, order: &[usize], routes: &str) -> String {
@@ -81,7 +78,7 @@ async fn key_from_cookie_header_query_and_client_ip() {
         for round in 0..2 {
             let (got, _) = landed(&fleet, || async {
                 let (mut w, _) = ws_try(Some(client), addr, "/ip", &[]).await.unwrap();
-                echo(&mut w, "hi").await;
+                echo_text(&mut w, "hi").await;
             })
             .await;
             assert_eq!(got, want, "client {client} (round {round})");
@@ -115,7 +112,7 @@ async fn absent_key_falls_back_to_client_ip_or_round_robin() {
         for _ in 0..2 {
             let (got, _) = landed(&fleet, || async {
                 let (mut w, _) = ws_try(Some(client), addr, "/ipfb", &[]).await.unwrap();
-                echo(&mut w, "hi").await;
+                echo_text(&mut w, "hi").await;
             })
             .await;
             assert_eq!(got, want, "client {client} without a key");
@@ -199,8 +196,8 @@ async fn inserted_cookie_pins_websocket_and_http_clients() {
     let mut ws_nodes = HashSet::new();
     for _ in 0..10 {
         let (first, sc) = landed(&fleet, || async {
-            let (mut w, resp) = ws(addr, "/ws", &[]).await;
-            echo(&mut w, "hi").await;
+            let (mut w, resp) = ws_connect_with(addr, "/ws", &[]).await;
+            echo_text(&mut w, "hi").await;
             let sc = resp
                 .headers()
                 .get("set-cookie")
@@ -217,8 +214,8 @@ async fn inserted_cookie_pins_websocket_and_http_clients() {
         let cookie = format!("hg={value}");
         for _ in 0..3 {
             let (again, resp) = landed(&fleet, || async {
-                let (mut w, resp) = ws(addr, "/ws", &[("cookie", &cookie)]).await;
-                echo(&mut w, "hi").await;
+                let (mut w, resp) = ws_connect_with(addr, "/ws", &[("cookie", &cookie)]).await;
+                echo_text(&mut w, "hi").await;
                 resp
             })
             .await;

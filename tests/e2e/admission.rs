@@ -1,23 +1,21 @@
 //! Admission end to end over real sockets (issue 3): rejections read by real WebSocket
 //! clients (503 and the 1013 close), tickets presented by header, cookie and query, a
 //! ticketless herd obeying the hints, queue mode, slow start, per-client limits, metrics.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-mod support_drain;
-
-use herdgate_client::{
-    connect_once, run_until_connected, HintSource, Outcome, ReconnectPolicy, RejectedBy, Rejection,
-    Stats, Strategy, Target,
+use crate::support::client::{
+    self, connect_once, run_until_connected, HintSource, Outcome, ReconnectPolicy, RejectedBy,
+    Rejection, Stats, Strategy, Target,
 };
+use crate::support::http1::http_get;
+use crate::support::metrics::metric;
+use crate::support::nodes::echo_nodes;
+use crate::support::proxy::{parse, pool_toml, start};
+use crate::support::tls::{cert_toml, certs};
+use crate::support::{eventually, now, within};
 use http::{HeaderName, HeaderValue};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use support::{echo_nodes, metric, parse, within, DEADLINE};
-use support_drain::*;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// One node, one route; `pool_extra` and `route_extra` are TOML lines for those tables.
@@ -53,7 +51,7 @@ fn rejected(o: Outcome) -> Rejection {
     }
 }
 
-fn connected(o: Outcome) -> herdgate_client::Connected {
+fn connected(o: Outcome) -> client::Connected {
     match o {
         Outcome::Connected(c) => c,
         Outcome::Rejected(r) => panic!("expected a connection, got {r}"),
@@ -94,11 +92,15 @@ async fn rejection_503_carries_every_hint_and_the_node_is_never_contacted() {
     let nodes = echo_nodes(1).await;
     let dir = tempfile::tempdir().unwrap();
     let toml = one_node(nodes[0].addr, "admit_rate = 0.05\nadmit_burst = 1", "", "");
-    let proxy = support::start(parse(&toml, dir.path())).await;
+    let proxy = start(parse(&toml, dir.path())).await;
     let url = proxy.url("plain", "/");
     let target = Target::new(url.clone());
     let first = connected(connect_once(&target, None, false).await);
-    assert_eq!(nodes[0].stats.accepted.load(Ordering::Relaxed), 1);
+    // The echo node counts a client after writing its 101, which the client may see first.
+    eventually("the node counted the first client", || async {
+        nodes[0].stats.accepted.load(Ordering::Relaxed) == 1
+    })
+    .await;
 
     // A tungstenite client reads the 503 itself.
     let (status, hd, body) = http_rejection(&url, &[]).await;
@@ -151,7 +153,7 @@ async fn websocket_close_rejection_is_1013_with_a_short_json_reason() {
         "reject = \"websocket-close\"",
         "",
     );
-    let proxy = support::start(parse(&toml, dir.path())).await;
+    let proxy = start(parse(&toml, dir.path())).await;
     let url = proxy.url("plain", "/");
     let target = Target::new(url.clone()).with_confirm_within(Duration::from_secs(5));
     let first = connected(connect_once(&target, None, false).await);
@@ -192,9 +194,8 @@ async fn websocket_close_rejection_is_1013_with_a_short_json_reason() {
         while let Some(Ok(_)) = within(ws.next()).await {}
     }
     // The reference client sees a rejection with the hint.
-    let r = rejected(
-        herdgate_client::connect_and_confirm(&target, None, true, Duration::from_secs(5)).await,
-    );
+    let r =
+        rejected(client::connect_and_confirm(&target, None, true, Duration::from_secs(5)).await);
     assert_eq!(r.by, RejectedBy::Close(1013));
     assert!(r.hint.is_some_and(|h| h.ticket.is_some()));
     assert_eq!(
@@ -213,7 +214,7 @@ async fn tickets_claim_their_reserved_token_by_header_cookie_and_query() {
     let nodes = echo_nodes(1).await;
     let dir = tempfile::tempdir().unwrap();
     let toml = one_node(nodes[0].addr, "admit_rate = 4.0\nadmit_burst = 1", "", "");
-    let proxy = support::start(parse(&toml, dir.path())).await;
+    let proxy = start(parse(&toml, dir.path())).await;
     let url = proxy.url("plain", "/");
     let plain = Target::new(url.clone());
     let first = connected(connect_once(&plain, None, false).await);
@@ -317,7 +318,7 @@ async fn a_ticketless_herd_obeying_the_hints_all_gets_back_in() {
     let nodes = echo_nodes(1).await;
     let dir = tempfile::tempdir().unwrap();
     let toml = one_node(nodes[0].addr, "admit_rate = 100.0\nadmit_burst = 5", "", "");
-    let proxy = support::start(parse(&toml, dir.path())).await;
+    let proxy = start(parse(&toml, dir.path())).await;
     let target = Arc::new(Target::new(proxy.url("plain", "/")));
     let stats = Arc::new(Stats::new());
     let n = 300;
@@ -368,7 +369,7 @@ async fn queue_mode_holds_then_forwards_and_rejects_beyond_its_bounds() {
         "",
         "",
     );
-    let proxy = support::start(parse(&toml, dir.path())).await;
+    let proxy = start(parse(&toml, dir.path())).await;
     let url = proxy.url("plain", "/");
     let target = Target::new(url.clone());
     let node = proxy.handle.snapshot().pools[0].nodes[0].clone();
@@ -377,7 +378,7 @@ async fn queue_mode_holds_then_forwards_and_rejects_beyond_its_bounds() {
     // Over the bucket: held until its slot (~0.5 s), then forwarded; no rejection seen.
     let t2 = target.clone();
     let queued = tokio::spawn(async move { connect_once(&t2, None, false).await });
-    wait_until("one request queued", DEADLINE, || {
+    eventually("one request queued", || async {
         node.queue_len.load(Ordering::Relaxed) == 1
     })
     .await;
@@ -413,7 +414,7 @@ async fn queue_mode_rejects_when_the_slot_is_beyond_the_queue_timeout() {
         "",
         "",
     );
-    let proxy = support::start(parse(&toml, dir.path())).await;
+    let proxy = start(parse(&toml, dir.path())).await;
     let target = Target::new(proxy.url("plain", "/"));
     let first = connected(connect_once(&target, None, false).await);
     let r = rejected(connect_once(&target, None, false).await);
@@ -437,7 +438,7 @@ async fn a_client_gone_while_queued_is_not_forwarded() {
         "",
         "",
     );
-    let proxy = support::start(parse(&toml, dir.path())).await;
+    let proxy = start(parse(&toml, dir.path())).await;
     let target = Target::new(proxy.url("plain", "/"));
     let node = proxy.handle.snapshot().pools[0].nodes[0].clone();
     let first = connected(connect_once(&target, None, false).await);
@@ -451,13 +452,13 @@ async fn a_client_gone_while_queued_is_not_forwarded() {
         s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
         (s, ())
     };
-    wait_until("queued", DEADLINE, || {
+    eventually("queued", || async {
         node.queue_len.load(Ordering::Relaxed) == 1
     })
     .await;
     drop(s);
     // Wait past the slot: the queue empties either way.
-    wait_until("queue empty", DEADLINE, || {
+    eventually("queue empty", || async {
         node.queue_len.load(Ordering::Relaxed) == 0
     })
     .await;
@@ -504,7 +505,7 @@ async fn a_node_added_by_reload_starts_slow() {
     let head =
         "[admin]\nbind = \"127.0.0.1:0\"\n[[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"\n";
     let old = pool("old", nodes[0].addr, "slow_start = \"2s\"");
-    let proxy = support::start(parse(&format!("{head}{old}"), dir.path())).await;
+    let proxy = start(parse(&format!("{head}{old}"), dir.path())).await;
     let new = pool("new", nodes[1].addr, "slow_start = \"2s\"");
     within(
         proxy
@@ -516,7 +517,7 @@ async fn a_node_added_by_reload_starts_slow() {
     let snap = proxy.handle.snapshot();
     let node = |name: &str| snap.pools.iter().find(|p| &*p.name == name).unwrap().nodes[0].clone();
     let (n_old, n_new) = (node("old"), node("new"));
-    let now = herdgate::admission::gate::now();
+    let now = now();
     let rate_new = n_new.admission.effective_rate(now);
     assert_eq!(
         n_old.admission.effective_rate(now),
@@ -583,13 +584,13 @@ burst = 2
 by = "sticky-key"
 
 {}"#,
-        support::pool_toml(
+        pool_toml(
             "p",
             &[nodes[0].addr],
             "admit_rate = 1000.0\nadmit_burst = 1000"
         )
     );
-    let proxy = support::start(parse(&toml, dir.path())).await;
+    let proxy = start(parse(&toml, dir.path())).await;
     let ip = Target::new(proxy.url("plain", "/ip"));
     let mut keep = Vec::new();
     keep.push(connected(connect_once(&ip, None, false).await));
@@ -633,7 +634,7 @@ by = "sticky-key"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_metrics_after_a_small_storm() {
     let nodes = echo_nodes(1).await;
-    let certs = support::certs(&["localhost"]);
+    let (dir, cert) = certs(&["localhost"]);
     let toml = format!(
         r#"
 [tickets]
@@ -648,26 +649,22 @@ bind = "127.0.0.1:0"
 handshakes_per_second = 50.0
 handshake_burst = 4
 [listener.tls]
-[[listener.tls.cert]]
-cert = "{}"
-key = "{}"
-
+{}
 [[route]]
 pool = "p"
 
 {}"#,
-        certs.cert.display(),
-        certs.key.display(),
-        support::pool_toml(
+        cert_toml(&cert),
+        pool_toml(
             "p",
             &[nodes[0].addr],
             "admit_rate = 10.0\nadmit_burst = 2\n[pool.queue]\ntimeout = \"300ms\"\nmax_len = 2"
         )
     );
-    let proxy = support::start(parse(&toml, certs.dir.path())).await;
-    let tls = herdgate_client::tls_client_config_with_root(
-        rustls::pki_types::CertificateDer::from(certs.cert_der.clone()),
-    )
+    let proxy = start(parse(&toml, dir.path())).await;
+    let tls = client::tls_client_config_with_root(rustls::pki_types::CertificateDer::from(
+        cert.der.clone(),
+    ))
     .unwrap();
     let url = format!("wss://localhost:{}/", proxy.addr("tls").port());
     let target = Arc::new(Target::new(url).with_tls(tls).with_addr(proxy.addr("tls")));
@@ -691,7 +688,7 @@ pool = "p"
         !again.is_empty(),
         "the storm exceeded the bucket and the queue"
     );
-    let scrape = || async { support::http_get(proxy.admin.unwrap(), "/metrics").await.1 };
+    let scrape = || async { http_get(proxy.admin.unwrap(), "/metrics").await.1 };
     let text = scrape().await;
     let backlog = metric(&text, "herdgate_schedule_backlog_seconds", &[]);
     assert!(
@@ -717,7 +714,7 @@ pool = "p"
         }
     }
     // The no-shows' slots pass their claim window; the next decision counts them.
-    wait_until_async("unclaimed capacity counted", DEADLINE, || async {
+    eventually("unclaimed capacity counted", || async {
         let _ = connect_once(&target, None, false).await;
         metric(&scrape().await, "herdgate_admission_unclaimed_total", &[]) > 0.0
     })

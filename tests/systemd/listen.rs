@@ -1,23 +1,12 @@
 //! Socket activation (sd_listen_fds(3)) end to end: real sockets passed by
 //! systemd-socket-activate(1) to a child running examples/listenfd_probe.rs,
 //! plus the matching of inherited sockets to configured listeners.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod systemd_support;
 
 use std::net::{SocketAddr, TcpListener};
 
+use crate::probe::{run_activated, run_direct, Bound, Spec};
 use herdgate::systemd::{match_listener, match_listeners, InheritedListener};
 use serde_json::{json, Value};
-use systemd_support::{run_activated, run_direct, Bound, Spec};
-
-#[test]
-#[ignore = "entry point of the probe child process; the other tests run it"]
-fn probe_entry() {
-    systemd_support::probe_entry();
-}
 
 fn tcp(bound: &Bound) -> SocketAddr {
     match bound {

@@ -2,101 +2,17 @@
 //! finished, tunnels funnelled with 1012, exit 0), a second SIGTERM or a SIGINT (1001 at
 //! once), sd_notify datagrams on a NOTIFY_SOCKET of ours, and socket activation under
 //! systemd-socket-activate.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-mod support_drain;
-
+use crate::support::http1::{http_get, http_raw};
+use crate::support::metrics::metric;
+use crate::support::net::free_addr;
+use crate::support::nodes::{echo_nodes, slow_http_node};
+use crate::support::process::{socket_activate_binary, Herdgate};
+use crate::support::ws::{retry_after_ms, ws_connect_url, UrlWs};
+use crate::support::{eventually, within};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
-use support::{echo_nodes, within, DEADLINE};
-use support_drain::*;
-use tokio::net::UnixDatagram;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A herdgate process with its files and its notification socket.
-struct Proc {
-    child: Child,
-    dir: tempfile::TempDir,
-    notify: UnixDatagram,
-    plain: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // A failed test must not leave the process behind.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .args([format!("-{sig}"), self.pid()])
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -{sig} {}", self.pid());
-    }
-
-    /// The next state datagram on the notification socket. Progress lines
-    /// (`STATUS=...`, shown by `systemctl status`) are skipped, except the final
-    /// `STATUS=stopped`.
-    async fn next_notification(&self) -> String {
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = within(self.notify.recv(&mut buf))
-                .await
-                .unwrap_or_else(|e| panic!("recv notification: {e}\n{}", self.log()));
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            if !msg.starts_with("STATUS=") || msg == "STATUS=stopped" {
-                return msg;
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
-    }
-
-    /// Wait (bounded) for the process to exit.
-    async fn exit(&mut self) -> ExitStatus {
-        let end = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                tokio::time::Instant::now() < end,
-                "herdgate did not exit within {DEADLINE:?}\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.plain)
-    }
-
-    async fn metric(&self, name: &str, fragments: &[&str]) -> f64 {
-        support::metric(
-            &support::http_get(self.admin, "/metrics").await.1,
-            name,
-            fragments,
-        )
-    }
-}
 
 fn config(
     plain: SocketAddr,
@@ -141,59 +57,43 @@ addr = "{echo}"
     )
 }
 
-fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_herdgate")
-}
-
-fn notify_socket(dir: &Path) -> (PathBuf, UnixDatagram) {
-    let path = dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&path).expect("bind the notification socket");
-    (path, sock)
-}
-
-/// Start `herdgate run` with `toml` (the listener and admin addresses in it) and wait for
+/// Start `herdgate run` on `toml_for(plain, admin)` (addresses picked here); returns at
 /// READY=1.
-async fn spawn(toml_for: impl Fn(SocketAddr, SocketAddr) -> String) -> Proc {
-    let dir = tempfile::tempdir().unwrap();
-    let (plain, admin) = (free_addr(), free_addr());
-    let cfg = dir.path().join("herdgate.toml");
-    std::fs::write(&cfg, toml_for(plain, admin)).unwrap();
-    let (npath, notify) = notify_socket(dir.path());
-    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-    let child = Command::new(binary())
-        .arg("run")
-        .arg("--config")
-        .arg(&cfg)
-        .env("NOTIFY_SOCKET", &npath)
-        .env("HERDGATE_LOG", "info")
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn herdgate");
-    let p = Proc {
-        child,
-        dir,
-        notify,
-        plain,
-        admin,
+async fn spawn(toml_for: impl Fn(SocketAddr, SocketAddr) -> String) -> (Herdgate, Ports) {
+    let ports = Ports {
+        plain: free_addr(),
+        admin: free_addr(),
     };
-    let ready = p.next_notification().await;
-    assert_eq!(ready, "READY=1", "{}", p.log());
+    let p = Herdgate::start(&toml_for(ports.plain, ports.admin)).await;
     // READY=1 comes once the listeners are bound: a connection is accepted right away.
-    tokio::net::TcpStream::connect(p.plain)
+    tokio::net::TcpStream::connect(ports.plain)
         .await
         .expect("listener bound at READY=1");
-    p
+    (p, ports)
+}
+
+/// Where a herdgate process listens.
+#[derive(Clone, Copy)]
+struct Ports {
+    plain: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Ports {
+    fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.plain)
+    }
+
+    async fn metric(&self, name: &str, fragments: &[&str]) -> f64 {
+        metric(&http_get(self.admin, "/metrics").await.1, name, fragments)
+    }
 }
 
 /// Open `n` tunnels, each proven by one echo.
-async fn tunnels(p: &Proc, n: usize) -> Vec<Ws> {
+async fn tunnels(p: Ports, n: usize) -> Vec<UrlWs> {
     let mut v = Vec::new();
     for i in 0..n {
-        let mut ws = ws_connect(&p.ws_url("/ws")).await;
+        let mut ws = ws_connect_url(&p.ws_url("/ws")).await;
         ws.send(Message::text(format!("hello {i}"))).await.unwrap();
         match within(ws.next()).await {
             Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), format!("hello {i}")),
@@ -205,7 +105,7 @@ async fn tunnels(p: &Proc, n: usize) -> Vec<Ws> {
 }
 
 /// Read until the close frame: (code, reason); then read on until the connection ends.
-async fn close_of(ws: &mut Ws) -> (u16, String) {
+async fn close_of(ws: &mut UrlWs) -> (u16, String) {
     let close = loop {
         match within(ws.next()).await {
             Some(Ok(Message::Close(f))) => {
@@ -233,7 +133,7 @@ async fn sigterm_closes_listeners_finishes_requests_funnels_tunnels_and_exits_ze
     let echo = echo_nodes(1).await;
     let slow = slow_http_node().await;
     let (e, s) = (echo[0].addr, slow.addr);
-    let mut p =
+    let (mut p, ports) =
         spawn(|plain, admin| config(plain, admin, e, s, "spread = \"2s\"\ntimeout = \"20s\""))
             .await;
 
@@ -254,12 +154,12 @@ async fn sigterm_closes_listeners_finishes_requests_funnels_tunnels_and_exits_ze
     assert_eq!(p.next_notification().await, "READY=1");
 
     let n = 20;
-    let mut ws = tunnels(&p, n).await;
+    let mut ws = tunnels(ports, n).await;
     // A slow HTTP request is in flight when SIGTERM arrives.
     let arrived = slow.arrived.notified();
-    let plain = p.plain;
+    let plain = ports.plain;
     let request = tokio::spawn(async move {
-        support::http_raw(
+        http_raw(
             plain,
             b"GET /slow/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         )
@@ -269,17 +169,14 @@ async fn sigterm_closes_listeners_finishes_requests_funnels_tunnels_and_exits_ze
 
     p.signal("TERM");
     assert_eq!(p.next_notification().await, "STOPPING=1");
-    wait_until_async("the listener refuses connections", DEADLINE, || {
-        refused(plain)
-    })
-    .await;
+    eventually("the listener refuses connections", || refused(plain)).await;
 
     // Tunnels: 1012 with a hint, spread over shutdown.spread (when the first close has
     // arrived, the funnel has not closed all of them).
     let mut pending: futures_util::stream::FuturesUnordered<_> =
         ws.iter_mut().map(close_of).collect();
     let mut closes = vec![within(pending.next()).await.unwrap()];
-    let drained = p.metric("herdgate_drain_closed_total", &[]).await;
+    let drained = ports.metric("herdgate_drain_closed_total", &[]).await;
     assert!(drained < n as f64, "all {n} closed at once ({drained})");
     while let Some(c) = within(pending.next()).await {
         closes.push(c);
@@ -290,7 +187,7 @@ async fn sigterm_closes_listeners_finishes_requests_funnels_tunnels_and_exits_ze
         assert!(retry_after_ms(reason).is_some_and(|ms| ms > 0), "{reason}");
     }
     assert!(
-        p.child.try_wait().unwrap().is_none(),
+        p.running(),
         "herdgate exited with a request in flight\n{}",
         p.log()
     );
@@ -309,18 +206,18 @@ async fn fast_close(sig2: &str, first: Option<&str>) {
     let echo = echo_nodes(1).await;
     let slow = slow_http_node().await;
     let (e, s) = (echo[0].addr, slow.addr);
-    let mut p =
+    let (mut p, ports) =
         spawn(|plain, admin| config(plain, admin, e, s, "spread = \"60s\"\ntimeout = \"120s\""))
             .await;
     let n = 10;
-    let mut ws = tunnels(&p, n).await;
+    let mut ws = tunnels(ports, n).await;
     let mut codes = Vec::new();
     if let Some(sig) = first {
         p.signal(sig);
         assert_eq!(p.next_notification().await, "STOPPING=1");
         // The funnel closes one tunnel at once, the next one 6 s later.
-        wait_until_async("the first funnel close", DEADLINE, || async {
-            p.metric("herdgate_drain_closed_total", &[]).await >= 1.0
+        eventually("the first funnel close", || async {
+            ports.metric("herdgate_drain_closed_total", &[]).await >= 1.0
         })
         .await;
     }
@@ -365,47 +262,21 @@ async fn sigint_during_a_graceful_shutdown_closes_the_rest_with_1001() {
 /// fd 3 named "plain": herdgate serves on it, and does not bind the configured address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_on_a_socket_passed_by_socket_activation() {
-    let Some(activate) = socket_activate() else {
+    let Some(activate) = socket_activate_binary() else {
         return;
     };
     let echo = echo_nodes(1).await;
     let slow = slow_http_node().await;
-    let dir = tempfile::tempdir().unwrap();
     let (activated, configured, admin) = (free_addr(), free_addr(), free_addr());
-    let cfg = dir.path().join("herdgate.toml");
-    std::fs::write(&cfg, config(configured, admin, echo[0].addr, slow.addr, "")).unwrap();
-    let (npath, notify) = notify_socket(dir.path());
-    let log = dir.path().join("stderr.log");
-    let child = Command::new(activate)
-        .arg(format!("--listen={activated}"))
-        .arg("--fdname=plain")
-        .arg(format!("--setenv=NOTIFY_SOCKET={}", npath.display()))
-        .arg("--setenv=HERDGATE_LOG=info")
-        .arg(binary())
-        .arg("run")
-        .arg("--config")
-        .arg(&cfg)
-        // Only the child may notify: systemd-socket-activate itself would send READY=1.
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn systemd-socket-activate");
-    let mut p = Proc {
-        child,
-        dir,
-        notify,
+    let cfg = config(configured, admin, echo[0].addr, slow.addr, "");
+    // It listens before it execs herdgate; the first connection attempt triggers the exec
+    // and waits in the backlog of the inherited socket.
+    let mut p = Herdgate::start_activated(&activate, activated, "plain", &cfg).await;
+    let ports = Ports {
         plain: activated,
         admin,
     };
-    // It listens before it execs herdgate; the first connection attempt triggers the exec
-    // and waits in the backlog of the inherited socket.
-    wait_until("systemd-socket-activate listens", DEADLINE, || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Listening on"))
-    })
-    .await;
-    let mut ws = tunnels(&p, 1).await;
+    let mut ws = tunnels(ports, 1).await;
     assert_eq!(p.next_notification().await, "READY=1", "{}", p.log());
     assert!(
         refused(configured).await,
@@ -417,21 +288,4 @@ async fn serves_on_a_socket_passed_by_socket_activation() {
     assert_eq!(close_of(&mut ws[0]).await.0, 1012);
     let st = p.exit().await;
     assert!(st.success(), "exit status {st:?}\n{}", p.log());
-}
-
-/// systemd-socket-activate, or None (skipped with a reason) outside CI.
-fn socket_activate() -> Option<PathBuf> {
-    let found = [
-        "/usr/bin/systemd-socket-activate",
-        "/bin/systemd-socket-activate",
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_file());
-    if found.is_none() {
-        let reason = "systemd-socket-activate not found: apt-get install systemd";
-        assert!(std::env::var_os("CI").is_none(), "{reason}");
-        eprintln!("SKIPPED: {reason}");
-    }
-    found
 }

@@ -1,8 +1,6 @@
 //! A table of broken configs, each with the message a user must see.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::support::process::bin;
 use herdgate::config::Config;
 use std::path::Path;
 
@@ -151,7 +149,7 @@ fn check_command_prints_ok_or_errors() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(&good, GOOD).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herdgate"))
+    let out = std::process::Command::new(bin())
         .args(["check", "--config"])
         .arg(&good)
         .output()
@@ -161,7 +159,7 @@ fn check_command_prints_ok_or_errors() {
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, GOOD.replace("pool = \"chat\"", "pool = \"x\"")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herdgate"))
+    let out = std::process::Command::new(bin())
         .args(["check", "--config"])
         .arg(&bad)
         .output()

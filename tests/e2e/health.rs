@@ -4,21 +4,20 @@
 //! new connections and its keys fail over to the next node in hash order; a client stays
 //! on its learned node after the original one recovers; a recovered node ramps up (slow
 //! start); `/admin/nodes` reports every node.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod gate_support;
-mod support;
-
+use crate::support::http1::{http_get, http_raw};
+use crate::support::metrics::metric;
+use crate::support::nodes::{land_ws, Fleet, HttpNode};
+use crate::support::proxy::{
+    admin_node, admin_nodes, hash_order, key_for, parse, start, wait_health, wait_no_tunnels,
+};
+use crate::support::ws::{echo_text, ws_connect_with, ws_status};
+use crate::support::{eventually, now, within};
 use futures_util::StreamExt;
-use gate_support::*;
-use herdgate::admission::gate::now;
 use herdgate::server::Handle;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use support::{http_get, http_raw, parse, start, within};
 
 const RATE: f64 = 100_000.0;
 
@@ -31,14 +30,6 @@ fn config(nodes: &str, pool_extra: &str, sticky: &str) -> String {
 }
 
 const STICKY: &str = "sticky = { header = \"x-session\" }";
-
-/// A key the hash sends to `node` first.
-fn key_for(h: &Handle, node: &str, prefix: &str) -> String {
-    (0..)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|k| hash_pick(h, "p", k) == node)
-        .unwrap()
-}
 
 fn effective_rate(h: &Handle, node: &str) -> f64 {
     let snap = h.snapshot();
@@ -61,7 +52,9 @@ async fn active_tcp_check_follows_a_node_that_dies_and_returns() {
     let n1 = fleet.index("n1");
 
     // Keys that prefer n1: they land there while it is up.
-    let keys: Vec<String> = (0..5).map(|i| key_for(h, "n1", &format!("k{i}"))).collect();
+    let keys: Vec<String> = (0..5)
+        .map(|i| key_for(h, "p", "n1", &format!("k{i}")))
+        .collect();
     for k in &keys {
         assert_eq!(land_ws(&fleet, addr, "/", &[("x-session", k)]).await, n1);
     }
@@ -99,7 +92,7 @@ async fn active_tcp_check_follows_a_node_that_dies_and_returns() {
             "{k}"
         );
     }
-    let fresh = key_for(h, "n1", "fresh");
+    let fresh = key_for(h, "p", "n1", "fresh");
     assert_eq!(
         land_ws(&fleet, addr, "/", &[("x-session", &fresh)]).await,
         n1
@@ -107,7 +100,7 @@ async fn active_tcp_check_follows_a_node_that_dies_and_returns() {
 
     let m = proxy.metrics().await;
     assert!(
-        support::metric(
+        metric(
             &m,
             "herdgate_health_checks_total",
             &["node=\"n1\"", "result=\"fail\""]
@@ -141,7 +134,7 @@ async fn active_http_check_follows_healthz_and_a_down_node_gets_nothing() {
         assert_eq!(status, 200, "{body}");
         body
     };
-    let k1 = key_for(h, "w1", "a");
+    let k1 = key_for(h, "p", "w1", "a");
     assert_eq!(get(k1.clone()).await, "w1");
 
     // /healthz says 500: the node is alive, but gets no new requests.
@@ -155,7 +148,7 @@ async fn active_http_check_follows_healthz_and_a_down_node_gets_nothing() {
     assert_eq!(web[0].requests.load(Ordering::Relaxed), before);
     web[0].set_health(204);
     wait_health(admin, "w1", true).await;
-    let fresh = key_for(h, "w1", "b");
+    let fresh = key_for(h, "p", "w1", "b");
     assert_eq!(get(fresh).await, "w1");
     // The client that failed over stays where it was learned.
     assert_eq!(get(k1).await, "w2");
@@ -181,7 +174,7 @@ async fn refused_connect_marks_down_at_once_and_the_probe_brings_it_back() {
     .await;
     let (addr, admin, h) = (proxy.addr("plain"), proxy.admin.unwrap(), &proxy.handle);
     let n1 = fleet.index("n1");
-    let k = key_for(h, "n1", "k");
+    let k = key_for(h, "p", "n1", "k");
     let order = hash_order(h, "p", &k);
     assert_eq!(land_ws(&fleet, addr, "/", &[("x-session", &k)]).await, n1);
 
@@ -210,7 +203,7 @@ async fn refused_connect_marks_down_at_once_and_the_probe_brings_it_back() {
     wait_health(admin, "n1", true).await;
     let r = effective_rate(h, "n1");
     assert!(r < RATE * 0.5, "slow start after recovery: {r}");
-    let fresh = key_for(h, "n1", "fresh");
+    let fresh = key_for(h, "p", "n1", "fresh");
     assert_eq!(
         land_ws(&fleet, addr, "/", &[("x-session", &fresh)]).await,
         n1
@@ -242,7 +235,7 @@ async fn refused_http_forward_marks_down_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = start(parse(&config(&nodes, "", STICKY), dir.path())).await;
     let (addr, admin, h) = (proxy.addr("plain"), proxy.admin.unwrap(), &proxy.handle);
-    let k = key_for(h, "w1", "k");
+    let k = key_for(h, "p", "w1", "k");
     // w1 never served anything: no pooled keep-alive connection hides its death.
     let dead = web.remove(0).addr;
     eventually("w1 refuses", || async move {
@@ -317,7 +310,7 @@ async fn websocket_is_a_success_at_its_101() {
     let (status, ws) = upgrade().await;
     assert_eq!(status, 101);
     let mut ws = ws.unwrap();
-    echo(&mut ws, "alive").await;
+    echo_text(&mut ws, "alive").await;
     fail.store(true, Ordering::Relaxed);
     for _ in 0..2 {
         assert_eq!(upgrade().await.0, 500);
@@ -326,12 +319,12 @@ async fn websocket_is_a_success_at_its_101() {
         admin_node(admin, "f").await.healthy,
         "the 101 reset the count: 2 failures since, not 4"
     );
-    echo(&mut ws, "still alive").await;
+    echo_text(&mut ws, "still alive").await;
     assert_eq!(upgrade().await.0, 500);
     assert!(!admin_node(admin, "f").await.healthy, "3 in a row");
     assert_eq!(upgrade().await.0, 503, "no eligible node left");
     // The open tunnel is not the health checker's business.
-    echo(&mut ws, "untouched").await;
+    echo_text(&mut ws, "untouched").await;
     drop(ws);
     wait_no_tunnels(&proxy.handle).await;
     proxy.shutdown().await;
@@ -381,17 +374,18 @@ async fn admin_nodes_reports_health_drain_tunnels_rate_and_backlog() {
     // Three tunnels on n1, one admission on n3 (its schedule is then booked ahead).
     let mut open = Vec::new();
     for i in 0..3 {
-        let (mut w, _) = ws(
+        let (mut w, _) = ws_connect_with(
             addr,
             "/",
-            &[("x-session", &key_for(h, "n1", &format!("t{i}")))],
+            &[("x-session", &key_for(h, "p", "n1", &format!("t{i}")))],
         )
         .await;
-        echo(&mut w, "hi").await;
+        echo_text(&mut w, "hi").await;
         open.push(w);
     }
-    let (mut w3, _) = ws(addr, "/", &[("x-session", &key_for(h, "n3", "s"))]).await;
-    echo(&mut w3, "hi").await;
+    let (mut w3, _) =
+        ws_connect_with(addr, "/", &[("x-session", &key_for(h, "p", "n3", "s"))]).await;
+    echo_text(&mut w3, "hi").await;
     assert!(h.drain_node("p", "n2"));
     eventually("3 tunnels on n1 reported", || async move {
         admin_node(admin, "n1").await.open_tunnels == 3
@@ -413,7 +407,7 @@ async fn admin_nodes_reports_health_drain_tunnels_rate_and_backlog() {
     let used: HashSet<_> = r.iter().map(|x| x.node.clone()).collect();
     assert_eq!(used.len(), 3);
     for mut w in open {
-        echo(&mut w, "bye").await;
+        echo_text(&mut w, "bye").await;
         let _ = within(futures_util::SinkExt::close(&mut w)).await;
     }
     drop(w3);
@@ -444,7 +438,7 @@ async fn a_down_node_recovers_after_its_active_checks_are_removed() {
     within(h.reload_file(&path)).await.unwrap();
     fleet.restart(n1).await;
     wait_health(admin, "n1", true).await;
-    let k = key_for(h, "n1", "k");
+    let k = key_for(h, "p", "n1", "k");
     assert_eq!(land_ws(&fleet, addr, "/", &[("x-session", &k)]).await, n1);
     proxy.shutdown().await;
 }

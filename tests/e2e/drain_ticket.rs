@@ -3,19 +3,15 @@
 //! bare promise, which only ticketless arrivals may claim, so every ticket-capable client
 //! that obeyed its 1012 was refused at its slot and sent to the end of the schedule).
 //! A ticketless client still gets a plain hint and is admitted through its promise.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-mod support_drain;
-
+use crate::support::client::{connect_once, Connected, Hint, HintSource, Outcome, Target};
+use crate::support::metrics::metric;
+use crate::support::nodes::echo_nodes;
+use crate::support::proxy::{parse, start};
+use crate::support::{eventually, within};
 use futures_util::StreamExt;
-use herdgate_client::{connect_once, Connected, Hint, HintSource, Outcome, Target};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use support::{echo_nodes, metric, parse, start, within, DEADLINE};
-use support_drain::wait_until;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Clients 0..TICKETED announce herdgate-accept-ticket; the others do not.
@@ -79,7 +75,7 @@ async fn drained_ticket_capable_clients_get_a_ticket_and_are_admitted_at_their_s
         ));
     }
     let h = proxy.handle.clone();
-    wait_until("all tunnels registered", DEADLINE, || {
+    eventually("all tunnels registered", || async {
         h.tunnels() == CLIENTS
     })
     .await;
@@ -117,7 +113,7 @@ async fn drained_ticket_capable_clients_get_a_ticket_and_are_admitted_at_their_s
                 "client {i}: {frame:?}"
             );
         }
-        // Obey the hint, as herdgate::client and the README snippet do: waiting for it
+        // Obey the hint, as the reference client and the README snippet do: waiting for it
         // is the behaviour under test, not a synchronisation.
         let target = target.clone();
         back.push(tokio::spawn(async move {

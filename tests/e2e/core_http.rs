@@ -1,13 +1,12 @@
 //! Plain HTTP/1.1 through herdgate over real sockets: streamed bodies both ways,
 //! hop-by-hop headers, X-Forwarded-*, Host, pooled backend connections, and the error
 //! statuses (502, 504, 404, 400, 431) with short bodies that reveal nothing.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-mod support_core;
-
+use crate::support::http1::{assert_no_internals, raw_request, ChanBody, Reader};
+use crate::support::metrics::metric;
+use crate::support::net::free_addr;
+use crate::support::proxy::{basic_toml, fast_pool, parse, start, Proxy};
+use crate::support::within;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -16,8 +15,6 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use support::{basic_toml, parse, start, within, Proxy};
-use support_core::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -385,11 +382,9 @@ async fn backend_connections_are_pooled() {
 
 #[tokio::test]
 async fn refused_backend_is_502() {
-    // A port that was bound then closed: nothing listens there.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A port that was bound then closed: nothing listens there (and, outside the
+    // ephemeral range, no connect of the proxy's can meet itself there).
+    let dead = free_addr();
     let proxy = proxy_to(dead, "").await;
     let r = raw_request(
         proxy.addr("plain"),
@@ -399,7 +394,7 @@ async fn refused_backend_is_502() {
     assert_eq!(r.status, 502, "{r:?}");
     assert_no_internals(&r);
     let m = proxy.metrics().await;
-    assert!(support::metric(&m, "herdgate_requests_total", &["status=\"502\""]) >= 1.0);
+    assert!(metric(&m, "herdgate_requests_total", &["status=\"502\""]) >= 1.0);
     // A refusal is a hard passive-health failure: the node is now down, and the next
     // request finds no node (503) instead of trying it again.
     let r = raw_request(

@@ -1,36 +1,43 @@
-//! Harness shared by tests/systemd_*.rs: runs examples/listenfd_probe.rs
-//! (compiled into the test binary, so no cargo-built example is needed) in a
-//! child process, directly or under systemd-socket-activate(1).
+//! The probe child process of the systemd tests: examples/listenfd_probe.rs, compiled
+//! into this test binary (so no cargo-built example is needed), run by re-executing the
+//! binary with a filter that names only [`entry`], directly or under
+//! systemd-socket-activate(1).
 //!
 //! Environment variables are process-global and tests run on parallel
 //! threads, so nothing here touches the test process's own environment:
 //! every LISTEN_* / NOTIFY_SOCKET setting lives in a child.
-#![allow(dead_code)]
 
-#[path = "../../examples/listenfd_probe.rs"]
+// The example's `main` is not called here: only its `run`.
 #[allow(dead_code)]
-mod probe;
+#[path = "../../examples/listenfd_probe.rs"]
+mod listenfd_probe;
 
+use crate::support::net::free_addr;
+use crate::support::process::socket_activate_binary;
+use crate::support::DEADLINE;
 use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 
-/// Name of the `#[ignore]`d test every test crate defines as the probe's
-/// entry point (see [`probe_entry`]).
-pub const ENTRY: &str = "probe_entry";
+/// The full name (module path) of [`entry`], as the test binary's filter must give it:
+/// moving `entry` to another module means changing this.
+const ENTRY: &str = "probe::entry";
 const OUT_VAR: &str = "HERDGATE_PROBE_OUT";
-const DEADLINE: Duration = Duration::from_secs(20);
 
-/// Body of the `probe_entry` test: a no-op unless a parent set OUT_VAR.
-pub fn probe_entry() {
+/// The probe's entry point in the child: a no-op in an ordinary test run (it is ignored
+/// anyway), the probe when a parent set OUT_VAR.
+#[test]
+#[ignore = "entry point of the probe child process; the other tests run it"]
+fn entry() {
     if std::env::var_os(OUT_VAR).is_some() {
-        std::process::exit(probe::run());
+        std::process::exit(listenfd_probe::run());
     }
 }
 
@@ -45,10 +52,11 @@ pub struct ProbeRun {
     /// `env_left` of the error line.
     pub error_env_left: Option<Value>,
     /// systemd-socket-activate's and the child's stderr, for failure messages.
+    #[allow(dead_code)] // read through the derived Debug, which dead-code analysis ignores
     pub stderr: String,
 }
 
-/// The command line that makes a test binary run only its probe entry.
+/// The command line that makes this test binary run only [`entry`].
 fn entry_args() -> [&'static str; 5] {
     [
         ENTRY,
@@ -87,7 +95,8 @@ pub fn run_direct(env: &[(&str, &str)], remove: &[&str]) -> ProbeRun {
 
 /// A socket for systemd-socket-activate to listen on.
 pub enum Spec {
-    /// 127.0.0.1 on a port picked free just before the run.
+    /// 127.0.0.1 on a port picked free just before the run (outside the ephemeral
+    /// range: see `free_addr`).
     Tcp,
     Unix(PathBuf),
 }
@@ -96,25 +105,6 @@ pub enum Spec {
 pub enum Bound {
     Tcp(std::net::SocketAddr),
     Unix(PathBuf),
-}
-
-/// Finds systemd-socket-activate. Missing: fail in CI (the systemd package
-/// must be installed there, .ci/systemd-verify.sh does it), else skip loudly.
-pub fn socket_activate_binary() -> Option<PathBuf> {
-    let from_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let found = from_path
-        .into_iter()
-        .chain(["/usr/bin".into(), "/bin".into()])
-        .map(|dir: PathBuf| dir.join("systemd-socket-activate"))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        let reason = "systemd-socket-activate not found: apt-get install systemd";
-        assert!(std::env::var_os("CI").is_none(), "{reason}");
-        eprintln!("SKIPPED: {reason}");
-    }
-    found
 }
 
 /// Runs the probe under systemd-socket-activate listening on `specs`,
@@ -152,7 +142,7 @@ fn try_activated(
     let bound: Vec<Bound> = specs
         .iter()
         .map(|s| match s {
-            Spec::Tcp => Bound::Tcp(free_port()),
+            Spec::Tcp => Bound::Tcp(free_addr()),
             Spec::Unix(p) => Bound::Unix(p.clone()),
         })
         .collect();
@@ -199,22 +189,12 @@ fn try_activated(
             }
         }
     }
-    let _client = match &bound[connect] {
-        Bound::Tcp(addr) => Client::Tcp(TcpStream::connect(addr).map_err(|e| e.to_string())?),
-        Bound::Unix(path) => Client::Unix(UnixStream::connect(path).map_err(|e| e.to_string())?),
+    // The triggering connection stays open until the probe has finished.
+    let _client: OwnedFd = match &bound[connect] {
+        Bound::Tcp(addr) => TcpStream::connect(addr).map_err(|e| e.to_string())?.into(),
+        Bound::Unix(path) => UnixStream::connect(path).map_err(|e| e.to_string())?.into(),
     };
     Ok((finish(child, rx, &out, log), bound))
-}
-
-enum Client {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-fn free_port() -> std::net::SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
 }
 
 fn take_stderr(child: &mut Child) -> ChildStderr {

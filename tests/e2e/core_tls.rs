@@ -3,65 +3,25 @@
 //! TLS 1.2-only and 1.3-only clients, session resumption (tickets and the session
 //! cache), and startup failures for bad key material that name the file.
 //!
-//! rcgen on ring cannot generate RSA keys (`KeyGenerationUnavailable`), so the RSA key
-//! is a fixture made once with `openssl genpkey -algorithm RSA -pkeyopt
-//! rsa_keygen_bits:2048` (tests/fixtures/rsa2048-test-only.key.pem, a test-only key);
-//! its certificate is still made by rcgen in the test.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The RSA key is a fixture (rcgen on ring cannot generate RSA keys; see `support::tls`);
+//! every certificate is made by rcgen in the test.
 
-mod support;
-mod support_core;
-
+use crate::support::http1::Reader;
+use crate::support::nodes::echo_nodes;
+use crate::support::proxy::{fast_pool, parse, start, Proxy};
+use crate::support::tls::{
+    cert_toml, certs, self_signed, tls_client, tls_client_any, tls_connect, Cert, KeyType,
+};
+use crate::support::within;
+use crate::support::ws::{echo_text, ws_connect, ws_over};
 use futures_util::StreamExt;
 use rustls::{HandshakeKind, ProtocolVersion};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use support::{echo_nodes, parse, start, within, Proxy};
-use support_core::*;
 
-const RSA_KEY: &str = include_str!("fixtures/rsa2048-test-only.key.pem");
-
-struct Cert {
-    cert: PathBuf,
-    key: PathBuf,
-    der: Vec<u8>,
-}
-
-/// A self-signed certificate for `names` with `key`, written to `dir/<tag>.{crt,key}`.
-fn cert_with(dir: &Path, tag: &str, key: rcgen::KeyPair, names: &[&str]) -> Cert {
-    let params =
-        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap();
-    let c = params.self_signed(&key).unwrap();
-    let cert = dir.join(format!("{tag}.crt"));
-    let keyp = dir.join(format!("{tag}.key"));
-    std::fs::write(&cert, c.pem()).unwrap();
-    std::fs::write(&keyp, key.serialize_pem()).unwrap();
-    Cert {
-        cert,
-        key: keyp,
-        der: c.der().to_vec(),
-    }
-}
-
-fn ecdsa() -> rcgen::KeyPair {
-    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
-}
-fn ed25519() -> rcgen::KeyPair {
-    rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap()
-}
-fn rsa() -> rcgen::KeyPair {
-    assert!(matches!(
-        rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256),
-        Err(rcgen::Error::KeyGenerationUnavailable)
-    ));
-    rcgen::KeyPair::from_pem(RSA_KEY).unwrap()
-}
-
-fn cert_toml(c: &Cert, names: &[&str], default: bool) -> String {
+/// A `[[listener.tls.cert]]` entry for `c` serving `names`, the default certificate or not.
+fn named_cert_toml(c: &Cert, names: &[&str], default: bool) -> String {
     format!(
         "[[listener.tls.cert]]\ncert = \"{}\"\nkey = \"{}\"\nserver_names = {names:?}\ndefault = {default}\n",
         c.cert.display(),
@@ -84,19 +44,11 @@ async fn tls_proxy(dir: &Path, nodes: &[SocketAddr], tls_extra: &str, certs: &st
 
 #[tokio::test]
 async fn wss_through_tls_listener() {
-    let c = support::certs(&["localhost"]);
+    let (dir, c) = certs(&["localhost"]);
     let nodes = echo_nodes(1).await;
-    let certs = cert_toml(
-        &Cert {
-            cert: c.cert.clone(),
-            key: c.key.clone(),
-            der: c.cert_der.clone(),
-        },
-        &["localhost"],
-        false,
-    );
-    let proxy = tls_proxy(c.dir.path(), &[nodes[0].addr], "", &certs).await;
-    let cfg = Arc::new(tls_client(rustls::ALL_VERSIONS, &c.cert_der));
+    let certs = named_cert_toml(&c, &["localhost"], false);
+    let proxy = tls_proxy(dir.path(), &[nodes[0].addr], "", &certs).await;
+    let cfg = Arc::new(tls_client(rustls::ALL_VERSIONS, &[&c.der]));
     let tls = tls_connect(proxy.addr("tls"), cfg, "localhost").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let (mut ws, resp) = ws_over(tls, "wss://localhost/secure", &[]).await;
@@ -127,14 +79,7 @@ async fn presented(
     sni: Option<&str>,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> (Vec<u8>, ProtocolVersion) {
-    let p = provider();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(p.clone())
-        .with_protocol_versions(versions)
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(p)))
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut cfg = tls_client_any(versions);
     cfg.enable_sni = sni.is_some();
     let tls = tls_connect(addr, Arc::new(cfg), sni.unwrap_or("no-sni.invalid")).await;
     let conn = tls.get_ref().1;
@@ -145,15 +90,20 @@ async fn presented(
 #[tokio::test]
 async fn sni_picks_the_certificate_among_key_types() {
     let dir = tempfile::tempdir().unwrap();
-    let ec = cert_with(dir.path(), "ec", ecdsa(), &["ec.test"]);
-    let rs = cert_with(dir.path(), "rsa", rsa(), &["rsa.test"]);
-    let ed = cert_with(dir.path(), "ed", ed25519(), &["ed.test", "*.wild.test"]);
+    let ec = self_signed(dir.path(), "ec", KeyType::EcdsaP256, &["ec.test"]);
+    let rs = self_signed(dir.path(), "rsa", KeyType::Rsa2048, &["rsa.test"]);
+    let ed = self_signed(
+        dir.path(),
+        "ed",
+        KeyType::Ed25519,
+        &["ed.test", "*.wild.test"],
+    );
     let nodes = echo_nodes(1).await;
     let certs = format!(
         "{}{}{}",
-        cert_toml(&ec, &["ec.test"], false),
-        cert_toml(&rs, &["rsa.test"], true),
-        cert_toml(&ed, &["ed.test", "*.wild.test"], false)
+        named_cert_toml(&ec, &["ec.test"], false),
+        named_cert_toml(&rs, &["rsa.test"], true),
+        named_cert_toml(&ed, &["ed.test", "*.wild.test"], false)
     );
     let proxy = tls_proxy(dir.path(), &[nodes[0].addr], "", &certs).await;
     let addr = proxy.addr("tls");
@@ -183,7 +133,7 @@ async fn sni_picks_the_certificate_among_key_types() {
     // Each key type carries a real WebSocket with a verifying client.
     for (name, c) in [("ec.test", &ec), ("rsa.test", &rs), ("ed.test", &ed)] {
         for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
-            let cfg = Arc::new(tls_client(&[v], &c.der));
+            let cfg = Arc::new(tls_client(&[v], &[&c.der]));
             let tls = tls_connect(addr, cfg, name).await;
             let (mut ws, _) = ws_over(tls, &format!("wss://{name}/"), &[]).await;
             echo_text(&mut ws, &format!("{name} {:?}", v.version)).await;
@@ -193,14 +143,10 @@ async fn sni_picks_the_certificate_among_key_types() {
 
 #[tokio::test]
 async fn alpn_and_protocol_versions() {
-    let c = support::certs(&["localhost"]);
+    let (dir, c) = certs(&["localhost"]);
     let nodes = echo_nodes(1).await;
-    let certs = format!(
-        "[[listener.tls.cert]]\ncert = \"{}\"\nkey = \"{}\"\n",
-        c.cert.display(),
-        c.key.display()
-    );
-    let proxy = tls_proxy(c.dir.path(), &[nodes[0].addr], "", &certs).await;
+    let certs = cert_toml(&c);
+    let proxy = tls_proxy(dir.path(), &[nodes[0].addr], "", &certs).await;
     let addr = proxy.addr("tls");
     for (versions, want) in [
         (&[&rustls::version::TLS12][..], ProtocolVersion::TLSv1_2),
@@ -208,7 +154,7 @@ async fn alpn_and_protocol_versions() {
         (rustls::ALL_VERSIONS, ProtocolVersion::TLSv1_3),
     ] {
         // A client offering h2 first still gets http/1.1, the one protocol served.
-        let mut cfg = tls_client(versions, &c.cert_der);
+        let mut cfg = tls_client(versions, &[&c.der]);
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let tls = tls_connect(addr, Arc::new(cfg), "localhost").await;
         let conn = tls.get_ref().1;
@@ -218,7 +164,7 @@ async fn alpn_and_protocol_versions() {
         echo_text(&mut ws, &format!("{want:?}")).await;
     }
     // No ALPN offered at all works too.
-    let mut cfg = tls_client(rustls::ALL_VERSIONS, &c.cert_der);
+    let mut cfg = tls_client(rustls::ALL_VERSIONS, &[&c.der]);
     cfg.alpn_protocols.clear();
     let tls = tls_connect(addr, Arc::new(cfg), "localhost").await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), None);
@@ -247,17 +193,13 @@ async fn resumes(
 
 #[tokio::test]
 async fn session_resumption_tls13_and_tls12() {
-    let c = support::certs(&["localhost"]);
+    let (dir, c) = certs(&["localhost"]);
     let nodes = echo_nodes(1).await;
-    let certs = format!(
-        "[[listener.tls.cert]]\ncert = \"{}\"\nkey = \"{}\"\n",
-        c.cert.display(),
-        c.key.display()
-    );
+    let certs = cert_toml(&c);
     // Tickets on (the default).
-    let proxy = tls_proxy(c.dir.path(), &[nodes[0].addr], "", &certs).await;
+    let proxy = tls_proxy(dir.path(), &[nodes[0].addr], "", &certs).await;
     for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
-        let cfg = Arc::new(tls_client(&[v], &c.cert_der));
+        let cfg = Arc::new(tls_client(&[v], &[&c.der]));
         let kinds = resumes(proxy.addr("tls"), cfg).await;
         assert_eq!(
             kinds,
@@ -268,14 +210,14 @@ async fn session_resumption_tls13_and_tls12() {
     }
     // Tickets off: the server-side session cache resumes instead.
     let proxy = tls_proxy(
-        c.dir.path(),
+        dir.path(),
         &[nodes[0].addr],
         "session_tickets = false",
         &certs,
     )
     .await;
     for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
-        let cfg = Arc::new(tls_client(&[v], &c.cert_der));
+        let cfg = Arc::new(tls_client(&[v], &[&c.der]));
         let kinds = resumes(proxy.addr("tls"), cfg).await;
         assert_eq!(
             kinds,
@@ -311,10 +253,10 @@ fn startup_error(text: &str, dir: &Path) -> String {
 #[tokio::test]
 async fn bad_key_material_fails_startup_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let a = cert_with(dir.path(), "a", ecdsa(), &["a.test"]);
-    let b = cert_with(dir.path(), "b", ecdsa(), &["b.test"]);
-    let r = cert_with(dir.path(), "r", rsa(), &["r.test"]);
-    let e = cert_with(dir.path(), "e", ed25519(), &["e.test"]);
+    let a = self_signed(dir.path(), "a", KeyType::EcdsaP256, &["a.test"]);
+    let b = self_signed(dir.path(), "b", KeyType::EcdsaP256, &["b.test"]);
+    let r = self_signed(dir.path(), "r", KeyType::Rsa2048, &["r.test"]);
+    let e = self_signed(dir.path(), "e", KeyType::Ed25519, &["e.test"]);
 
     // Good pairs of each key type load.
     for c in [&a, &r, &e] {
@@ -392,15 +334,11 @@ async fn head_reflector() -> SocketAddr {
 #[tokio::test]
 async fn https_requests_are_forwarded_with_proto_https() {
     use tokio::io::AsyncWriteExt;
-    let c = support::certs(&["localhost"]);
+    let (dir, c) = certs(&["localhost"]);
     let backend = head_reflector().await;
-    let certs = format!(
-        "[[listener.tls.cert]]\ncert = \"{}\"\nkey = \"{}\"\n",
-        c.cert.display(),
-        c.key.display()
-    );
-    let proxy = tls_proxy(c.dir.path(), &[backend], "", &certs).await;
-    let cfg = Arc::new(tls_client(rustls::ALL_VERSIONS, &c.cert_der));
+    let certs = cert_toml(&c);
+    let proxy = tls_proxy(dir.path(), &[backend], "", &certs).await;
+    let cfg = Arc::new(tls_client(rustls::ALL_VERSIONS, &[&c.der]));
     let tls = tls_connect(proxy.addr("tls"), cfg, "localhost").await;
     let mut rd = Reader::new(tls);
     for i in 0..3 {

@@ -1,11 +1,6 @@
 //! sd_notify(3) datagrams, received on real unix datagram sockets. Most
 //! tests pass the socket explicitly (`notify_to`): NOTIFY_SOCKET is
 //! process-global and tests run in parallel. One test sets it in a child.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod systemd_support;
 
 use std::ffi::OsStr;
 use std::io::ErrorKind;
@@ -14,14 +9,9 @@ use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::probe::run_direct;
 use herdgate::systemd::{monotonic_usec, notify_to, reloading_message, status_message};
 use serde_json::json;
-
-#[test]
-#[ignore = "entry point of the probe child process; the other tests run it"]
-fn probe_entry() {
-    systemd_support::probe_entry();
-}
 
 /// A fresh abstract name: the abstract namespace is shared by every process
 /// in the network namespace, so pid + counter keep parallel runs apart.
@@ -132,7 +122,7 @@ fn notify_socket_from_the_environment_is_used_in_a_child() {
     // The only test that goes through $NOTIFY_SOCKET, set in a child process
     // (the probe reports STATUS then READY=1, as herdgate does at startup).
     let (name, sock) = abstract_receiver();
-    let run = systemd_support::run_direct(
+    let run = run_direct(
         &[("NOTIFY_SOCKET", &name)],
         &["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"],
     );
@@ -145,7 +135,7 @@ fn notify_socket_from_the_environment_is_used_in_a_child() {
 
 #[test]
 fn unset_notify_socket_is_not_an_error() {
-    let run = systemd_support::run_direct(&[], &["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS"]);
+    let run = run_direct(&[], &["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS"]);
     assert!(run.status.success(), "{run:?}");
     let summary = run.summary.expect("summary line");
     assert_eq!(summary["notified"], json!(false), "{summary}");
