@@ -1,7 +1,5 @@
-//! Registry of open tunnels, and the funnel that closes them gradually.
-//!
-//! hyper does not track upgraded connections, so every tunnel registers here and holds a
-//! guard for its whole life; drain and shutdown find the tunnels through this registry.
+//! The funnel: closing a node's tunnels gradually (deploy, removal, admin drain) and
+//! everything at shutdown, walking the tunnel registry ([`crate::registry`]).
 
 use crate::backend::{DrainSource, Node};
 use crate::registry::TunnelCtl;

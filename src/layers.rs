@@ -14,6 +14,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("clock", 0),
     ("fdlimit", 0),
     ("systemd", 0),
+    ("tls", 0),
     // TOML -> validated Config (pure data).
     ("config", 1),
     // Live node state, connecting to nodes, health.

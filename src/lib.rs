@@ -1,15 +1,22 @@
 //! herdgate: an edge connection admission layer for WebSocket fleets.
 //!
-//! Data plane, one client connection, left to right:
+//! This crate is the proxy's runtime; ARCHITECTURE.md at the repository root is the map
+//! (the one picture, the layers, where state lives, the glossary). In one breath:
 //!
 //! ```text
 //! accept ─► TLS (SNI, tickets) ─► HTTP/1.1 (hyper) ─► route ─► admit ─► forward
-//!  listener   listener::tls        proxy               routing   admission  proxy (HTTP)
+//!  listener   tls                  proxy               routing   admission  proxy (HTTP)
 //!                                                                          websocket (tunnel)
 //! ```
 //!
 //! Control plane, one writer: SIGHUP ─► read TOML ─► validate ─► build [`snapshot::Snapshot`]
-//! ─► `ArcSwap::store` ─► diff ─► drain removed nodes.
+//! ─► `Shared::publish` (reload only) ─► diff ─► drain removed nodes.
+//!
+//! The decisions themselves (token buckets, the retry schedule, tickets, consistent
+//! hashing, the sticky table, frame boundaries) are pure code in the `herdgate-core`
+//! crate, and the names and formats shared with clients are the `herdgate-wire` crate.
+//! Modules here import only from lower layers: [`layers`] lists them and its test holds
+//! the code to that.
 //!
 //! Start with [`server::Server::bind`] and [`server::Server::run`].
 #![forbid(unsafe_code)]
@@ -35,4 +42,5 @@ pub mod signals;
 pub mod snapshot;
 pub mod state;
 pub mod systemd;
+pub mod tls;
 pub mod websocket;

@@ -4,7 +4,7 @@ use crate::backend::connect::{http_client, HttpClient};
 use crate::backend::{Node, NodeKey};
 use crate::config::NodeConfig;
 use crate::config::{Config, PoolConfig, RouteConfig, StickyConfig, StickyFallback};
-use crate::listener::tls::{server_config, TlsError};
+use crate::tls::{load_certified_key, server_config, Sessions, SniCert, TlsError};
 use dashmap::DashMap;
 use herdgate_core::admission::{
     AdmissionError, AdmissionParams, ClientKey, ClientLimiter, NodeAdmission, TicketSigner,
@@ -111,12 +111,31 @@ impl Snapshot {
         for l in &config.listeners {
             let name: Arc<str> = Arc::from(l.name());
             let tls = match &l.tls {
-                Some(t) => Some(tokio_rustls::TlsAcceptor::from(
-                    server_config(l.name(), t).map_err(|source| BuildError::Tls {
+                Some(t) => {
+                    let tls_err = |source| BuildError::Tls {
                         listener: l.name().to_string(),
                         source,
-                    })?,
-                )),
+                    };
+                    let certs = t
+                        .certs
+                        .iter()
+                        .map(|c| {
+                            Ok(SniCert {
+                                key: load_certified_key(c.cert.get_ref(), c.key.get_ref())?,
+                                server_names: &c.server_names,
+                                default: c.default,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, TlsError>>()
+                        .map_err(tls_err)?;
+                    let sessions = Sessions {
+                        cache: t.session_cache,
+                        tickets: t.session_tickets,
+                    };
+                    Some(tokio_rustls::TlsAcceptor::from(
+                        server_config(l.name(), &certs, sessions).map_err(tls_err)?,
+                    ))
+                }
                 None => None,
             };
             // Caps keep their permits across reloads when unchanged.

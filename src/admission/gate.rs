@@ -12,13 +12,10 @@ use crate::state::Shared;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Request header / query parameter by which a client says it can carry a ticket.
-pub const ACCEPT_TICKET_HEADER: &str = "herdgate-accept-ticket";
-pub const ACCEPT_TICKET_QUERY: &str = "herdgate_accept_ticket";
-/// Where a ticket travels: response and request header, cookie, query parameter.
-pub const TICKET_HEADER: &str = "herdgate-ticket";
-pub const TICKET_COOKIE: &str = "herdgate_ticket";
-pub const TICKET_QUERY: &str = "herdgate_ticket";
+/// Where a ticket travels and how a client asks for one: the wire contract's names.
+pub use herdgate_wire::{
+    ACCEPT_TICKET_HEADER, ACCEPT_TICKET_QUERY, TICKET_COOKIE, TICKET_HEADER, TICKET_QUERY,
+};
 
 pub use crate::clock::{clock, now};
 

@@ -148,9 +148,7 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
                 );
             }
             for (j, c) in tls.certs.iter().enumerate() {
-                if let Err(e) =
-                    crate::listener::tls::load_certified_key(c.cert.get_ref(), c.key.get_ref())
-                {
+                if let Err(e) = crate::tls::load_certified_key(c.cert.get_ref(), c.key.get_ref()) {
                     r.at(format!("{key}.tls.cert[{j}]"), Some(&c.cert), e.to_string());
                 }
             }

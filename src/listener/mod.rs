@@ -1,7 +1,5 @@
 //! Listeners: accept loop, connection caps, TLS handshake under a deadline, then hyper.
 
-pub mod tls;
-
 use crate::conn::{ClientIo, ConnGuard, ConnInfo};
 use crate::metrics::ListenerMetrics;
 use crate::proxy;

@@ -1,7 +1,7 @@
 //! One end of a tunnel, read and written without holding buffers while idle.
 //!
 //! An idle WebSocket holds no copy buffer here: the relay waits for socket readiness,
-//! then reads into a stack buffer that lives only for that poll. Over TLS we drive
+//! then reads into the worker thread's copy buffer, borrowed only for that poll. Over TLS we drive
 //! rustls by hand (instead of through tokio-rustls' AsyncRead) for the same reason:
 //! readiness comes from the TCP socket, and plaintext is pulled out of rustls only when
 //! it is there.

@@ -1,6 +1,6 @@
 //! The tunnel: relays bytes both ways after the 101, tracking frame boundaries.
 //!
-//! Bytes are copied from socket to socket through a stack buffer; nothing is held while
+//! Bytes are copied from socket to socket through one copy buffer per worker thread; nothing is held while
 //! the tunnel is idle (no copy buffers: an idle tunnel costs its sockets, this task and a
 //! few words of frame-tracker state). A `pending` vector exists only while the far side
 //! pushes back.

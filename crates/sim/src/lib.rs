@@ -55,7 +55,7 @@ pub enum SimError {
 /// Which storm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
-    /// One node dies; its clients are re-hashed onto the survivors (the first seed's
+    /// One node dies; its clients are re-hashed onto the survivors (the seed articles'
     /// scenario: a connection server dies behind a load balancer).
     NodeDeath,
     /// Every node restarts at once and every client reconnects to the node it hashes to.
@@ -190,7 +190,7 @@ impl Contender {
     }
 }
 
-/// A fresh client policy for `strategy`. Full jitter uses the first seed's numbers
+/// A fresh client policy for `strategy`. Full jitter uses the seed articles' numbers
 /// (`random(0, min(30 s, 1 s × 2^n))`); every other strategy the reference client's
 /// (base drawn in 100–500 ms).
 pub fn policy_for<R: Rng + ?Sized>(strategy: Strategy, rng: &mut R) -> ReconnectPolicy {

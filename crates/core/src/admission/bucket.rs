@@ -15,7 +15,7 @@
 //! node admits at most `W * rate + burst` (a sliding window, not per calendar second), and a
 //! rejected client's slot is spaced `T` from every other: obeying clients arrive at `rate`.
 //!
-//! Rejected clients come in two kinds (DESIGN.md, "The retry scheduler"):
+//! Rejected clients come in two kinds (ARCHITECTURE.md, glossary: Promise, Reservation):
 //! - a client that can carry a ticket gets a *reservation*: its token is charged now and a
 //!   signed ticket lets it claim the token inside `[slot - early, slot + claim_window]`;
 //! - any other client gets a *promise*: its token is charged now too (so fresh arrivals

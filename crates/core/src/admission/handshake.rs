@@ -1,7 +1,7 @@
 //! Listener-level cap on TLS handshakes per second.
 //!
 //! Over TLS a limiter that acts after the handshake still pays a full handshake per retry;
-//! in a storm that alone saturates the CPU (DESIGN.md, "Lessons"). The listener asks this
+//! in a storm that alone saturates the CPU (measured against nginx and HAProxy in benches/STORM.md). The listener asks this
 //! limiter before it calls `accept`: while it waits, new connections stay in the kernel's
 //! listen backlog, costing nothing, and the SYN queue pushes back on clients.
 

@@ -1,6 +1,5 @@
 //! TLS material: PEM loading, SNI selection, session resumption.
 
-use crate::config::TlsConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -178,25 +177,45 @@ fn session_cache(listener: &str, size: usize) -> Arc<dyn StoresServerSessions> {
         .clone()
 }
 
+/// One certificate of a listener, loaded, with the names it serves.
+pub struct SniCert<'a> {
+    /// The chain and key ([`load_certified_key`]).
+    pub key: Arc<CertifiedKey>,
+    /// SNI names it answers (`*.example.com` for a wildcard).
+    pub server_names: &'a [String],
+    /// Served when no name matches (else the first certificate is).
+    pub default: bool,
+}
+
+/// A listener's TLS settings besides its certificates.
+#[derive(Debug, Clone, Copy)]
+pub struct Sessions {
+    /// Entries of the stateful session cache (TLS 1.2 IDs, 1.3 without tickets).
+    pub cache: usize,
+    /// Issue stateless session tickets.
+    pub tickets: bool,
+}
+
 /// Build the rustls server config of one listener: TLS 1.3 and 1.2, ALPN http/1.1, SNI,
 /// tickets and a session cache.
 pub fn server_config(
     listener: &str,
-    cfg: &TlsConfig,
+    certs: &[SniCert<'_>],
+    sessions: Sessions,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
     let mut default = None;
-    for (i, c) in cfg.certs.iter().enumerate() {
-        let ck = load_certified_key(c.cert.get_ref(), c.key.get_ref())?;
-        for name in &c.server_names {
+    for (i, c) in certs.iter().enumerate() {
+        let ck = c.key.clone();
+        for name in c.server_names {
             let name = name.to_ascii_lowercase();
             match name.strip_prefix("*.") {
                 Some(parent) => wildcard.insert(parent.to_string(), ck.clone()),
                 None => exact.insert(name, ck.clone()),
             };
         }
-        if c.default || (i == 0 && !cfg.certs.iter().any(|c| c.default)) {
+        if c.default || (i == 0 && !certs.iter().any(|c| c.default)) {
             default = Some(ck);
         }
     }
@@ -212,8 +231,8 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     sc.alpn_protocols = vec![b"http/1.1".to_vec()];
-    sc.session_storage = session_cache(listener, cfg.session_cache.max(1));
-    if cfg.session_tickets {
+    sc.session_storage = session_cache(listener, sessions.cache.max(1));
+    if sessions.tickets {
         sc.ticketer = ticketer()?;
     }
     // TLS 1.3 resumes only through NewSessionTicket: with a ticketer the ticket is the
@@ -224,17 +243,17 @@ pub fn server_config(
     Ok(Arc::new(sc))
 }
 
-/// A self-signed certificate for the demo and tests (PEM cert, PEM key).
-pub fn self_signed(names: &[&str]) -> Result<(String, String), TlsError> {
-    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    let ck =
-        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Setup(e.to_string()))?;
-    Ok((ck.cert.pem(), ck.key_pair.serialize_pem()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A self-signed certificate (PEM cert, PEM key).
+    fn self_signed(names: &[&str]) -> Result<(String, String), TlsError> {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let ck = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| TlsError::Setup(e.to_string()))?;
+        Ok((ck.cert.pem(), ck.key_pair.serialize_pem()))
+    }
 
     struct Files {
         _dir: tempfile::TempDir,
