@@ -23,9 +23,9 @@
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
-use std::os::fd::OwnedFd;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
 use std::path::Path;

@@ -84,10 +84,9 @@ fn pem_error(path: &Path, e: &pem::Error) -> TlsError {
             "section not closed: \"-----END {}-----\" missing",
             String::from_utf8_lossy(end_marker)
         ),
-        pem::Error::IllegalSectionStart { line } => format!(
-            "illegal section start: {:?}",
-            String::from_utf8_lossy(line)
-        ),
+        pem::Error::IllegalSectionStart { line } => {
+            format!("illegal section start: {:?}", String::from_utf8_lossy(line))
+        }
         other => other.to_string(),
     };
     TlsError::Pem {
@@ -337,7 +336,8 @@ mod tests {
         assert!(matches!(err, TlsError::BadKey { .. }), "{err:?}");
         assert!(err.to_string().contains(&f.key.display().to_string()));
 
-        let junk_cert = "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n";
+        let junk_cert =
+            "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n";
         let f = files(junk_cert, &key);
         // rustls may not be able to tell (then the handshake fails later), but
         // never panics.
