@@ -6,7 +6,9 @@ use clap::{Parser, Subcommand};
 use herdgate::config::Config;
 use herdgate::server::{Inherited, Server};
 use herdgate::systemd::{InheritedListener, SystemdError};
-use std::path::PathBuf;
+use rustix::io::Errno;
+use rustix::process::Pid;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const DEFAULT_CONFIG: &str = "/etc/herdgate/herdgate.toml";
@@ -107,46 +109,43 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// `herdgate reload`: SIGHUP to the pid in `pidfile`, sent with kill(2) directly.
-fn reload(pidfile: &std::path::Path) -> ExitCode {
-    let text = match std::fs::read_to_string(pidfile) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("herdgate reload: cannot read {}: {e}", pidfile.display());
-            return ExitCode::from(EXIT_RUNTIME);
-        }
-    };
-    let pid = text.trim();
-    // Digits only: kill(2) gives negative and zero pids group meanings.
-    let parsed = pid
-        .bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| pid.parse::<i32>().ok())
-        .flatten()
-        .and_then(rustix::process::Pid::from_raw);
-    let Some(target) = parsed else {
-        eprintln!(
-            "herdgate reload: {} holds no pid (found {pid:?})",
-            pidfile.display()
-        );
-        return ExitCode::from(EXIT_RUNTIME);
-    };
-    match rustix::process::kill_process(target, rustix::process::Signal::HUP) {
+fn reload(pidfile: &Path) -> ExitCode {
+    match read_pid(pidfile).and_then(|pid| send_hup(pid, pidfile)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let why = match e {
-                rustix::io::Errno::SRCH => "no such process (stale pid file?)".to_owned(),
-                rustix::io::Errno::PERM => {
-                    "not permitted (run as the same user or root)".to_owned()
-                }
-                e => e.to_string(),
-            };
-            eprintln!(
-                "herdgate reload: could not send SIGHUP to pid {pid} from {}: {why}",
-                pidfile.display()
-            );
+            eprintln!("herdgate reload: {e}");
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+/// The pid written by `herdgate run --pidfile`: digits only, since kill(2)
+/// gives zero and negative pids process-group meanings.
+fn read_pid(pidfile: &Path) -> Result<Pid, String> {
+    let text = std::fs::read_to_string(pidfile)
+        .map_err(|e| format!("cannot read {}: {e}", pidfile.display()))?;
+    let pid = text.trim();
+    pid.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| pid.parse::<i32>().ok())
+        .flatten()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| format!("{} holds no pid (found {pid:?})", pidfile.display()))
+}
+
+fn send_hup(pid: Pid, pidfile: &Path) -> Result<(), String> {
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).map_err(|e| {
+        let why = match e {
+            Errno::SRCH => "no such process (stale pid file?)".to_owned(),
+            Errno::PERM => "not permitted (run as the same user or root)".to_owned(),
+            e => e.to_string(),
+        };
+        format!(
+            "could not send SIGHUP to pid {} (from {}): {why}",
+            pid.as_raw_nonzero(),
+            pidfile.display()
+        )
+    })
 }
 
 async fn run(
@@ -216,5 +215,69 @@ async fn run(
             eprintln!("herdgate: {e}");
             ExitCode::from(EXIT_RUNTIME)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pidfile(content: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("herdgate.pid");
+        std::fs::write(&path, content).expect("write pid file");
+        (dir, path)
+    }
+
+    #[test]
+    fn a_pid_file_holds_one_positive_pid() {
+        let (_dir, path) = pidfile("  4242\n");
+        assert_eq!(
+            read_pid(&path).map(Pid::as_raw_nonzero),
+            Ok(4242.try_into().expect("nonzero"))
+        );
+        for bad in ["", "0", "-1", "+5", "12x", "1 2", "99999999999"] {
+            let (_dir, path) = pidfile(bad);
+            let err = read_pid(&path).expect_err(bad);
+            assert!(err.contains("holds no pid"), "{bad:?}: {err}");
+            assert!(err.contains(&path.display().to_string()), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_pid_file_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("absent.pid");
+        let err = read_pid(&path).expect_err("absent");
+        assert!(
+            err.contains("cannot read") && err.contains("absent.pid"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_pid_nobody_has_is_a_stale_pid_file() {
+        // Above any pid_max (at most 2^22), so no process is signalled.
+        let pid = Pid::from_raw(i32::MAX).expect("nonzero");
+        let err = send_hup(pid, Path::new("/run/herdgate.pid")).expect_err("no such process");
+        assert!(err.contains("no such process"), "{err}");
+        assert!(err.contains("/run/herdgate.pid"), "{err}");
+    }
+
+    #[test]
+    fn sighup_reaches_the_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = i32::try_from(child.id())
+            .ok()
+            .and_then(Pid::from_raw)
+            .expect("child pid");
+        let sent = send_hup(pid, Path::new("test.pid"));
+        let status = child.wait().expect("wait sleep");
+        assert_eq!(sent, Ok(()));
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(1), "{status:?}");
     }
 }
