@@ -78,7 +78,12 @@ pub enum SystemdError {
     )]
     AlreadyTaken,
     #[error("socket activation: cannot adopt the inherited descriptors: {0}")]
-    Adopt(String),
+    Adopt(#[source] sd_listen_fds::Error),
+    #[error(
+        "socket activation: {adopted} descriptors adopted where LISTEN_FDS said {expected} \
+         (the environment changed while it was read)"
+    )]
+    AdoptedCount { adopted: usize, expected: usize },
     #[error("inherited fd {fd} (index {index}, name {name}): cannot set O_NONBLOCK: {source}")]
     NonBlocking {
         index: usize,
@@ -241,8 +246,8 @@ pub fn listen_fds() -> Result<Vec<InheritedListener>, SystemdError> {
         return Ok(Vec::new());
     };
     // Before anything owns a descriptor: owning (and so, on error, closing)
-    // a number that is not open, or that is some other part of this
-    // process's file, would close a descriptor that is not ours.
+    // a number that is not open, or that this process already uses for a
+    // file of its own, would close a descriptor that is not ours.
     for (index, name) in names.iter().enumerate() {
         let fd = fd_of(index);
         if let Err(why) = looks_like_socket(fd) {
@@ -261,13 +266,12 @@ pub fn listen_fds() -> Result<Vec<InheritedListener>, SystemdError> {
     // sd-listen-fds re-reads LISTEN_PID and LISTEN_FDS, which we validated
     // above and nobody edits; a disagreement would be a bug, reported, not
     // guessed around.
-    let fds = sd_listen_fds::get().map_err(|e| SystemdError::Adopt(e.to_string()))?;
+    let fds = sd_listen_fds::get().map_err(SystemdError::Adopt)?;
     if fds.len() != names.len() {
-        return Err(SystemdError::Adopt(format!(
-            "{} descriptors adopted, {} expected",
-            fds.len(),
-            names.len()
-        )));
+        return Err(SystemdError::AdoptedCount {
+            adopted: fds.len(),
+            expected: names.len(),
+        });
     }
     names
         .into_iter()
