@@ -200,11 +200,36 @@ fn flush_pending(dst: &mut Side, dir: &mut Dir) -> io::Result<bool> {
     Ok(dst.flush()? && dir.pending.is_empty())
 }
 
+/// Where the relay is in its life. The control plane's request ([`TunnelState`]) or an
+/// idle timeout moves it from `Open` to `CloseQueued`; the close frame going out to the
+/// client moves it to `CloseSent`. It never moves back.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// Relaying both ways.
+    Open,
+    /// A close is wanted; it goes to the client once the node's stream is at a message
+    /// boundary (no frame is cut), and until then nothing more is read from the node.
+    CloseQueued(Closing),
+    /// Our close frame is on its way to the client; the close handshake must finish by the
+    /// deadline.
+    CloseSent(Closing),
+}
+
+impl Phase {
+    fn closing(&self) -> Option<&Closing> {
+        match self {
+            Phase::Open => None,
+            Phase::CloseQueued(c) | Phase::CloseSent(c) => Some(c),
+        }
+    }
+}
+
+/// The close herdgate sends: code, optional retry hint, and when to give up waiting.
+#[derive(Clone, Copy)]
 struct Closing {
     code: u16,
     hint_ms: Option<u64>,
     deadline: Instant,
-    client_close_sent: bool,
 }
 
 /// The wire contract's JSON hint, `{"retry_after_ms":N}` or with a ticket the same JSON as
@@ -266,7 +291,7 @@ pub async fn relay(
     s2c.pending.extend_from_slice(&backend_pre);
     drop((client_pre, backend_pre));
 
-    let mut closing: Option<Closing> = None;
+    let mut phase = Phase::Open;
     let mut end = TunnelEnd::Closed;
     let mut last_activity = Instant::now();
     let mut half_closed_deadline: Option<Instant> = None;
@@ -277,16 +302,18 @@ pub async fn relay(
     loop {
         // Closing: put the close towards the client as soon as the node's stream is at a
         // message boundary.
-        if let Some(cl) = &mut closing {
-            if !cl.client_close_sent && s2c.at_boundary() {
+        if let Phase::CloseQueued(cl) = phase {
+            if s2c.at_boundary() {
                 let reason = close_reason(cl.hint_ms, ctl.ticket());
                 if let Err(e) = send_close(&mut client, &mut s2c, cl.code, &reason, false) {
                     tracing::debug!("tunnel {}: close to client failed: {e}", ctl.id);
                     return TunnelEnd::Error;
                 }
-                cl.client_close_sent = true;
+                phase = Phase::CloseSent(cl);
                 s2c.discard = true;
             }
+        }
+        if phase.closing().is_some() {
             if c2s.tracker.close_seen() && !c2s.discard {
                 // The client's Close reply went to the node; nothing may follow it.
                 c2s.discard = true;
@@ -319,12 +346,12 @@ pub async fn relay(
             timer.as_mut().reset(next_timer(
                 settings,
                 last_activity,
-                closing.as_ref().map(|c| c.deadline),
+                phase.closing().map(|c| c.deadline),
                 half_closed_deadline,
             ));
         }
 
-        let stop_s2c = closing.as_ref().is_some_and(|c| !c.client_close_sent);
+        let stop_s2c = matches!(phase, Phase::CloseQueued(_));
         let can_read_client = c2s.open && c2s.pending.is_empty();
         let can_read_backend = s2c.open && s2c.pending.is_empty() && !client.has_pending_output();
         if can_read_client && client.has_buffered_input() {
@@ -350,26 +377,27 @@ pub async fn relay(
                 Ev::Command => {
                     let now = Instant::now();
                     match ctl.state() {
-                        TunnelState::Draining if closing.is_none() => {
-                            closing = Some(Closing {
+                        TunnelState::Draining if matches!(phase, Phase::Open) => {
+                            phase = Phase::CloseQueued(Closing {
                                 code: CLOSE_SERVICE_RESTART,
                                 hint_ms: Some(ctl.hint_ms()),
                                 deadline: now + settings.close_timeout,
-                                client_close_sent: false,
                             });
                             end = TunnelEnd::Drained;
                         }
                         TunnelState::ClosingNow => {
-                            // Shutdown is here: whatever was under way ends with 1001 now.
-                            let c = closing.get_or_insert(Closing {
+                            // Shutdown is here: whatever was under way ends with 1001 now
+                            // (a close already sent stays sent; its deadline only shortens).
+                            let by = now + settings.close_timeout;
+                            let c = Closing {
                                 code: CLOSE_GOING_AWAY,
                                 hint_ms: None,
-                                deadline: now + settings.close_timeout,
-                                client_close_sent: false,
-                            });
-                            c.code = CLOSE_GOING_AWAY;
-                            c.hint_ms = None;
-                            c.deadline = c.deadline.min(now + settings.close_timeout);
+                                deadline: phase.closing().map_or(by, |c| c.deadline.min(by)),
+                            };
+                            phase = match phase {
+                                Phase::CloseSent(_) => Phase::CloseSent(c),
+                                Phase::Open | Phase::CloseQueued(_) => Phase::CloseQueued(c),
+                            };
                             end = TunnelEnd::Drained;
                         }
                         _ => {}
@@ -414,7 +442,7 @@ pub async fn relay(
         }
 
         let now = Instant::now();
-        if let Some(cl) = &closing {
+        if let Some(cl) = phase.closing() {
             if now >= cl.deadline {
                 // The client never answered: close towards the node ourselves, then cut.
                 if !c2s.discard && c2s.at_boundary() {
@@ -433,21 +461,20 @@ pub async fn relay(
             return TunnelEnd::TimedOut;
         }
         if let Some(idle) = settings.idle {
-            if closing.is_none() && now.duration_since(last_activity) >= idle {
-                closing = Some(Closing {
+            if matches!(phase, Phase::Open) && now.duration_since(last_activity) >= idle {
+                phase = Phase::CloseQueued(Closing {
                     code: CLOSE_GOING_AWAY,
                     hint_ms: None,
                     deadline: now + settings.close_timeout,
-                    client_close_sent: false,
                 });
                 end = TunnelEnd::Idle;
             }
         }
-        if matches!(ev, Ev::Timer | Ev::Command) || closing.is_some() {
+        if matches!(ev, Ev::Timer | Ev::Command) || phase.closing().is_some() {
             timer.as_mut().reset(next_timer(
                 settings,
                 last_activity,
-                closing.as_ref().map(|c| c.deadline),
+                phase.closing().map(|c| c.deadline),
                 half_closed_deadline,
             ));
         }
