@@ -313,11 +313,9 @@ pub async fn relay(
                 s2c.discard = true;
             }
         }
-        if phase.closing().is_some() {
-            if c2s.tracker.close_seen() && !c2s.discard {
-                // The client's Close reply went to the node; nothing may follow it.
-                c2s.discard = true;
-            }
+        if phase.closing().is_some() && c2s.tracker.close_seen() && !c2s.discard {
+            // The client's Close reply went to the node; nothing may follow it.
+            c2s.discard = true;
         }
         // A Close has passed each way and is written out: the close handshake is over and
         // nothing valid can follow (RFC 6455 §5.5.1). The server side closes TCP first
