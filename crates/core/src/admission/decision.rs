@@ -66,27 +66,41 @@ impl AdmitVia {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Forward now.
-    Admit { via: AdmitVia, ticket: TicketCheck },
+    Admit {
+        /// What paid for the token, for the caller's metrics.
+        via: AdmitVia,
+        /// What checking the presented ticket found, even if it did not pay (metrics, logs).
+        ticket: TicketCheck,
+    },
     /// Hold the request and forward it at `until`; the token is charged. If the client goes
     /// away before then, call [`NodeAdmission::refund`](super::NodeAdmission::refund) with `slot` so the token is not lost.
     /// Returned in queue mode, and also without it when forwards run ahead of the rate
     /// (pacing of bunched late claims, see the module doc): then `until` is only as far
     /// ahead as the bunch was late, and `slot == until`.
     Queue {
+        /// When the caller should forward the held request.
         until: Nanos,
+        /// The charged slot, to hand to [`NodeAdmission::refund`](super::NodeAdmission::refund)
+        /// if the client leaves first.
         slot: Nanos,
         /// How it will have been admitted: [`AdmitVia::Queue`] in queue mode, else the
         /// ticket, promise or bucket whose forward is being paced.
         via: AdmitVia,
+        /// What checking the presented ticket found (metrics, logs).
         ticket_check: TicketCheck,
     },
     /// Refuse; tell the client to come back after `retry_after` (RFC 9110 §10.2.3), with
     /// `ticket` if it can carry one. `overflow`: the schedule is deeper than max_retry_after,
     /// nothing was reserved and the hint is only a guess.
     Reject {
+        /// The Retry-After / close-reason delay that spaces returning clients at the rate.
         retry_after: Duration,
+        /// The signed reservation for a ticket-capable client; `None` means a promise or
+        /// overflow.
         ticket: Option<String>,
+        /// Nothing was reserved, so the caller can count and log overload apart.
         overflow: bool,
+        /// What checking the presented ticket found (metrics, logs).
         ticket_check: TicketCheck,
     },
 }
@@ -109,8 +123,11 @@ impl Decision {
 /// Counters of one node since it was created (they survive [`NodeAdmission::update_params`](super::NodeAdmission::update_params)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AdmissionStats {
+    /// Admissions paid by a free bucket token: the node was below its rate.
     pub admitted_bucket: u64,
+    /// Admissions that claimed a promise credit: ticketless clients coming back on time.
     pub admitted_promise: u64,
+    /// Admissions by a valid ticket: ticket-capable clients coming back on time.
     pub admitted_ticket: u64,
     /// Rejections of any kind (with a promise, a ticket, or overflow).
     pub rejected: u64,
@@ -139,7 +156,10 @@ pub struct AdmissionStats {
 /// Sizes of the bounded per-node structures (for tests, simulators and /admin).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateSizes {
+    /// Live promise credits: grows with ticketless clients waiting for their slot.
     pub promises: usize,
+    /// Live reservations in the anti-replay ledger (at most [`super::RESERVATION_WINDOW`]).
     pub reservations: usize,
+    /// Remembered foreign-ticket claims (at most [`super::FOREIGN_CLAIMS_CAP`]).
     pub foreign_claims: usize,
 }

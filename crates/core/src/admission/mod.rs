@@ -47,14 +47,25 @@ pub enum AdmissionError {
     /// A parameter is out of range.
     #[error("admission: {field} {expected}, got {got}")]
     InvalidParam {
+        /// The setting's name as the config spells it, so the operator finds it.
         field: &'static str,
+        /// The accepted range, in words.
         expected: &'static str,
+        /// The rejected value as given.
         got: String,
     },
     /// A key given as bytes is too short.
     #[error("ticket key: {len} bytes, need at least {min}", min = TICKET_KEY_MIN_LEN)]
-    KeyTooShort { len: usize },
+    KeyTooShort {
+        /// The length given, in bytes.
+        len: usize,
+    },
     /// The ticket key file cannot be read or holds no usable key.
     #[error("ticket key file {path}: {reason}")]
-    KeyFile { path: String, reason: String },
+    KeyFile {
+        /// The file as configured.
+        path: String,
+        /// What was wrong with it (I/O error or content).
+        reason: String,
+    },
 }
