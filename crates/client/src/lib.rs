@@ -18,6 +18,8 @@
 //! Wire contract (shared with the proxy's `respond`): a client that can present tickets
 //! sends `herdgate-accept-ticket: 1`, and presents one with `herdgate-ticket: <t>`.
 
+#![warn(missing_docs)]
+
 pub mod conn;
 pub mod hint;
 pub mod policy;
@@ -91,34 +93,70 @@ impl fmt::Display for Rejection {
 /// Everything that can go wrong in this module.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The target URL cannot be parsed: a setup error, retrying cannot fix it.
     #[error("invalid WebSocket URL {url:?}: {reason}")]
-    InvalidUrl { url: String, reason: String },
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What the parser objected to.
+        reason: String,
+    },
+    /// The URL is not ws:// or wss://, the only schemes a WebSocket client can dial.
     #[error("URL {url:?}: scheme must be ws or wss")]
-    UnsupportedScheme { url: String },
+    UnsupportedScheme {
+        /// The URL as given.
+        url: String,
+    },
+    /// A wss:// target was built without TLS settings, so it could never connect.
     #[error("URL {url:?} is wss:// but the target has no TLS client config")]
-    MissingTlsConfig { url: String },
+    MissingTlsConfig {
+        /// The URL as given.
+        url: String,
+    },
+    /// The host cannot be checked against a certificate (SNI and verification need a name).
     #[error("host {host:?} is not a valid TLS server name")]
-    InvalidServerName { host: String },
+    InvalidServerName {
+        /// The URL's host.
+        host: String,
+    },
+    /// TCP connect failed: no hint came, so the policy backs off on its own.
     #[error("TCP connect to {addr}: {source}")]
     Connect {
+        /// The address dialled.
         addr: String,
+        /// The socket error.
         #[source]
         source: std::io::Error,
     },
+    /// The TLS handshake failed: no hint came, so the policy backs off on its own.
     #[error("TLS handshake with {host}: {source}")]
     Tls {
+        /// The server name presented.
         host: String,
+        /// The TLS or socket error.
         #[source]
         source: std::io::Error,
     },
+    /// The WebSocket upgrade, or the first read that confirms it, failed for a reason other
+    /// than a herdgate rejection (no hint).
     #[error("WebSocket handshake: {0}")]
     Handshake(#[source] Box<tokio_tungstenite::tungstenite::Error>),
+    /// The upgrade got a status that is neither success nor a herdgate rejection (no hint).
     #[error("upgrade answered with HTTP {status}, not 101, 503 or 429")]
-    Status { status: u16 },
+    Status {
+        /// The HTTP status received.
+        status: u16,
+    },
+    /// The attempt took too long: counted apart (`timeouts`) since it points at overload.
     #[error("no complete handshake within {after:?}")]
-    Timeout { after: Duration },
+    Timeout {
+        /// The limit that ran out.
+        after: Duration,
+    },
+    /// The server closed at once without a close frame, so there is no reason or hint to read.
     #[error("connection ended right after the upgrade without a close frame")]
     EndedAfterUpgrade,
+    /// A configured root certificate cannot be used: a setup error, retrying cannot fix it.
     #[error("TLS root certificate rejected: {0}")]
     RootCertificate(#[source] rustls::Error),
 }

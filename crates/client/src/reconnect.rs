@@ -121,10 +121,14 @@ impl Stats {
 /// The last thing that went wrong before giving up.
 #[derive(Debug, thiserror::Error)]
 pub enum Setback {
+    /// The last attempt was rejected by the proxy and the policy allowed no retry: the
+    /// rejection keeps the hint the client was given.
     #[error("rejected: {0}")]
     Rejected(Rejection),
+    /// The last attempt failed (network, TLS, timeout) and the policy allowed no retry.
     #[error(transparent)]
     Failed(ClientError),
+    /// No attempt was made: the close that ended the connection left the policy no retry.
     #[error("the policy allows no further attempt")]
     NoAttempt,
 }

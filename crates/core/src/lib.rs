@@ -13,6 +13,7 @@
 //! The runtime (`herdgate`'s `server`, `proxy`, `tunnel`, ...) composes them; nothing here
 //! imports from it. See ARCHITECTURE.md at the repository root.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod admission;
 pub mod frame;

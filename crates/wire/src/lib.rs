@@ -5,6 +5,8 @@
 //! reads them. A name, a rounding rule or the shape of the close reason changes here or
 //! nowhere. No I/O and no dependencies, so an application can depend on it alone.
 
+#![warn(missing_docs)]
+
 use std::fmt::Write as _;
 use std::time::Duration;
 

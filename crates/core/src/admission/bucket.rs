@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::clock::{duration_to_nanos, Nanos, NANOS_PER_MILLI, NANOS_PER_SEC};
+use super::decision::{AdmissionStats, AdmitInput, AdmitVia, Decision, StateSizes};
 use super::params::AdmissionParams;
 use super::schedule::{ForeignClaims, LedgerClaim, PromiseQueue, ReservationLedger};
 use super::ticket::{TicketCheck, TicketClaims, TicketSigner};
@@ -52,143 +53,6 @@ pub const FOREIGN_CLAIMS_CAP: usize = 1 << 14;
 /// A ticket may be presented this early, or one emission interval early if that is longer:
 /// covers the millisecond truncation of the slot and client timer slop.
 pub const TICKET_EARLY_TOLERANCE: Duration = Duration::from_millis(50);
-
-/// What the caller knows about one admission request.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AdmitInput<'a> {
-    /// The ticket the client presented, if any.
-    pub ticket: Option<&'a str>,
-    /// The client said it can carry a ticket: a rejection should come with one.
-    pub wants_ticket: bool,
-    /// Queue mode: the caller may hold the request this long waiting for its slot.
-    pub may_queue: Option<Duration>,
-}
-
-impl<'a> AdmitInput<'a> {
-    /// A client that only understands Retry-After.
-    pub const TICKETLESS: AdmitInput<'static> = AdmitInput {
-        ticket: None,
-        wants_ticket: false,
-        may_queue: None,
-    };
-
-    /// A ticket-capable client, presenting `ticket` if it has one.
-    pub fn ticketed(ticket: Option<&'a str>) -> Self {
-        Self {
-            ticket,
-            wants_ticket: true,
-            may_queue: None,
-        }
-    }
-}
-
-/// Why a request was admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AdmitVia {
-    /// It presented a valid ticket for a reserved token.
-    Ticket,
-    /// It claimed a due promise credit.
-    Promise,
-    /// The bucket had a token.
-    Bucket,
-    /// It waited in the caller's queue for its slot (queue mode, [`Decision::Queue`]); never returned by
-    /// [`NodeAdmission::check`], offered for the caller's metrics when it forwards.
-    Queue,
-}
-
-impl AdmitVia {
-    /// Stable lowercase label for metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ticket => "ticket",
-            Self::Promise => "promise",
-            Self::Bucket => "bucket",
-            Self::Queue => "queue",
-        }
-    }
-}
-
-/// The answer to one admission request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Forward now.
-    Admit { via: AdmitVia, ticket: TicketCheck },
-    /// Hold the request and forward it at `until`; the token is charged. If the client goes
-    /// away before then, call [`NodeAdmission::refund`] with `slot` so the token is not lost.
-    /// Returned in queue mode, and also without it when forwards run ahead of the rate
-    /// (pacing of bunched late claims, see the module doc): then `until` is only as far
-    /// ahead as the bunch was late, and `slot == until`.
-    Queue {
-        until: Nanos,
-        slot: Nanos,
-        /// How it will have been admitted: [`AdmitVia::Queue`] in queue mode, else the
-        /// ticket, promise or bucket whose forward is being paced.
-        via: AdmitVia,
-        ticket_check: TicketCheck,
-    },
-    /// Refuse; tell the client to come back after `retry_after` (RFC 9110 §10.2.3), with
-    /// `ticket` if it can carry one. `overflow`: the schedule is deeper than max_retry_after,
-    /// nothing was reserved and the hint is only a guess.
-    Reject {
-        retry_after: Duration,
-        ticket: Option<String>,
-        overflow: bool,
-        ticket_check: TicketCheck,
-    },
-}
-
-impl Decision {
-    /// What checking the presented ticket found.
-    pub fn ticket_check(&self) -> TicketCheck {
-        match self {
-            Self::Admit { ticket, .. } => *ticket,
-            Self::Queue { ticket_check, .. } | Self::Reject { ticket_check, .. } => *ticket_check,
-        }
-    }
-
-    /// True for [`Decision::Admit`].
-    pub fn is_admit(&self) -> bool {
-        matches!(self, Self::Admit { .. })
-    }
-}
-
-/// Counters of one node since it was created (they survive [`NodeAdmission::update_params`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AdmissionStats {
-    pub admitted_bucket: u64,
-    pub admitted_promise: u64,
-    pub admitted_ticket: u64,
-    /// Rejections of any kind (with a promise, a ticket, or overflow).
-    pub rejected: u64,
-    /// Rejections because the schedule was full (nothing reserved).
-    pub overflow: u64,
-    /// Promise credits nobody claimed in their window.
-    pub unclaimed_promises: u64,
-    /// Reservations whose ticket was not presented in its window.
-    pub unclaimed_reservations: u64,
-    /// Requests told to wait in the caller's queue.
-    pub queued: u64,
-    /// Queued requests given back with [`NodeAdmission::refund`].
-    pub refunded: u64,
-    /// Admissions held back ([`Decision::Queue`]) because forwards ran ahead of the rate.
-    pub paced: u64,
-    /// Promise credits created (rejections and hints).
-    pub promised: u64,
-    /// Tickets signed (reservations).
-    pub reserved: u64,
-    /// Slots handed out by [`NodeAdmission::hint`].
-    pub hinted: u64,
-    /// Valid tickets reserved by another instance, charged here on claim.
-    pub foreign_tickets: u64,
-}
-
-/// Sizes of the bounded per-node structures (for tests, simulators and /admin).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StateSizes {
-    pub promises: usize,
-    pub reservations: usize,
-    pub foreign_claims: usize,
-}
 
 /// Emission interval and tolerance in force at some instant.
 #[derive(Debug, Clone, Copy)]
@@ -504,7 +368,6 @@ impl NodeAdmission {
         }
     }
 
-    /// Parks the charged `slot` as a promise, or reserves it and signs a ticket.
     /// Signs the ticket of reservation `seq` (outside the lock: HMAC and allocation).
     fn sign(&self, slot: Nanos, seq: u64) -> String {
         // The ticket carries the low 32 bits; the ledger recovers the rest.

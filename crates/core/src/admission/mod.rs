@@ -4,6 +4,8 @@
 //! - [`NodeAdmission`] (bucket.rs): per-node GCRA token bucket that owns the node's retry
 //!   schedule: promises for ticketless clients, signed reservations for ticket-capable ones,
 //!   optional queueing, slow start, reload without reset. Pure logic: every call takes `now`.
+//! - [`AdmitInput`] / [`Decision`] (decision.rs): what a request brings and gets back, and
+//!   the node's [`AdmissionStats`].
 //! - [`TicketSigner`] / [`TicketKey`] (ticket.rs): compact HMAC tickets that fit in a
 //!   WebSocket close reason, and [`node_id`], the stable id they name a node by.
 //! - [`ClientLimiter`] (client_limit.rs): per-client new-connection limit.
@@ -18,19 +20,21 @@
 mod bucket;
 mod client_limit;
 mod clock;
+mod decision;
 mod handshake;
 mod params;
 mod schedule;
 mod ticket;
 
 pub use bucket::{
-    AdmissionStats, AdmitInput, AdmitVia, Decision, NodeAdmission, NodeAdmissionBuilder,
-    StateSizes, FOREIGN_CLAIMS_CAP, RESERVATION_WINDOW, TICKET_EARLY_TOLERANCE,
+    NodeAdmission, NodeAdmissionBuilder, FOREIGN_CLAIMS_CAP, RESERVATION_WINDOW,
+    TICKET_EARLY_TOLERANCE,
 };
 pub use client_limit::{ClientKey, ClientLimiter};
 pub use clock::{
     duration_to_nanos, Clock, ManualClock, MonotonicClock, Nanos, NANOS_PER_MILLI, NANOS_PER_SEC,
 };
+pub use decision::{AdmissionStats, AdmitInput, AdmitVia, Decision, StateSizes};
 pub use handshake::HandshakeLimiter;
 pub use params::AdmissionParams;
 pub use ticket::{
@@ -43,14 +47,25 @@ pub enum AdmissionError {
     /// A parameter is out of range.
     #[error("admission: {field} {expected}, got {got}")]
     InvalidParam {
+        /// The setting's name as the config spells it, so the operator finds it.
         field: &'static str,
+        /// The accepted range, in words.
         expected: &'static str,
+        /// The rejected value as given.
         got: String,
     },
     /// A key given as bytes is too short.
     #[error("ticket key: {len} bytes, need at least {min}", min = TICKET_KEY_MIN_LEN)]
-    KeyTooShort { len: usize },
+    KeyTooShort {
+        /// The length given, in bytes.
+        len: usize,
+    },
     /// The ticket key file cannot be read or holds no usable key.
     #[error("ticket key file {path}: {reason}")]
-    KeyFile { path: String, reason: String },
+    KeyFile {
+        /// The file as configured.
+        path: String,
+        /// What was wrong with it (I/O error or content).
+        reason: String,
+    },
 }

@@ -18,6 +18,8 @@ use super::RoutingError;
 /// A pool member as the config lists it: the name is its identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeRef<'a> {
+    /// The node's config name: hashed with the key, so a node keeps its keys across
+    /// reorders and pool changes.
     pub name: &'a str,
     /// Relative share of keys. A node with weight 0 is never picked.
     pub weight: u32,
@@ -100,18 +102,22 @@ impl RendezvousTable {
         Ok(RendezvousTable { slots, uniform })
     }
 
+    /// Node count, so callers can size per-node state to match the table.
     pub fn len(&self) -> usize {
         self.slots.len()
     }
 
+    /// True for an empty pool, where no pick can succeed.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
 
+    /// The config name at `index`, to map a picked index back to a node (logs, tests).
     pub fn name(&self, index: usize) -> Option<&str> {
         self.slots.get(index).map(|s| &*s.name)
     }
 
+    /// The weight at `index`, to check a pick against the configured shares.
     pub fn weight(&self, index: usize) -> Option<u32> {
         self.slots.get(index).map(|s| s.weight)
     }

@@ -37,6 +37,7 @@ pub enum StickySource {
     Header(HeaderName),
     /// Query parameter name, matched after percent-decoding.
     Query(String),
+    /// The client's address: stickiness for clients that carry no cookie, header or query.
     ClientIp,
 }
 
@@ -77,10 +78,12 @@ impl StickySource {
         SourceRepr::Cookie(name.to_owned()).try_into()
     }
 
+    /// Like [`StickySource::cookie`], for a header name (validated, then lowercased).
     pub fn header(name: &str) -> Result<Self, RoutingError> {
         SourceRepr::Header(name.to_owned()).try_into()
     }
 
+    /// Like [`StickySource::cookie`], for a query parameter name (must not be empty).
     pub fn query(name: &str) -> Result<Self, RoutingError> {
         SourceRepr::Query(name.to_owned()).try_into()
     }
@@ -142,6 +145,7 @@ pub fn request_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str>
 /// A cookie a backend sets in a response, for learning sticky entries from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SetCookie<'a> {
+    /// The cookie's value: the sticky key the backend chose, learned as-is.
     pub value: &'a str,
     /// `Max-Age` in seconds when present and well-formed (RFC 6265 §5.2.2).
     pub max_age: Option<i64>,

@@ -61,10 +61,12 @@ impl MaglevTable {
         &self.rendezvous
     }
 
+    /// Node count, so callers can size per-node state to match the table.
     pub fn len(&self) -> usize {
         self.rendezvous.len()
     }
 
+    /// True for an empty pool, where no pick can succeed.
     pub fn is_empty(&self) -> bool {
         self.rendezvous.is_empty()
     }

@@ -28,20 +28,47 @@ use serde::Deserialize;
 /// Errors of the routing module. Each names the offending value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RoutingError {
+    /// Two nodes share a name; names are identities, so the hash could not tell them apart.
     #[error("node name {name:?} appears twice in the pool: node names are their identity")]
-    DuplicateNode { name: String },
+    DuplicateNode {
+        /// The repeated name.
+        name: String,
+    },
+    /// The pool is larger than the Maglev table can spread evenly.
     #[error("pool has {count} nodes: Maglev supports at most {max}")]
-    TooManyNodes { count: usize, max: usize },
+    TooManyNodes {
+        /// Nodes in the pool.
+        count: usize,
+        /// The Maglev limit.
+        max: usize,
+    },
+    /// The sticky cookie name could never be sent back by a browser.
     #[error("sticky cookie name {name:?} is not an RFC 6265 token")]
-    BadCookieName { name: String },
+    BadCookieName {
+        /// The rejected name.
+        name: String,
+    },
+    /// A sticky cookie value the proxy would set could not be sent back verbatim.
     #[error("sticky cookie value {value:?} contains a byte outside RFC 6265 cookie-octet")]
-    BadCookieValue { value: String },
+    BadCookieValue {
+        /// The rejected value.
+        value: String,
+    },
+    /// The sticky header name could never appear in a request.
     #[error("sticky header name {name:?} is not a valid HTTP field name")]
-    BadHeaderName { name: String },
+    BadHeaderName {
+        /// The rejected name.
+        name: String,
+    },
+    /// An empty query parameter name would match nothing.
     #[error("sticky query parameter name must not be empty")]
     EmptyQueryName,
+    /// A sticky table that holds nothing would silently disable stickiness.
     #[error("sticky table max_entries must be > 0, got {got}")]
-    ZeroCapacity { got: usize },
+    ZeroCapacity {
+        /// The configured max_entries.
+        got: usize,
+    },
 }
 
 /// Which consistent hash a pool uses. Config: `hash = "rendezvous"` (default) or
@@ -62,7 +89,9 @@ pub enum HashAlgo {
 /// node list the table was built from.
 #[derive(Debug, Clone)]
 pub enum HashRing {
+    /// Built for [`HashAlgo::Rendezvous`].
     Rendezvous(RendezvousTable),
+    /// Built for [`HashAlgo::Maglev`].
     Maglev(MaglevTable),
 }
 
@@ -78,6 +107,7 @@ impl HashRing {
         })
     }
 
+    /// Which algorithm built it, so a holder of the ring can report or compare it with config.
     pub fn algo(&self) -> HashAlgo {
         match self {
             HashRing::Rendezvous(_) => HashAlgo::Rendezvous,
@@ -90,6 +120,7 @@ impl HashRing {
         self.rendezvous().len()
     }
 
+    /// True for an empty pool, where no pick can succeed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

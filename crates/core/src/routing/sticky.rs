@@ -94,10 +94,12 @@ impl<N: Clone + PartialEq> StickyTable<N> {
         })
     }
 
+    /// The entry lifetime it was built with, so a reload can keep the table when unchanged.
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
 
+    /// The capacity it was built with, so a reload can keep the table when unchanged.
     pub fn max_entries(&self) -> usize {
         self.max_entries
     }
@@ -107,6 +109,7 @@ impl<N: Clone + PartialEq> StickyTable<N> {
         self.len.load(Ordering::Relaxed)
     }
 
+    /// True when nothing has been learned (or everything was swept).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

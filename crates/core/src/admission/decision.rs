@@ -1,0 +1,165 @@
+//! What one admission request brings and what it gets back: [`AdmitInput`], [`Decision`]
+//! and [`AdmitVia`], plus the per-node counters and sizes [`super::NodeAdmission`] reports.
+//! Kept apart from the bucket (bucket.rs) so the GCRA and schedule logic reads on its own.
+
+use std::time::Duration;
+
+use super::clock::Nanos;
+use super::ticket::TicketCheck;
+
+/// What the caller knows about one admission request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdmitInput<'a> {
+    /// The ticket the client presented, if any.
+    pub ticket: Option<&'a str>,
+    /// The client said it can carry a ticket: a rejection should come with one.
+    pub wants_ticket: bool,
+    /// Queue mode: the caller may hold the request this long waiting for its slot.
+    pub may_queue: Option<Duration>,
+}
+
+impl<'a> AdmitInput<'a> {
+    /// A client that only understands Retry-After.
+    pub const TICKETLESS: AdmitInput<'static> = AdmitInput {
+        ticket: None,
+        wants_ticket: false,
+        may_queue: None,
+    };
+
+    /// A ticket-capable client, presenting `ticket` if it has one.
+    pub fn ticketed(ticket: Option<&'a str>) -> Self {
+        Self {
+            ticket,
+            wants_ticket: true,
+            may_queue: None,
+        }
+    }
+}
+
+/// Why a request was admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdmitVia {
+    /// It presented a valid ticket for a reserved token.
+    Ticket,
+    /// It claimed a due promise credit.
+    Promise,
+    /// The bucket had a token.
+    Bucket,
+    /// It waited in the caller's queue for its slot (queue mode, [`Decision::Queue`]); never returned by
+    /// [`NodeAdmission::check`](super::NodeAdmission::check), offered for the caller's metrics when it forwards.
+    Queue,
+}
+
+impl AdmitVia {
+    /// Stable lowercase label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ticket => "ticket",
+            Self::Promise => "promise",
+            Self::Bucket => "bucket",
+            Self::Queue => "queue",
+        }
+    }
+}
+
+/// The answer to one admission request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Forward now.
+    Admit {
+        /// What paid for the token, for the caller's metrics.
+        via: AdmitVia,
+        /// What checking the presented ticket found, even if it did not pay (metrics, logs).
+        ticket: TicketCheck,
+    },
+    /// Hold the request and forward it at `until`; the token is charged. If the client goes
+    /// away before then, call [`NodeAdmission::refund`](super::NodeAdmission::refund) with `slot` so the token is not lost.
+    /// Returned in queue mode, and also without it when forwards run ahead of the rate
+    /// (pacing of bunched late claims, see the module doc): then `until` is only as far
+    /// ahead as the bunch was late, and `slot == until`.
+    Queue {
+        /// When the caller should forward the held request.
+        until: Nanos,
+        /// The charged slot, to hand to [`NodeAdmission::refund`](super::NodeAdmission::refund)
+        /// if the client leaves first.
+        slot: Nanos,
+        /// How it will have been admitted: [`AdmitVia::Queue`] in queue mode, else the
+        /// ticket, promise or bucket whose forward is being paced.
+        via: AdmitVia,
+        /// What checking the presented ticket found (metrics, logs).
+        ticket_check: TicketCheck,
+    },
+    /// Refuse; tell the client to come back after `retry_after` (RFC 9110 §10.2.3), with
+    /// `ticket` if it can carry one. `overflow`: the schedule is deeper than max_retry_after,
+    /// nothing was reserved and the hint is only a guess.
+    Reject {
+        /// The Retry-After / close-reason delay that spaces returning clients at the rate.
+        retry_after: Duration,
+        /// The signed reservation for a ticket-capable client; `None` means a promise or
+        /// overflow.
+        ticket: Option<String>,
+        /// Nothing was reserved, so the caller can count and log overload apart.
+        overflow: bool,
+        /// What checking the presented ticket found (metrics, logs).
+        ticket_check: TicketCheck,
+    },
+}
+
+impl Decision {
+    /// What checking the presented ticket found.
+    pub fn ticket_check(&self) -> TicketCheck {
+        match self {
+            Self::Admit { ticket, .. } => *ticket,
+            Self::Queue { ticket_check, .. } | Self::Reject { ticket_check, .. } => *ticket_check,
+        }
+    }
+
+    /// True for [`Decision::Admit`].
+    pub fn is_admit(&self) -> bool {
+        matches!(self, Self::Admit { .. })
+    }
+}
+
+/// Counters of one node since it was created (they survive [`NodeAdmission::update_params`](super::NodeAdmission::update_params)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdmissionStats {
+    /// Admissions paid by a free bucket token: the node was below its rate.
+    pub admitted_bucket: u64,
+    /// Admissions that claimed a promise credit: ticketless clients coming back on time.
+    pub admitted_promise: u64,
+    /// Admissions by a valid ticket: ticket-capable clients coming back on time.
+    pub admitted_ticket: u64,
+    /// Rejections of any kind (with a promise, a ticket, or overflow).
+    pub rejected: u64,
+    /// Rejections because the schedule was full (nothing reserved).
+    pub overflow: u64,
+    /// Promise credits nobody claimed in their window.
+    pub unclaimed_promises: u64,
+    /// Reservations whose ticket was not presented in its window.
+    pub unclaimed_reservations: u64,
+    /// Requests told to wait in the caller's queue.
+    pub queued: u64,
+    /// Queued requests given back with [`NodeAdmission::refund`](super::NodeAdmission::refund).
+    pub refunded: u64,
+    /// Admissions held back ([`Decision::Queue`]) because forwards ran ahead of the rate.
+    pub paced: u64,
+    /// Promise credits created (rejections and hints).
+    pub promised: u64,
+    /// Tickets signed (reservations).
+    pub reserved: u64,
+    /// Slots handed out by [`NodeAdmission::hint`](super::NodeAdmission::hint).
+    pub hinted: u64,
+    /// Valid tickets reserved by another instance, charged here on claim.
+    pub foreign_tickets: u64,
+}
+
+/// Sizes of the bounded per-node structures (for tests, simulators and /admin).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateSizes {
+    /// Live promise credits: grows with ticketless clients waiting for their slot.
+    pub promises: usize,
+    /// Live reservations in the anti-replay ledger (at most [`super::RESERVATION_WINDOW`]).
+    pub reservations: usize,
+    /// Remembered foreign-ticket claims (at most [`super::FOREIGN_CLAIMS_CAP`]).
+    pub foreign_claims: usize,
+}
