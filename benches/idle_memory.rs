@@ -36,14 +36,7 @@ const OPEN_CONCURRENCY: usize = 64;
 const FD_SLACK: u64 = 200;
 
 fn main() -> ExitCode {
-    if let Some(code) = child_role() {
-        return code;
-    }
-    if !invoked_by_cargo_bench() {
-        println!("idle_memory bench: skipped (run it with `cargo bench --bench idle_memory`)");
-        return ExitCode::SUCCESS;
-    }
-    run_main("idle_memory", Duration::from_secs(300), run())
+    bench_main("idle_memory", Duration::from_secs(300), run)
 }
 
 struct Row {
@@ -93,7 +86,7 @@ async fn run() -> Result<()> {
     let sizes = type_sizes().await?;
 
     println!();
-    println!("## idle tunnel memory: load average {}", loadavg());
+    println!("## idle tunnel memory: load average {}", loadavg(3));
     for n in &notes {
         println!("{n}");
     }
@@ -142,7 +135,7 @@ async fn run() -> Result<()> {
 async fn measure(kind: ProxyKind, mode: &'static str, n: usize) -> Result<Row> {
     let dir = tempfile::tempdir()?;
     let cert = write_cert(dir.path())?;
-    let echo = spawn_echo(&cert)?;
+    let echo = spawn_echo(&cert).await?;
     // Analysis only: HERDGATE_BENCH_HEAPTRACK=<dir> runs herdgate under heaptrack's
     // preload library, writing a raw trace (see benches/RESULTS.md for reading it). VmRSS
     // figures of such a run include heaptrack's own buffers.
@@ -255,21 +248,18 @@ async fn wait_closed(px: &Proxy, fds0: usize) -> Result<()> {
     if let Some(admin) = px.admin {
         wait_metric(admin, "herdgate_tunnels_open", 0.0, within).await?;
     }
-    let deadline = Instant::now() + within;
-    loop {
+    until(within, Duration::from_millis(100), async || {
         let fds = px.fds()?;
-        if fds <= fds0 + 4 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
+        Ok(if fds <= fds0 + 4 {
+            Check::Done
+        } else {
+            Check::NotYet(format!(
                 "{} still holds {fds} descriptors, {fds0} before the tunnels",
                 px.kind.label()
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            ))
+        })
+    })
+    .await
 }
 
 /// Open `n` WebSockets (OPEN_CONCURRENCY handshakes in flight), one echo on each.

@@ -4,8 +4,8 @@
 //! Run: `cargo bench --bench proxy` (about 2 minutes). The processes share the machine:
 //! this one (the clients), the echo node (this binary in its echo role), and the proxies,
 //! each its own process(es) in front of that same echo node: herdgate (the release
-//! binary), nginx and HAProxy (system binaries, configs in common::nginx_config and
-//! common::haproxy_config; one that is not installed is skipped with a printed note).
+//! binary), nginx and HAProxy (system binaries, configs in benches/common/proxies.rs; one
+//! that is not installed is skipped with a printed note).
 //! "Direct TLS" is the same lean echo behind tokio-rustls. The paths are interleaved in
 //! rounds (their order rotating), so a load spike from elsewhere hits all of them; rates
 //! are the median over rounds, latency percentiles pool all samples.
@@ -44,14 +44,7 @@ const RTT_ROUNDS: usize = 4;
 const RTT_CONNS: [usize; 2] = [1, 16];
 
 fn main() -> ExitCode {
-    if let Some(code) = child_role() {
-        return code;
-    }
-    if !invoked_by_cargo_bench() {
-        println!("proxy bench: skipped (run it with `cargo bench --bench proxy`)");
-        return ExitCode::SUCCESS;
-    }
-    run_main("proxy", Duration::from_secs(300), run())
+    bench_main("proxy", Duration::from_secs(300), run)
 }
 
 /// What one phase (or several rounds of it) measured.
@@ -151,7 +144,7 @@ async fn run() -> Result<()> {
     let (soft, hard) = raise_fd_limit();
     let dir = tempfile::tempdir()?;
     let cert = write_cert(dir.path())?;
-    let mut echo = spawn_echo(&cert)?;
+    let mut echo = spawn_echo(&cert).await?;
     let echo_pid = echo.proc.pid();
     let (kinds, skipped) = proxies_to_run();
     let mut paths = vec![Path {
@@ -178,14 +171,11 @@ async fn run() -> Result<()> {
     if let Some(bin) = std::env::var_os("HERDGATE_BENCH_BASELINE_BIN") {
         let sub = dir.path().join("baseline");
         std::fs::create_dir(&sub)?;
-        let h = spawn_herdgate(
-            &sub,
-            &cert,
-            echo.plain,
-            &[],
-            Some(std::path::Path::new(&bin)),
-        )
-        .await?;
+        let launch = Launch {
+            bin: Some(std::path::Path::new(&bin)),
+            ..Launch::default()
+        };
+        let h = spawn_herdgate(&sub, &cert, echo.plain, &launch).await?;
         versions.push(format!("herdgate baseline: {}", bin.to_string_lossy()));
         paths.push(Path {
             name: "herdgate (baseline)".into(),
@@ -200,7 +190,7 @@ async fn run() -> Result<()> {
             }),
         });
     }
-    let load_before = loadavg();
+    let load_before = loadavg(3);
     let echo_kind = std::env::var(ECHO_ENV).unwrap_or_else(|_| "raw".into());
 
     let target = |path: &Path, mode: &str| -> Result<Target> {
@@ -300,7 +290,7 @@ async fn run() -> Result<()> {
     println!(
         "## proxy bench: {} logical CPUs, load average {load_before} before / {} after",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        loadavg()
+        loadavg(3)
     );
     println!(
         "echo node: {echo_kind}; fd limit {soft}/{hard}; {HS_CONCURRENCY} connections in flight, \

@@ -8,10 +8,10 @@
 //! ```
 //!
 //! Sockets (default): herdgate (the release binary) and three echo nodes (this binary
-//! started again as `examples/echo_node.rs`) run as their own processes, the clients here,
-//! all on 127.0.0.1; each process has its own descriptor budget. Once every client is
-//! connected, echo-0 is killed with SIGKILL and its clients reconnect. Each contender
-//! gets fresh processes. Accepts are read from the echo nodes (their TCP accept times),
+//! started again as `examples/echo_node.rs`, see benches/common/echo.rs) run as their own
+//! processes, the clients here, all on 127.0.0.1; each process has its own descriptor
+//! budget. Once every client is connected, echo-0 is killed with SIGKILL and its clients
+//! reconnect. Each contender gets fresh processes. Accepts are read from the echo nodes (their TCP accept times),
 //! reconnect times and attempts from the clients.
 //!
 //! Simulation (`--sim`): [`herdgate_sim`], the real admission code and client
@@ -22,17 +22,15 @@
 // in the shipped code (Cargo.toml [workspace.lints]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../examples/echo_node.rs"]
-mod echo_node;
+mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
@@ -44,11 +42,14 @@ use herdgate_sim::report::{self, StormRun, Summary};
 use herdgate_sim::{policy_for, Contender, Scenario, SimConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-const ROLE_ENV: &str = "HERDGATE_STORM_ROLE";
+use common::{
+    child_role, free_addr, loadavg, metrics_text, raise_fd_limit, retry, runtime, samples,
+    spawn_accept_log_echo, start_herdgate, unix_nanos, until, write_cert, AcceptLogEcho, BoxError,
+    Cert, Check, Launch, Proc, SPAWN_TRIES,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Which {
@@ -128,15 +129,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    if std::env::var(ROLE_ENV).as_deref() == Ok("echo") {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        return match echo_node::run(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("echo node: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(code) = child_role() {
+        return code;
     }
     let args = Args::parse();
     if !args.bench {
@@ -162,8 +156,6 @@ fn main() -> ExitCode {
         }
     }
 }
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn contenders(args: &Args) -> Vec<Contender> {
     let mut all = Contender::standard();
@@ -236,142 +228,25 @@ fn simulate(args: &Args, svg_dir: &Path) -> Result<(), BoxError> {
 // ---------------------------------------------------------------------------------------
 // Sockets: processes
 
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-struct Echo {
+/// herdgate in front of the echo nodes: its one listener and its admin address.
+struct Gate {
     proc: Proc,
     addr: SocketAddr,
-    stats: SocketAddr,
+    admin: SocketAddr,
 }
 
-fn spawn_echo() -> Result<Echo, BoxError> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .env(ROLE_ENV, "echo")
-        .arg("127.0.0.1:0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let out = child.stdout.take().ok_or("echo node: no stdout")?;
-    let proc = Proc { child };
-    let mut line = String::new();
-    BufReader::new(out).read_line(&mut line)?;
-    // "echo <addr> stats <addr>"
-    let parts: Vec<&str> = line.split_whitespace().collect();
-    match parts.as_slice() {
-        ["echo", a, "stats", s] => Ok(Echo {
-            proc,
-            addr: a.parse()?,
-            stats: s.parse()?,
-        }),
-        _ => Err(format!("echo node said {line:?}").into()),
-    }
-}
-
-struct EchoStats {
-    open: u64,
-    accepts: Vec<u64>,
-}
-
-async fn echo_stats(addr: SocketAddr) -> Result<EchoStats, BoxError> {
-    let read = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).await?;
-        Ok::<_, std::io::Error>(text)
-    };
-    let text = tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .map_err(|_| format!("echo stats {addr}: no answer within 10 s"))??;
-    let mut lines = text.lines();
-    let open = lines
-        .next()
-        .and_then(|l| l.strip_prefix("open "))
-        .and_then(|v| v.parse().ok())
-        .ok_or("echo stats: no open line")?;
-    let _ = lines.next();
-    let accepts = lines.filter_map(|l| l.parse().ok()).collect();
-    Ok(EchoStats { open, accepts })
-}
-
-/// A free port below the kernel's ephemeral range (32768 and up by default). A port from
-/// that range can be taken as the source port of any outgoing connection between our check
-/// and herdgate's bind (then herdgate cannot bind it, and a connect to it may even connect
-/// to itself and read its own bytes back).
-fn free_port() -> Result<u16, BoxError> {
-    let mut rng = rand::thread_rng();
-    for _ in 0..200 {
-        let port = rng.gen_range(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err("no free port in 20000..32000".into())
-}
-
-/// The 1-minute load average: this machine is shared, and a loaded one stalls handshakes.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
-}
-
-fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-struct Tls {
-    dir: PathBuf,
-    cert_der: rustls::pki_types::CertificateDer<'static>,
-}
-
-fn make_cert(dir: &Path) -> Result<Tls, BoxError> {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
-    std::fs::write(dir.join("cert.pem"), ck.cert.pem())?;
-    std::fs::write(dir.join("key.pem"), ck.key_pair.serialize_pem())?;
-    Ok(Tls {
-        dir: dir.to_path_buf(),
-        cert_der: ck.cert.der().clone(),
-    })
-}
-
-struct Gate {
-    _proc: Proc,
-    addr: SocketAddr,
-}
-
-#[allow(clippy::too_many_arguments)]
 fn herdgate_config(
-    port: u16,
-    admin: u16,
-    tls: bool,
+    edge: SocketAddr,
+    admin: SocketAddr,
+    tls: Option<&Cert>,
     hps: Option<f64>,
     rate: f64,
     burst: u32,
-    nodes: &[&Echo],
+    nodes: &[SocketAddr],
 ) -> String {
     let mut s = format!(
         r#"[admin]
-bind = "127.0.0.1:{admin}"
+bind = "{admin}"
 
 [timeouts]
 close = "2s"
@@ -382,17 +257,19 @@ timeout = "2s"
 
 [[listener]]
 name = "edge"
-bind = "127.0.0.1:{port}"
+bind = "{edge}"
 backlog = 8192
 "#
     );
-    if tls {
+    if let Some(cert) = tls {
         if let Some(h) = hps {
             s.push_str(&format!("handshakes_per_second = {h}\n"));
         }
-        s.push_str(
-            "[[listener.tls.cert]]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nserver_names = [\"localhost\"]\n",
-        );
+        s.push_str(&format!(
+            "[[listener.tls.cert]]\ncert = \"{}\"\nkey = \"{}\"\nserver_names = [\"localhost\"]\n",
+            cert.cert.display(),
+            cert.key.display()
+        ));
     }
     s.push_str(&format!(
         r#"
@@ -411,51 +288,33 @@ max_retry_after = "60s"
     ));
     for (i, n) in nodes.iter().enumerate() {
         s.push_str(&format!(
-            "[[pool.node]]\nname = \"echo-{i}\"\naddr = \"{}\"\n",
-            n.addr
+            "[[pool.node]]\nname = \"echo-{i}\"\naddr = \"{n}\"\n"
         ));
     }
     s
 }
 
-async fn spawn_herdgate(
+/// herdgate for one round, its config and log in `dir`, on fresh ports.
+async fn spawn_gate(
     dir: &Path,
-    config: &str,
-    port: u16,
     round: &str,
+    rc: &RoundCfg<'_>,
+    (rate, burst): (f64, u32),
+    nodes: &[SocketAddr],
 ) -> Result<Gate, BoxError> {
-    let path = dir.join(format!("herdgate-{round}.toml"));
-    std::fs::write(&path, config)?;
-    let log = std::fs::File::create(dir.join(format!("herdgate-{round}.log")))?;
-    let child = Command::new(env!("CARGO_BIN_EXE_herdgate"))
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .env("HERDGATE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()?;
-    let mut proc = Proc { child };
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        // Exited (cannot bind, bad config)? Then whatever answers on the port is not it.
-        if let Ok(Some(status)) = proc.child.try_wait() {
-            return Err(format!(
-                "herdgate exited with {status} (see {})",
-                dir.join(format!("herdgate-{round}.log")).display()
-            )
-            .into());
-        }
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Ok(Gate { _proc: proc, addr });
-        }
-        if Instant::now() > deadline {
-            return Err("herdgate did not listen within 20 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    retry(SPAWN_TRIES, async || {
+        let (addr, admin) = (free_addr()?, free_addr()?);
+        let config = herdgate_config(addr, admin, rc.tls, rc.hps, rate, burst, nodes);
+        let path = dir.join(format!("herdgate-{round}.toml"));
+        std::fs::write(&path, config)?;
+        let launch = Launch {
+            log: Some(dir.join(format!("herdgate-{round}.log"))),
+            ..Launch::default()
+        };
+        let proc = start_herdgate(&path, &launch, &[addr], Duration::from_secs(20)).await?;
+        Ok(Gate { proc, addr, admin })
+    })
+    .await
 }
 
 /// Counters of herdgate's /metrics worth a line, each summed over every label but one.
@@ -486,38 +345,15 @@ const SCRAPED: &[(&str, Option<&str>, &str)] = &[
 
 /// `(metric, label value)` to value, from herdgate's admin endpoint.
 async fn scrape(admin: SocketAddr) -> Result<BTreeMap<(String, String), f64>, BoxError> {
-    use tokio::io::AsyncWriteExt;
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(admin).await?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).await?;
-        Ok::<_, std::io::Error>(text)
-    };
-    let text = tokio::time::timeout(Duration::from_secs(10), fetch)
-        .await
-        .map_err(|_| "metrics: no answer within 10 s")??;
+    let text = metrics_text(admin).await?;
     let mut out = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
+    for s in samples(&text) {
+        let Some(&(_, label, _)) = SCRAPED.iter().find(|m| m.0 == s.name) else {
             continue;
         };
-        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-        let Some(&(_, label, _)) = SCRAPED.iter().find(|m| m.0 == name) else {
-            continue;
-        };
-        let which = label
-            .and_then(|l| {
-                labels
-                    .split(',')
-                    .find_map(|kv| kv.strip_prefix(l)?.strip_prefix("=\""))
-            })
-            .map(|v| v.trim_end_matches(['"', '}']).to_string())
-            .unwrap_or_default();
-        if let Ok(v) = value.parse::<f64>() {
-            *out.entry((name.to_string(), which)).or_insert(0.0) += v;
-        }
+        let which = label.and_then(|l| s.label(l)).unwrap_or_default();
+        *out.entry((s.name.to_string(), which.to_string()))
+            .or_insert(0.0) += s.value;
     }
     Ok(out)
 }
@@ -667,20 +503,24 @@ async fn client(
     }
 }
 
+/// Until `done`, looked at every 10 ms; false (and a line on stderr) after `deadline`.
 async fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + deadline;
-    while !done() {
-        if Instant::now() > until {
-            eprintln!("    {what}: not within {deadline:?}");
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let r = until(deadline, Duration::from_millis(10), async || {
+        Ok(if done() {
+            Check::Done
+        } else {
+            Check::NotYet(String::new())
+        })
+    })
+    .await;
+    if r.is_err() {
+        eprintln!("    {what}: not within {deadline:?}");
     }
-    true
+    r.is_ok()
 }
 
 struct RoundCfg<'a> {
-    tls: Option<&'a Tls>,
+    tls: Option<&'a Cert>,
     clients: usize,
     rate: f64,
     burst: u32,
@@ -692,25 +532,22 @@ struct RoundCfg<'a> {
 
 async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Summary, BoxError> {
     let dir = tempfile::tempdir()?;
-    let dir_path = match rc.tls {
-        Some(t) => t.dir.clone(),
-        None => dir.path().to_path_buf(),
-    };
-    let echoes: Vec<Echo> = (0..3).map(|_| spawn_echo()).collect::<Result<_, _>>()?;
-    let port = free_port()?;
-    let admin = free_port()?;
-    let (rate, burst) = if contender.admission {
+    let mut echoes: Vec<AcceptLogEcho> = Vec::new();
+    for _ in 0..3 {
+        echoes.push(spawn_accept_log_echo().await?);
+    }
+    let admission = if contender.admission {
         (rc.rate, rc.burst)
     } else {
         // "No admission": a bucket no storm here can empty.
         (1e6, 1_000_000)
     };
-    let refs: Vec<&Echo> = echoes.iter().collect();
-    let config = herdgate_config(port, admin, rc.tls.is_some(), rc.hps, rate, burst, &refs);
-    let gate = spawn_herdgate(&dir_path, &config, port, tag).await?;
+    let nodes: Vec<SocketAddr> = echoes.iter().map(|e| e.addr).collect();
+    let gate = spawn_gate(dir.path(), tag, rc, admission, &nodes).await?;
+    let port = gate.addr.port();
 
     let tls_cfg = match rc.tls {
-        Some(t) => Some(tls_client_config_with_root(t.cert_der.clone())?),
+        Some(t) => Some(tls_client_config_with_root(t.der.clone())?),
         None => None,
     };
     let scheme = if rc.tls.is_some() { "wss" } else { "ws" };
@@ -758,25 +595,20 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
     .await;
     if !all_in {
         crowd.stop.cancel();
-        let log = std::fs::read_to_string(dir_path.join(format!("herdgate-{tag}.log")))
-            .unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(10).collect();
         return Err(format!(
             "only {} of {} clients connected ({:?}); herdgate's log ends with:\n{}",
             crowd.connected.load(Ordering::Relaxed),
             rc.clients,
             crowd.initial.snapshot(),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            gate.proc.log_tail(10)
         )
         .into());
     }
     // Let the last upgrades settle on the node before counting its tunnels.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let victim_open = echo_stats(echoes[0].stats).await?.open as usize;
+    let victim_open = echoes[0].stats().await?.open as usize;
     let ideal = Duration::from_secs_f64(victim_open as f64 / (2.0 * rc.rate));
-    let admin = SocketAddr::from(([127, 0, 0, 1], admin));
-    let before = scrape(admin).await.unwrap_or_default();
-    let mut echoes = echoes;
+    let before = scrape(gate.admin).await.unwrap_or_default();
     let killed_at = unix_nanos();
     echoes[0].proc.kill();
     let storm_started = Instant::now();
@@ -795,7 +627,7 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut accepts = Vec::new();
     for e in &echoes[1..] {
-        let st = echo_stats(e.stats).await?;
+        let st = e.stats().await?;
         accepts.push(
             st.accepts
                 .into_iter()
@@ -804,7 +636,7 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
                 .collect::<Vec<u64>>(),
         );
     }
-    let after = scrape(admin).await.unwrap_or_default();
+    let after = scrape(gate.admin).await.unwrap_or_default();
     crowd.stop.cancel();
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
@@ -889,20 +721,16 @@ fn sockets(args: &Args, svg_dir: &Path) -> Result<(), BoxError> {
         6000
     });
     let rate = args.admit_rate.unwrap_or(clients as f64 / 12.0);
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        eprintln!("storm: could not raise the descriptor limit: {e}");
-    }
+    raise_fd_limit();
     let transports: Vec<bool> = match args.transport {
         Which::Ws => vec![false],
         Which::Wss => vec![true],
         Which::Both => vec![false, true],
     };
     let list = contenders(args);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = runtime();
     let certs = tempfile::tempdir()?;
-    let tls = make_cert(certs.path())?;
+    let tls = write_cert(certs.path())?;
     for tls_on in transports {
         let scheme = if tls_on { "wss" } else { "ws" };
         let rc = RoundCfg {
@@ -917,7 +745,7 @@ fn sockets(args: &Args, svg_dir: &Path) -> Result<(), BoxError> {
         };
         let mut summaries = Vec::new();
         let started = Instant::now();
-        let load_before = loadavg();
+        let load_before = loadavg(1);
         for (k, c) in list.iter().enumerate() {
             eprintln!("  {scheme}: {}", c.label);
             let tag = format!("{scheme}-{k}");
@@ -930,7 +758,7 @@ fn sockets(args: &Args, svg_dir: &Path) -> Result<(), BoxError> {
             "{} clients displaced onto 2 nodes at admit_rate {rate:.0}/s; client connect timeout {:?}; load average {load_before} before, {} after{}",
             summaries.first().map_or(0, |s| s.clients),
             args.connect_timeout,
-            loadavg(),
+            loadavg(1),
             if tls_on {
                 if args.tls_shared_config {
                     "; one rustls ClientConfig shared by all clients"
