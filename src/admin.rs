@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// Serve the admin endpoints on `listener` until the process stops.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         let (stream, _) = tokio::select! {
@@ -62,13 +63,21 @@ fn json<T: Serialize>(v: &T) -> Response<Body> {
 /// What `/admin/nodes` reports for each node.
 #[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
 pub struct NodeReport {
+    /// The node's pool.
     pub pool: String,
+    /// The node's name.
     pub node: String,
+    /// The node's address (`ip:port`).
     pub addr: String,
+    /// Whether health checks currently count it up.
     pub healthy: bool,
+    /// Whether it is draining (config, admin API or removal).
     pub draining: bool,
+    /// WebSocket tunnels open to it now.
     pub open_tunnels: u64,
+    /// Admission rate in force now, in connections per second (lower during slow start).
     pub admit_rate: f64,
+    /// How far ahead its admission schedule is booked, in seconds.
     pub schedule_backlog_seconds: f64,
 }
 
@@ -141,6 +150,7 @@ fn authorized(req: &Request<Incoming>, shared: &Shared) -> bool {
     constant_time_eq(given.trim().as_bytes(), token.as_bytes())
 }
 
+/// One [`NodeReport`] per node of the current snapshot, in config order.
 pub fn node_reports(shared: &Shared) -> Vec<NodeReport> {
     let snap = shared.load();
     let mut out = Vec::new();

@@ -10,6 +10,7 @@ pub fn clock() -> &'static MonotonicClock {
     C.get_or_init(MonotonicClock::new)
 }
 
+/// Now on the [`clock`].
 pub fn now() -> Nanos {
     clock().now()
 }

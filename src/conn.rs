@@ -13,8 +13,11 @@ pub type ClientIo = crate::io::MaybeTls<tokio_rustls::server::TlsStream<TcpStrea
 /// What a connection knows about where it came in.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
+    /// Name of the listener that accepted it; routes may be restricted by it.
     pub listener: Arc<str>,
+    /// The client's address, for forwarding headers, client limits and sticky fallback.
     pub peer: SocketAddr,
+    /// It came in over TLS.
     pub tls: bool,
 }
 

@@ -8,9 +8,12 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// A TCP stream that is plain or TLS-wrapped (`T`), read and written the same way.
 #[derive(Debug)]
 pub enum MaybeTls<T> {
+    /// No TLS.
     Plain(TcpStream),
+    /// TLS over TCP, boxed.
     Tls(Box<T>),
 }
 

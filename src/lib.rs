@@ -20,6 +20,7 @@
 //!
 //! Start with [`server::Server::bind`] and [`server::Server::run`].
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod admin;
 pub mod admission;

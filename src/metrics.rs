@@ -7,36 +7,71 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
+/// Counter: TCP connections accepted, by `listener` (counted before any TLS handshake).
 pub const CONNECTIONS_ACCEPTED: &str = "herdgate_connections_accepted_total";
+/// Gauge: client connections currently being served, by `listener`.
 pub const CONNECTIONS_OPEN: &str = "herdgate_connections_open";
+/// Counter by `listener` for connections refused at accept; registered but not incremented at present
+/// (over-cap connections wait in the kernel backlog instead).
 pub const CONNECTIONS_REFUSED: &str = "herdgate_connections_refused_total";
+/// Counter: failed `accept` calls, transient or not, by `listener`.
 pub const ACCEPT_ERRORS: &str = "herdgate_accept_errors_total";
+/// Counter: TLS handshakes that failed, by `listener`.
 pub const TLS_HANDSHAKE_FAILURES: &str = "herdgate_tls_handshake_failures_total";
+/// Counter: connections closed for not finishing the handshake in time, by `listener`.
 pub const HANDSHAKE_TIMEOUTS: &str = "herdgate_handshake_timeouts_total";
+/// Counter: accepts held back because the listener's TLS handshake rate limit was spent, by `listener`.
 pub const HANDSHAKES_DEFERRED: &str = "herdgate_tls_handshakes_deferred_total";
+/// Counter: responses sent, by `status` (common codes exact, others as `1xx`..`5xx`).
 pub const REQUESTS: &str = "herdgate_requests_total";
+/// Gauge: WebSocket tunnels currently open, by `pool` and `node`.
 pub const TUNNELS_OPEN: &str = "herdgate_tunnels_open";
+/// Counter: WebSocket tunnels opened, by `pool` and `node`.
 pub const TUNNELS_TOTAL: &str = "herdgate_tunnels_total";
+/// Counter: bytes relayed through tunnels, by `direction` (`client_to_node`, `node_to_client`).
 pub const TUNNEL_BYTES: &str = "herdgate_tunnel_bytes_total";
+/// Counter: failed connects or exchanges with a node, by `pool`, `node` and `kind`
+/// (`refused`, `timeout`, `other`).
 pub const BACKEND_ERRORS: &str = "herdgate_backend_errors_total";
+/// Counter: requests admitted by the gate, by `pool`, `node` and `via`
+/// (`bucket`, `promise`, `ticket`, `queue`).
 pub const ADMITTED: &str = "herdgate_admission_admitted_total";
+/// Counter: requests turned away by the gate, by `pool`, `node` and `reason` (`busy`, `overflow`).
 pub const REJECTED: &str = "herdgate_admission_rejected_total";
+/// Counter: presented tickets, by check `outcome` (valid, early, late, forged, ...).
 pub const TICKETS: &str = "herdgate_admission_tickets_total";
+/// Histogram: `Retry-After` given with rejections, in seconds, by `pool` and `node`.
 pub const RETRY_AFTER: &str = "herdgate_retry_after_seconds";
+/// Counter: rejections made because the node's schedule was full (no slot reserved).
 pub const RETRY_AFTER_OVERFLOW: &str = "herdgate_retry_after_overflow_total";
+/// Gauge: how far ahead the node's admission schedule is booked, in seconds, by `pool` and `node`.
 pub const SCHEDULE_BACKLOG: &str = "herdgate_schedule_backlog_seconds";
+/// Gauge: requests waiting in the node's queue now, by `pool` and `node`.
 pub const QUEUE_LENGTH: &str = "herdgate_queue_length";
+/// Counter: requests told to wait in the node's queue, by `pool` and `node`.
 pub const QUEUED: &str = "herdgate_admission_queued_total";
+/// Counter: promise credits and reservations nobody claimed in their window,
+/// by `pool`, `node` and `kind` (`promise`, `reservation`).
 pub const UNCLAIMED: &str = "herdgate_admission_unclaimed_total";
+/// Counter: requests turned away by the per-client limit.
 pub const CLIENT_LIMITED: &str = "herdgate_client_limited_total";
+/// Gauge: 1 while the node is considered healthy, else 0; by `pool` and `node`.
 pub const NODE_HEALTHY: &str = "herdgate_node_healthy";
+/// Gauge: 1 while the node is draining (no new admissions), else 0; by `pool` and `node`.
 pub const NODE_DRAINING: &str = "herdgate_node_draining";
+/// Counter: active health checks run, by `pool`, `node` and `result` (`ok`, `fail`).
 pub const HEALTH_CHECKS: &str = "herdgate_health_checks_total";
+/// Counter: configuration reloads that were applied.
 pub const RELOADS: &str = "herdgate_config_reloads_total";
+/// Counter: configuration reloads that failed and left the running config in place.
 pub const RELOAD_FAILURES: &str = "herdgate_config_reload_failures_total";
+/// Gauge: 1 if the most recent reload succeeded, 0 if it failed.
 pub const LAST_RELOAD_SUCCESS: &str = "herdgate_config_last_reload_success";
+/// Counter: tunnels closed by a drain, by `pool` and `node`.
 pub const DRAIN_CLOSED: &str = "herdgate_drain_closed_total";
+/// Gauge: tunnels the shutdown drain still has to close (0 when done).
 pub const DRAINING_TUNNELS: &str = "herdgate_drain_pending_tunnels";
+/// Gauge: entries in the sticky-routing table.
 pub const STICKY_ENTRIES: &str = "herdgate_sticky_entries";
 
 /// Install the process-wide recorder (once) and return the handle that renders it.
@@ -63,11 +98,15 @@ pub fn install() -> PrometheusHandle {
 }
 
 #[derive(Debug, Clone, Copy)]
+/// Which way tunnel bytes flow: the `direction` label of [`TUNNEL_BYTES`].
 pub enum Dir {
+    /// From the client towards the node.
     ClientToNode,
+    /// From the node back to the client.
     NodeToClient,
 }
 
+/// The [`TUNNEL_BYTES`] handle for one direction.
 pub fn bytes_counter(d: Dir) -> Counter {
     match d {
         Dir::ClientToNode => counter!(TUNNEL_BYTES, "direction" => "client_to_node"),
@@ -78,16 +117,24 @@ pub fn bytes_counter(d: Dir) -> Counter {
 /// Per-listener handles.
 #[derive(Debug, Clone)]
 pub struct ListenerMetrics {
+    /// [`CONNECTIONS_ACCEPTED`] for this listener.
     pub accepted: Counter,
+    /// [`CONNECTIONS_OPEN`] for this listener.
     pub open: Gauge,
+    /// [`TLS_HANDSHAKE_FAILURES`] for this listener.
     pub tls_failures: Counter,
+    /// [`HANDSHAKE_TIMEOUTS`] for this listener.
     pub handshake_timeouts: Counter,
+    /// [`HANDSHAKES_DEFERRED`] for this listener.
     pub deferred: Counter,
+    /// [`CONNECTIONS_REFUSED`] for this listener.
     pub refused: Counter,
+    /// [`ACCEPT_ERRORS`] for this listener.
     pub accept_errors: Counter,
 }
 
 impl ListenerMetrics {
+    /// Resolve the handles for the listener named `listener`.
     pub fn new(listener: &str) -> Self {
         let l = listener.to_string();
         ListenerMetrics {
@@ -105,29 +152,50 @@ impl ListenerMetrics {
 /// Per-node handles.
 #[derive(Debug, Clone)]
 pub struct NodeMetrics {
+    /// [`TUNNELS_OPEN`] for this node.
     pub tunnels_open: Gauge,
+    /// [`TUNNELS_TOTAL`] for this node.
     pub tunnels_total: Counter,
+    /// [`BACKEND_ERRORS`] with `kind="refused"`.
     pub backend_refused: Counter,
+    /// [`BACKEND_ERRORS`] with `kind="timeout"`.
     pub backend_timeout: Counter,
+    /// [`BACKEND_ERRORS`] with `kind="other"`.
     pub backend_other: Counter,
+    /// [`ADMITTED`] with `via="bucket"`: a free rate token.
     pub admitted_bucket: Counter,
+    /// [`ADMITTED`] with `via="promise"`: a ticketless client back on time.
     pub admitted_promise: Counter,
+    /// [`ADMITTED`] with `via="ticket"`: a valid ticket.
     pub admitted_ticket: Counter,
+    /// [`ADMITTED`] with `via="queue"`: forwarded after waiting in the queue.
     pub admitted_queue: Counter,
+    /// [`UNCLAIMED`] with `kind="promise"`.
     pub unclaimed_promises: Counter,
+    /// [`UNCLAIMED`] with `kind="reservation"`.
     pub unclaimed_reservations: Counter,
+    /// [`REJECTED`] with `reason="busy"`.
     pub rejected_busy: Counter,
+    /// [`REJECTED`] with `reason="overflow"`.
     pub rejected_overflow: Counter,
+    /// [`QUEUED`] for this node.
     pub queued: Counter,
+    /// [`RETRY_AFTER`] for this node.
     pub retry_after: Histogram,
+    /// [`SCHEDULE_BACKLOG`] for this node.
     pub backlog: Gauge,
+    /// [`QUEUE_LENGTH`] for this node.
     pub queue_len: Gauge,
+    /// [`NODE_HEALTHY`] for this node.
     pub healthy: Gauge,
+    /// [`NODE_DRAINING`] for this node.
     pub draining: Gauge,
+    /// [`DRAIN_CLOSED`] for this node.
     pub drain_closed: Counter,
 }
 
 impl NodeMetrics {
+    /// Resolve the handles for node `node` of pool `pool`.
     pub fn new(pool: &str, node: &str) -> Self {
         let p = pool.to_string();
         let n = node.to_string();

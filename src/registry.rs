@@ -22,10 +22,12 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// An empty registry, shared by the listeners and the control plane.
     pub fn new() -> Arc<Self> {
         Arc::new(Registry::default())
     }
 
+    /// Enter a new tunnel to `node`; it stays listed until the returned guard drops.
     pub fn register(
         self: &Arc<Self>,
         node: Arc<Node>,
@@ -41,10 +43,12 @@ impl Registry {
         }
     }
 
+    /// Tunnels open now.
     pub fn len(&self) -> usize {
         self.tunnels.len()
     }
 
+    /// No tunnel is open.
     pub fn is_empty(&self) -> bool {
         self.tunnels.is_empty()
     }
@@ -58,6 +62,7 @@ impl Registry {
             .collect()
     }
 
+    /// Every open tunnel (a copy: tunnels may end meanwhile).
     pub fn all(&self) -> Vec<Arc<TunnelCtl>> {
         self.tunnels.iter().map(|e| e.value().clone()).collect()
     }
@@ -99,6 +104,7 @@ pub struct TunnelGuard {
 }
 
 impl TunnelGuard {
+    /// The control handle the tunnel watches for close requests.
     pub fn ctl(&self) -> &Arc<TunnelCtl> {
         &self.ctl
     }
@@ -138,7 +144,9 @@ impl TunnelState {
 /// Handle the drain machinery holds on a running tunnel.
 #[derive(Debug)]
 pub struct TunnelCtl {
+    /// Registry key, unique within the process.
     pub id: u64,
+    /// The node the tunnel relays to; drain selects tunnels by it.
     pub node: Arc<Node>,
     /// The client's session key hash: where it will land when it reconnects.
     pub key_hash: Option<u64>,
@@ -154,6 +162,7 @@ pub struct TunnelCtl {
 }
 
 impl TunnelCtl {
+    /// A handle in state [`TunnelState::Open`]; [`Registry::register`] makes and lists it.
     pub fn new(id: u64, node: Arc<Node>, key_hash: Option<u64>, wants_ticket: bool) -> Self {
         TunnelCtl {
             id,
@@ -230,11 +239,13 @@ pub struct ActiveCount {
 }
 
 impl ActiveCount {
+    /// Count one more until the returned guard drops.
     pub fn enter(&self) -> ActiveGuard<'_> {
         self.n.fetch_add(1, Ordering::AcqRel);
         ActiveGuard(self)
     }
 
+    /// How many are under way now.
     pub fn get(&self) -> usize {
         self.n.load(Ordering::Acquire)
     }
@@ -256,6 +267,7 @@ impl ActiveCount {
     }
 }
 
+/// One entry in an [`ActiveCount`]; dropping it counts down and wakes waiters at zero.
 pub struct ActiveGuard<'a>(&'a ActiveCount);
 
 impl Drop for ActiveGuard<'_> {

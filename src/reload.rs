@@ -15,16 +15,23 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+/// Why a reload failed; the running configuration then stays in force.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// The new file could not be read, or is not a valid configuration.
     #[error("{0}")]
     Config(#[from] ConfigErrors),
+    /// A snapshot could not be built from it (TLS material, routing, admission).
     #[error("{0}")]
     Build(#[from] BuildError),
+    /// A listener the new configuration needs could not bind its address.
     #[error("listener {name}: cannot bind {addr}: {source}")]
     Bind {
+        /// The listener's name.
         name: String,
+        /// The address it was to bind.
         addr: SocketAddr,
+        /// The OS error.
         source: std::io::Error,
     },
 }
@@ -36,6 +43,8 @@ fn failed(e: ReloadError) -> ReloadError {
     e
 }
 
+/// Load the configuration at `path` and apply it (what SIGHUP does); failures are logged
+/// and counted.
 pub async fn reload_file(shared: &Arc<Shared>, path: &Path) -> Result<(), ReloadError> {
     match Config::load(path) {
         Ok(c) => reload(shared, c).await,
@@ -43,6 +52,7 @@ pub async fn reload_file(shared: &Arc<Shared>, path: &Path) -> Result<(), Reload
     }
 }
 
+/// Apply an already parsed configuration: all or nothing, one reload at a time.
 pub async fn reload(shared: &Arc<Shared>, config: Config) -> Result<(), ReloadError> {
     let writer = shared.control.reload_lock.lock().await;
     let old = shared.load_full();

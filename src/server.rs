@@ -12,26 +12,38 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// Why a server could not be started: nothing is served in that case.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The first snapshot could not be built (TLS material, routing, admission).
     #[error("{0}")]
     Build(#[from] BuildError),
+    /// A `[[listener]]` could not bind its address.
     #[error("listener {name}: cannot bind {addr}: {source}")]
     Bind {
+        /// The listener's name.
         name: String,
+        /// The address it was to bind.
         addr: SocketAddr,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// The admin listener could not bind its address.
     #[error("admin listener: cannot bind {addr}: {source}")]
     AdminBind {
+        /// The `[admin] bind` address.
         addr: SocketAddr,
+        /// The OS error.
         source: std::io::Error,
     },
 }
 
 /// A listener socket handed in from outside (systemd socket activation).
 pub struct Inherited {
+    /// The name it was passed under (systemd's `FileDescriptorName=`), matched against
+    /// listener names first; `None` matches by address only.
     pub name: Option<String>,
+    /// The open listening socket.
     pub listener: std::net::TcpListener,
 }
 
@@ -141,6 +153,7 @@ impl Server {
         })
     }
 
+    /// The bound address of the listener named `listener` (useful with port 0).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
         self.pending
             .iter()
@@ -148,10 +161,12 @@ impl Server {
             .and_then(|(_, _, l)| l.local_addr().ok())
     }
 
+    /// The bound address of the admin listener; `None` when it is disabled.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// A control handle, usable before and while the server runs.
     pub fn handle(&self) -> Handle {
         Handle {
             shared: self.shared.clone(),
@@ -191,6 +206,7 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// The routing snapshot in force now (it changes on reload).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.shared.load_full()
     }
@@ -237,6 +253,7 @@ impl Handle {
         crate::drain::drain_node_by_name(&self.shared, pool, node)
     }
 
+    /// The metrics in Prometheus text format, as `/metrics` serves them.
     pub fn render_metrics(&self) -> String {
         self.shared.metrics.render()
     }

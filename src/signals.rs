@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+/// The installed signal handlers and the shutdown token they cancel.
 pub struct Signals {
     shutdown: CancellationToken,
 }

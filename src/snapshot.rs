@@ -17,47 +17,67 @@ use tokio::sync::Semaphore;
 
 /// Everything a connection needs to route and admit, frozen for the connection's life.
 pub struct Snapshot {
+    /// The validated configuration this snapshot was built from.
     pub config: Arc<Config>,
+    /// Config generation: 1 at start, one more for each reload.
     pub generation: u64,
     listeners: HashMap<Arc<str>, ListenerRt>,
     /// Most specific first: exact host before any host, then longest prefix.
     pub routes: Vec<Route>,
+    /// Pools in config order; [`Route::pool`] indexes into it.
     pub pools: Vec<Pool>,
+    /// Client for plain-HTTP forwarding; kept from the previous snapshot while `backend_connect` is unchanged.
     pub http: HttpClient,
 }
 
+/// A `[[route]]` resolved against the pools, ready to match requests.
 pub struct Route {
+    /// Host to match, lowercased; `None` matches any host.
     pub host: Option<String>,
+    /// Path prefix the request path must start with.
     pub prefix: String,
+    /// Index into [`Snapshot::pools`] of the pool serving this route.
     pub pool: usize,
+    /// Listener names the route is restricted to; empty means all.
     pub listeners: Vec<String>,
+    /// Sticky-session settings; `None` when the route is not sticky.
     pub sticky: Option<RouteSticky>,
     /// Per-client new-connection limit (kept across reloads while its settings hold).
     pub client_limiter: Option<Arc<ClientLimiter<ClientKey>>>,
+    /// The route's configuration as written (reject style, admission flags, ...).
     pub cfg: RouteConfig,
 }
 
 /// A route's sticky settings, resolved.
 pub struct RouteSticky {
+    /// Where the session key is read from (cookie, header, query or client IP).
     pub source: StickySource,
+    /// What to hash when the request carries no key.
     pub fallback: StickyFallback,
     /// `Some(cookie name)` when herdgate sets the cookie for clients without one.
     pub insert: Option<String>,
+    /// Lifetime given to an inserted sticky cookie.
     pub ttl: std::time::Duration,
 }
 
+/// A `[[pool]]` with its nodes' live state and its hash ring.
 pub struct Pool {
+    /// Pool name, as in the config and in metric labels.
     pub name: Arc<str>,
+    /// The pool's nodes in config order; the live state is shared across snapshots.
     pub nodes: Vec<Arc<Node>>,
+    /// Consistent-hash ring over `nodes` that maps session keys to nodes.
     pub ring: HashRing,
     /// Learned key → node table; shared by snapshots while its settings are unchanged.
     pub sticky: Option<Arc<StickyTable<Arc<str>>>>,
+    /// The pool's configuration as written.
     pub cfg: PoolConfig,
     by_name: HashMap<Arc<str>, usize>,
     rr: AtomicUsize,
 }
 
 impl Pool {
+    /// The node named `name` in this pool, if any.
     pub fn node_by_name(&self, name: &str) -> Option<&Arc<Node>> {
         self.by_name.get(name).map(|&i| &self.nodes[i])
     }
@@ -80,21 +100,39 @@ impl Pool {
     }
 }
 
+/// Why a snapshot could not be built from an otherwise valid config.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("listener {listener}: {source}")]
-    Tls { listener: String, source: TlsError },
+    /// A listener's TLS setup failed (a certificate or key did not load).
+    Tls {
+        /// The listener's name.
+        listener: String,
+        /// What went wrong.
+        source: TlsError,
+    },
     #[error("pool {pool}: {source}")]
-    Routing { pool: String, source: RoutingError },
+    /// A pool's routing structures were refused (its hash ring or sticky settings).
+    Routing {
+        /// The pool's name.
+        pool: String,
+        /// What went wrong.
+        source: RoutingError,
+    },
+    /// An admission parameter was refused by the admission core.
     #[error("{0}")]
     Admission(#[from] AdmissionError),
 }
 
 /// What building a snapshot needs besides the config.
 pub struct BuildCtx<'a> {
+    /// Live node states by identity; nodes found here keep their state, new ones are added.
     pub nodes: &'a DashMap<NodeKey, Arc<Node>>,
+    /// Ticket signer shared by all snapshots, so tickets stay valid across reloads.
     pub signer: &'a Arc<TicketSigner>,
+    /// Generation number to give the new snapshot.
     pub generation: u64,
+    /// The snapshot being replaced, whose limiters, caps and tables are kept when unchanged.
     pub prev: Option<&'a Snapshot>,
 }
 
@@ -323,6 +361,7 @@ impl Snapshot {
             .map(|p| (p.nodes.as_slice(), p.cfg.health.as_ref()))
     }
 
+    /// The runtime view of the listener named `name`.
     pub fn listener(&self, name: &str) -> Option<&ListenerRt> {
         self.listeners.get(name)
     }
@@ -369,9 +408,13 @@ fn route_sticky(sc: &StickyConfig) -> Result<RouteSticky, RoutingError> {
 /// Runtime view of a listener inside a snapshot.
 #[derive(Clone)]
 pub struct ListenerRt {
+    /// Listener name, as in the config.
     pub name: Arc<str>,
+    /// TLS acceptor with the listener's certificates; `None` for plain HTTP.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Per-listener connection cap (`max_connections`); kept across reloads while unchanged.
     pub conn_limit: Option<Arc<tokio::sync::Semaphore>>,
+    /// TLS handshake rate limit (`handshakes_per_second`), checked before accepting.
     pub handshake_limit: Option<Arc<herdgate_core::admission::HandshakeLimiter>>,
 }
 

@@ -35,7 +35,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 /// Socket-activation variables, sd_listen_fds(3).
 pub const LISTEN_PID: &str = "LISTEN_PID";
+/// Socket-activation variable: how many descriptors were passed, starting at fd 3.
 pub const LISTEN_FDS: &str = "LISTEN_FDS";
+/// Socket-activation variable: colon-separated names of the passed descriptors.
 pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 /// `SD_LISTEN_FDS_START` from sd-daemon.h.
 pub const LISTEN_FDS_START: i32 = 3;
@@ -46,49 +48,75 @@ const MAX_LISTEN_FDS: usize = 4096;
 /// a failed notification is worth a log line, never a refusal to serve.
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {
+    /// A socket-activation variable is present but unusable.
     #[error("{var}={value:?} is not valid: {reason}")]
     InvalidEnv {
+        /// The variable's name.
         var: &'static str,
+        /// Its value as found.
         value: String,
+        /// What is wrong with it.
         reason: &'static str,
     },
+    /// `LISTEN_FDNAMES` does not have one name per passed descriptor.
     #[error(
         "LISTEN_FDNAMES={names:?} has {count} names but LISTEN_FDS={fds}: \
          sd_listen_fds(3) requires one name per descriptor"
     )]
     NameCount {
+        /// The `LISTEN_FDNAMES` value.
         names: String,
+        /// How many names it holds.
         count: usize,
+        /// What `LISTEN_FDS` says.
         fds: usize,
     },
+    /// A passed descriptor is not a TCP listening socket, the only kind herdgate serves.
     #[error(
         "inherited fd {fd} (index {index}, name {name}) is not a TCP listening socket: \
          {source}; herdgate accepts only ListenStream= TCP sockets (no unix, UDP or Accept=yes)"
     )]
     NotTcpListener {
+        /// Position among the passed descriptors (0-based).
         index: usize,
+        /// The descriptor number.
         fd: i32,
+        /// Its `LISTEN_FDNAMES` entry.
         name: String,
+        /// Why it was refused.
         #[source]
         source: io::Error,
     },
+    /// The inherited descriptors were already taken by an earlier call in this process.
     #[error(
         "socket activation: the inherited descriptors were already taken \
          (listen_fds() is called once per process)"
     )]
     AlreadyTaken,
+    /// The inherited descriptors could not be adopted.
     #[error("socket activation: cannot adopt the inherited descriptors: {0}")]
     Adopt(#[source] sd_listen_fds::Error),
+    /// Fewer or more descriptors were adopted than `LISTEN_FDS` announced.
     #[error(
         "socket activation: {adopted} descriptors adopted where LISTEN_FDS said {expected} \
          (the environment changed while it was read)"
     )]
-    AdoptedCount { adopted: usize, expected: usize },
+    AdoptedCount {
+        /// Descriptors actually adopted.
+        adopted: usize,
+        /// What `LISTEN_FDS` said.
+        expected: usize,
+    },
+    /// A passed descriptor could not be made non-blocking.
     #[error("inherited fd {fd} (index {index}, name {name}): cannot set O_NONBLOCK: {source}")]
     NonBlocking {
+        /// Position among the passed descriptors (0-based).
         index: usize,
+        /// The descriptor number.
         fd: i32,
+        /// Its `LISTEN_FDNAMES` entry.
         name: String,
+        /// The OS error.
         #[source]
         source: io::Error,
     },
@@ -207,6 +235,7 @@ pub struct InheritedListener {
 }
 
 impl InheritedListener {
+    /// Address the inherited socket is bound to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }

@@ -9,25 +9,62 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+/// Why a listener's TLS material could not be loaded or assembled; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A certificate or key file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
+    /// The certificate file holds no PEM certificate.
     #[error("{path}: no PEM certificate found (expected -----BEGIN CERTIFICATE-----)")]
-    NoCertificate { path: PathBuf },
+    NoCertificate {
+        /// The certificate file.
+        path: PathBuf,
+    },
+    /// The key file holds no PEM private key of a supported encoding.
     #[error("{path}: no PEM private key found (PKCS#8, PKCS#1 or SEC1)")]
-    NoKey { path: PathBuf },
+    NoKey {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The file is not well-formed PEM.
     #[error("{path}: malformed PEM: {detail}")]
-    Pem { path: PathBuf, detail: String },
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        detail: String,
+    },
+    /// The private key is of an unsupported type or invalid.
     #[error("{path}: unsupported or invalid private key: {detail}")]
-    BadKey { path: PathBuf, detail: String },
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+        /// The reason given by rustls.
+        detail: String,
+    },
+    /// The private key is not the one of the certificate.
     #[error("{key} does not match the certificate in {cert}")]
-    Mismatch { cert: PathBuf, key: PathBuf },
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// The certificate could not be used with its key.
     #[error("{cert}: invalid certificate: {detail}")]
-    BadCert { cert: PathBuf, detail: String },
+    BadCert {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The reason given by rustls.
+        detail: String,
+    },
+    /// Assembling the server configuration failed (no certificate, ticketer or protocol setup).
     #[error("TLS setup: {0}")]
     Setup(String),
 }
@@ -133,6 +170,8 @@ pub struct SniResolver {
 }
 
 impl SniResolver {
+    /// The certificate for this SNI name: exact match, then a `*.parent` wildcard (one label),
+    /// else the default.
     pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
         if let Some(name) = sni {
             let name = name.to_ascii_lowercase();

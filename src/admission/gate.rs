@@ -80,10 +80,13 @@ pub fn refresh_gauges(shared: &Shared) {
 
 /// What the request says about tickets.
 pub struct TicketInfo<'a> {
+    /// The ticket presented (header, cookie or query parameter), if any and non-empty.
     pub ticket: Option<&'a str>,
+    /// The client can carry tickets, so a rejection should hand it one.
     pub wants: bool,
 }
 
+/// Read the ticket and the ticket capability from a request's headers and query.
 pub fn ticket_info(parts: &http::request::Parts) -> TicketInfo<'_> {
     let h = &parts.headers;
     let query = parts.uri.query().unwrap_or("");

@@ -13,15 +13,32 @@ use tokio::net::TcpStream;
 /// health; a timeout is a soft one.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// Nothing listens there: the node process is gone.
     #[error("connection refused by {addr}")]
-    Refused { addr: SocketAddr },
+    Refused {
+        /// The node's address.
+        addr: SocketAddr,
+    },
+    /// The connect did not complete within `backend_connect`.
     #[error("connecting to {addr} timed out after {after:?}")]
-    Timeout { addr: SocketAddr, after: Duration },
+    Timeout {
+        /// The node's address.
+        addr: SocketAddr,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// Any other connect error.
     #[error("connecting to {addr}: {source}")]
-    Io { addr: SocketAddr, source: io::Error },
+    Io {
+        /// The node's address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
 }
 
 impl ConnectError {
+    /// Whether passive health should mark the node down at once (only a refused connect).
     pub fn is_hard(&self) -> bool {
         matches!(self, ConnectError::Refused { .. })
     }
@@ -46,6 +63,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
     }
 }
 
+/// The pooled client used for plain-HTTP forwarding; one per snapshot, see [`http_client`].
 pub type HttpClient = Client<HttpConnector, Incoming>;
 
 /// A keep-alive client for plain HTTP forwarding; its pool is keyed by node address.
@@ -84,10 +102,15 @@ pub fn classify_client_error(e: &hyper_util::client::legacy::Error) -> ClientFai
     ClientFailure::Other
 }
 
+/// How a pooled-client request failed, as [`classify_client_error`] tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientFailure {
+    /// The connect was refused.
     Refused,
+    /// The connect (or an I/O operation) timed out.
     Timeout,
+    /// The connect failed some other way.
     ConnectOther,
+    /// The connection was made; the exchange failed afterwards.
     Other,
 }

@@ -24,6 +24,7 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Called when a node goes from down to up (starts slow start).
 pub type UpHook = Arc<dyn Fn(&Arc<Node>) + Send + Sync>;
 
+/// Active and passive health of every node: runs the checks and flips nodes up and down.
 pub struct Health {
     /// Running active checks, by node; a reload keeps those whose settings are unchanged
     /// (restarting them would reset their rise/fall counts and delay the next check).
@@ -33,6 +34,7 @@ pub struct Health {
 }
 
 impl Health {
+    /// No checks running yet; `on_up` runs when a node comes back, `stop` ends every check.
     pub fn new(on_up: UpHook, stop: CancellationToken) -> Self {
         Health {
             active: Mutex::new(HashMap::new()),
@@ -202,6 +204,7 @@ impl Health {
     }
 }
 
+/// Connect within `timeout`; a completed connect is a pass.
 pub async fn tcp_check(addr: SocketAddr, timeout: Duration) -> bool {
     matches!(
         tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,

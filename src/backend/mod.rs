@@ -15,8 +15,11 @@ use std::sync::Arc;
 /// Identity of a node across reloads: same pool, name and address ⇒ same live state.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NodeKey {
+    /// The pool's name.
     pub pool: Arc<str>,
+    /// The node's name within the pool.
     pub name: Arc<str>,
+    /// The node's address; a changed address makes it a new node.
     pub addr: SocketAddr,
 }
 
@@ -42,6 +45,7 @@ pub enum DrainSource {
 /// across reloads for unchanged nodes so a reload never resets a node in mid-storm.
 #[derive(Debug)]
 pub struct Node {
+    /// Identity; reloads match live state by it.
     pub key: NodeKey,
     /// Health as seen by active and passive checks.
     healthy: AtomicBool,
@@ -57,6 +61,7 @@ pub struct Node {
     pub actively_checked: AtomicBool,
     /// A recovery probe is running.
     pub probing: AtomicBool,
+    /// Metric handles resolved once for this node, so the hot path only adds.
     pub metrics: NodeMetrics,
     /// Token bucket and retry schedule for new connections.
     pub admission: NodeAdmission,
@@ -65,6 +70,7 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node starting healthy, not draining, with no tunnels.
     pub fn new(key: NodeKey, admission: NodeAdmission) -> Self {
         let metrics = NodeMetrics::new(&key.pool, &key.name);
         metrics.healthy.set(1.0);
@@ -83,6 +89,7 @@ impl Node {
         }
     }
 
+    /// Health checks count it up (a new node starts up).
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
@@ -93,6 +100,7 @@ impl Node {
         self.healthy.swap(up, Ordering::Relaxed)
     }
 
+    /// It drains, for any [`DrainSource`]: it takes no new connections.
     pub fn is_draining(&self) -> bool {
         self.drain.load(Ordering::Relaxed) != 0
     }
@@ -105,6 +113,7 @@ impl Node {
             .is_ok()
     }
 
+    /// It drains because of `drain = true`, so a reload without it may take it back.
     pub fn drained_by_config(&self) -> bool {
         self.drain.load(Ordering::Relaxed) == DrainSource::Config as u8
     }

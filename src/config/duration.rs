@@ -9,9 +9,11 @@ use std::time::Duration;
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
+    /// `s` seconds, for defaults.
     pub const fn secs(s: u64) -> Self {
         HumanDuration(Duration::from_secs(s))
     }
+    /// `ms` milliseconds, for defaults.
     pub const fn millis(ms: u64) -> Self {
         HumanDuration(Duration::from_millis(ms))
     }

@@ -27,6 +27,7 @@ pub struct ConfigError {
     pub key: String,
     /// 1-based line and column in the file, when known.
     pub position: Option<(usize, usize)>,
+    /// What is wrong with the value, for the operator.
     pub message: String,
 }
 
@@ -46,7 +47,9 @@ impl fmt::Display for ConfigError {
 /// Every problem found in one file.
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct ConfigErrors {
+    /// The file's name as given, prefixed to every message.
     pub file: String,
+    /// Every problem found in the file.
     pub errors: Vec<ConfigError>,
 }
 
@@ -87,20 +90,28 @@ fn default_admin_bind() -> SocketAddr {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[admin]`: the admin listener (metrics, health, drain API).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// `[timeouts]`: the process-wide deadlines.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// `[limits]`: process-wide connection and header caps.
     #[serde(default)]
     pub limits: Limits,
+    /// `[tickets]`: admission-ticket signing and claim window.
     #[serde(default)]
     pub tickets: TicketsConfig,
+    /// `[shutdown]`: how SIGTERM closes the open tunnels.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// `[[listener]]`: the sockets clients connect to.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
+    /// `[[route]]`: which pool serves a (host, path prefix); the most specific route wins.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// `[[pool]]`: the groups of backend nodes routes point at.
     #[serde(default, rename = "pool")]
     pub pools: Vec<PoolConfig>,
 }
@@ -109,8 +120,10 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
+    /// Serve the admin listener at all. Default `true`.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Address the admin listener binds. Default `127.0.0.1:9900`; keep it private.
     #[serde(default = "default_admin_bind")]
     pub bind: SocketAddr,
     /// File holding the bearer token required by mutating admin endpoints (POST).
@@ -224,8 +237,11 @@ impl Default for ShutdownConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
+    /// Listener name, shown in metrics and matched against systemd's `FileDescriptorName`.
     pub name: Spanned<String>,
+    /// Address to listen on (`ip:port`).
     pub bind: SocketAddr,
+    /// `[listener.tls]`: terminate TLS here; absent, the listener speaks plain HTTP.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// Cap on open connections of this listener (the process cap still applies).
@@ -235,8 +251,11 @@ pub struct ListenerConfig {
     /// wait in the kernel backlog. Unset: no cap.
     #[serde(default)]
     pub handshakes_per_second: Option<f64>,
+    /// Handshakes allowed back to back when idle. Default: a tenth of `handshakes_per_second`,
+    /// rounded up, at least 1.
     #[serde(default)]
     pub handshake_burst: Option<u32>,
+    /// `listen(2)` backlog: where connections wait while the caps are reached. Default 4096.
     #[serde(default = "default_backlog")]
     pub backlog: u32,
 }
@@ -249,6 +268,7 @@ fn default_backlog() -> u32 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// `[[listener.tls.cert]]`: the certificates served, chosen by SNI.
     #[serde(rename = "cert")]
     pub certs: Vec<CertConfig>,
     /// Stateful session cache entries (TLS 1.2 ids and 1.3 stateful resumption).
@@ -267,7 +287,9 @@ fn default_session_cache() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertConfig {
+    /// PEM file with the certificate chain, leaf first; relative to the config file.
     pub cert: Spanned<PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1); relative to the config file.
     pub key: Spanned<PathBuf>,
     /// SNI names this certificate answers (exact, or `*.example.com`). Empty: only as default.
     #[serde(default)]
@@ -296,17 +318,21 @@ pub struct RouteConfig {
     /// Host to match (case-insensitive, port ignored); absent or "*" matches any host.
     #[serde(default)]
     pub host: Option<String>,
+    /// Path prefix to match; the longest matching prefix wins. Default `/`.
     #[serde(default = "default_prefix")]
     pub path_prefix: String,
+    /// Name of the `[[pool]]` that serves matching requests.
     pub pool: Spanned<String>,
     /// Restrict the route to these listeners (by name). Default: all.
     #[serde(default)]
     pub listeners: Vec<String>,
+    /// How a rejected WebSocket upgrade is told when to come back. Default `"http"`.
     #[serde(default)]
     pub reject: RejectStyle,
     /// Apply node admission to plain HTTP requests too (WebSocket upgrades always are).
     #[serde(default)]
     pub admit_http: bool,
+    /// `[route.sticky]`: keep a session on one node; absent, nodes are picked per connection.
     #[serde(default)]
     pub sticky: Option<StickyConfig>,
     /// Per-client new-connection limit on this route.
@@ -323,12 +349,16 @@ fn default_prefix() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StickyConfig {
+    /// Take the session key from this cookie.
     #[serde(default)]
     pub cookie: Option<String>,
+    /// Take the session key from this request header.
     #[serde(default)]
     pub header: Option<String>,
+    /// Take the session key from this query parameter.
     #[serde(default)]
     pub query: Option<String>,
+    /// Use the client's IP address as the session key. Default `false`.
     #[serde(default)]
     pub client_ip: bool,
     /// When the key is absent: "client-ip" (hash the address) or "none" (round robin).
@@ -341,6 +371,7 @@ pub struct StickyConfig {
     /// Learned entries expire after this long unused.
     #[serde(default = "default_sticky_ttl")]
     pub ttl: HumanDuration,
+    /// Most learned key-to-node entries kept; the oldest are evicted first. Default 1000000.
     #[serde(default = "default_sticky_max")]
     pub max_entries: usize,
 }
@@ -352,11 +383,14 @@ fn default_sticky_max() -> usize {
     1_000_000
 }
 
+/// What sticky routing hashes when the request carries no session key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum StickyFallback {
+    /// Hash the client's IP address (the default).
     #[default]
     ClientIp,
+    /// No key: pick a node round robin.
     None,
 }
 
@@ -364,7 +398,9 @@ pub enum StickyFallback {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientLimitConfig {
+    /// New connections per second allowed per client (required).
     pub rate: f64,
+    /// Connections a client may open back to back before the rate applies. Default 10.
     #[serde(default = "default_client_burst")]
     pub burst: u32,
     /// "client-ip" (default) or "sticky-key".
@@ -376,11 +412,14 @@ fn default_client_burst() -> u32 {
     10
 }
 
+/// What identifies a client for the per-client limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientLimitKey {
+    /// The client's IP address (the default).
     #[default]
     ClientIp,
+    /// The route's sticky session key.
     StickyKey,
 }
 
@@ -388,6 +427,7 @@ pub enum ClientLimitKey {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
+    /// Pool name, referred to by routes, metrics and the admin API.
     pub name: Spanned<String>,
     /// "rendezvous" (default) or "maglev" (O(1) lookups for pools of hundreds of nodes).
     #[serde(default)]
@@ -395,6 +435,7 @@ pub struct PoolConfig {
     /// New connections per second each node accepts (token bucket rate).
     #[serde(default = "default_admit_rate")]
     pub admit_rate: f64,
+    /// Connections each node admits back to back when idle. Default 10; keep it small against the rate.
     #[serde(default = "default_admit_burst")]
     pub admit_burst: u32,
     /// Longest Retry-After handed out; beyond it the hint is the cap (and counted).
@@ -403,6 +444,7 @@ pub struct PoolConfig {
     /// A node coming back ramps its rate from 10% to full over this time ("0s": off).
     #[serde(default)]
     pub slow_start: HumanDuration,
+    /// `[pool.queue]`: hold upgrades whose slot is near instead of rejecting them; absent, no queue.
     #[serde(default)]
     pub queue: Option<QueueConfig>,
     /// Drain: tunnels closed per second per draining node...
@@ -411,8 +453,11 @@ pub struct PoolConfig {
     /// ...or spread evenly over this time (default 30s when neither is set).
     #[serde(default)]
     pub drain_spread: Option<HumanDuration>,
+    /// `[pool.health]`: active health checks; absent, a node marked down by traffic gets a
+    /// recovery probe each second.
     #[serde(default)]
     pub health: Option<HealthConfig>,
+    /// `[[pool.node]]`: the backend nodes of this pool.
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
 }
@@ -431,7 +476,9 @@ fn default_max_retry_after() -> HumanDuration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
+    /// Longest a request is held waiting for its slot; beyond it, it is rejected with a hint (required).
     pub timeout: HumanDuration,
+    /// Most requests held at once per node. Default 1000.
     #[serde(default = "default_queue_len")]
     pub max_len: usize,
 }
@@ -447,14 +494,19 @@ pub struct HealthConfig {
     /// "tcp" (connect) or "http" (GET `path`, expect 2xx).
     #[serde(default)]
     pub kind: HealthKind,
+    /// Path to `GET` for `kind = "http"`.
     #[serde(default)]
     pub path: Option<String>,
+    /// Time between checks of a node (jittered). Default 2s.
     #[serde(default = "default_health_interval")]
     pub interval: HumanDuration,
+    /// Deadline of one check. Default 1s.
     #[serde(default = "default_health_timeout")]
     pub timeout: HumanDuration,
+    /// Consecutive successful checks that mark a down node up. Default 2.
     #[serde(default = "default_rise")]
     pub rise: u32,
+    /// Consecutive failed checks that mark an up node down. Default 3.
     #[serde(default = "default_fall")]
     pub fall: u32,
     /// Consecutive soft passive failures (timeouts, 5xx on upgrade) that mark a node down.
@@ -475,11 +527,14 @@ fn default_fall() -> u32 {
     3
 }
 
+/// How an active health check probes a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthKind {
+    /// Open a TCP connection (the default).
     #[default]
     Tcp,
+    /// `GET` the configured path and expect a 2xx.
     Http,
 }
 
@@ -487,12 +542,17 @@ pub enum HealthKind {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
+    /// Node name: with the pool and address, the node's identity across reloads.
     pub name: Spanned<String>,
+    /// Address of the node (`ip:port`).
     pub addr: SocketAddr,
+    /// The node's share of the session keys. Default 1.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Override of the pool's `admit_rate` for this node.
     #[serde(default)]
     pub admit_rate: Option<f64>,
+    /// Override of the pool's `admit_burst` for this node.
     #[serde(default)]
     pub admit_burst: Option<u32>,
     /// Drain this node: no new connections, its tunnels closed gradually.
@@ -505,18 +565,21 @@ fn default_weight() -> u32 {
 }
 
 impl PoolConfig {
+    /// The pool's name without its source span.
     pub fn name(&self) -> &str {
         self.name.get_ref()
     }
 }
 
 impl NodeConfig {
+    /// The node's name without its source span.
     pub fn name(&self) -> &str {
         self.name.get_ref()
     }
 }
 
 impl ListenerConfig {
+    /// The listener's name without its source span.
     pub fn name(&self) -> &str {
         self.name.get_ref()
     }
@@ -587,6 +650,7 @@ impl Config {
         }
     }
 
+    /// The pool named `name`, if configured.
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
         self.pools.iter().find(|p| p.name() == name)
     }

@@ -7,18 +7,24 @@ use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+/// A response body: herdgate's own bytes (or none), or a node's body passed through.
 pub enum Body {
+    /// A body herdgate made; `None` is empty (or already sent).
     Full(Option<Bytes>),
+    /// A node's body, streamed as it arrives.
     Stream(Incoming),
 }
 
 impl Body {
+    /// No body.
     pub fn empty() -> Self {
         Body::Full(None)
     }
+    /// A fixed text body, without copying.
     pub fn from_static(s: &'static str) -> Self {
         Body::Full(Some(Bytes::from_static(s.as_bytes())))
     }
+    /// A text body herdgate built.
     pub fn from_string(s: String) -> Self {
         Body::Full(Some(Bytes::from(s)))
     }

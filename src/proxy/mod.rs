@@ -23,13 +23,17 @@ use std::sync::{Arc, Mutex};
 
 /// Per-connection context: the snapshot is loaded once and kept for the connection's life.
 pub struct ConnCtx {
+    /// Process-wide state (registry, health, signer, metrics).
     pub shared: Arc<Shared>,
+    /// The routing snapshot in force when the connection was accepted.
     pub snap: Arc<Snapshot>,
+    /// Where the connection came in.
     pub info: ConnInfo,
     guard: Mutex<Option<ConnGuard>>,
 }
 
 impl ConnCtx {
+    /// Context for one connection, holding its place under the caps (`guard`).
     pub fn new(shared: Arc<Shared>, snap: Arc<Snapshot>, info: ConnInfo, guard: ConnGuard) -> Self {
         ConnCtx {
             shared,

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 /// The node picked for one request.
 pub struct Choice<'a> {
+    /// The node to send the request to.
     pub node: &'a Arc<Node>,
     /// The session key's hash, when the request had one (or got one).
     pub key_hash: Option<u64>,

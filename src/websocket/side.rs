@@ -71,24 +71,32 @@ impl Write for TryIo<'_> {
 /// Largest plaintext rustls may hold for us before we stop feeding it (backpressure).
 const TLS_BUFFER_LIMIT: usize = 64 * 1024;
 
+/// One end of a relayed tunnel: a plain socket, or a socket with its rustls state.
 pub enum Side {
+    /// Plain TCP.
     Plain(TcpStream),
+    /// TCP carrying TLS, with the rustls connection that encrypts it.
     Tls(TcpStream, Box<ServerConnection>),
 }
 
 /// Outcome of a non-blocking read.
 pub enum ReadOutcome {
+    /// This many bytes were read.
     Data(usize),
+    /// The peer closed its side.
     Eof,
+    /// Nothing to read now; wait for readiness.
     WouldBlock,
 }
 
 impl Side {
+    /// A TLS side, with rustls's plaintext buffer capped for backpressure.
     pub fn tls(tcp: TcpStream, mut conn: ServerConnection) -> Side {
         conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
         Side::Tls(tcp, Box::new(conn))
     }
 
+    /// The underlying TCP socket.
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Side::Plain(t) | Side::Tls(t, _) => t,

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 /// RFC 6455 §7.4.1 close codes herdgate sends (the wire contract's).
 pub use herdgate_wire::{CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER};
 
+/// A tunnel's timeouts, from `[timeouts]`.
 #[derive(Debug, Clone, Copy)]
 pub struct TunnelSettings {
     /// Close after this long without a byte either way (None: never).
