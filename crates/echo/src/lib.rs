@@ -3,6 +3,7 @@
 //! It echoes every data message, answers pings (tungstenite does), selects the first
 //! subprotocol a client offers, and records what it saw of each handshake (so tests can
 //! check the headers herdgate forwarded).
+#![warn(missing_docs)]
 
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
@@ -14,6 +15,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+/// What the node saw, for tests and benches to assert on.
 #[derive(Default)]
 pub struct EchoStats {
     /// Completed WebSocket handshakes.
@@ -30,7 +32,9 @@ pub struct EchoStats {
 
 /// A running echo node; dropping it (or `stop`) closes the listener and every socket.
 pub struct EchoNode {
+    /// Where it listens (port 0 resolved).
     pub addr: SocketAddr,
+    /// Counters shared with the serving tasks.
     pub stats: Arc<EchoStats>,
     stop: CancellationToken,
 }
@@ -42,6 +46,7 @@ impl EchoNode {
         Ok(Self::from_listener(listener))
     }
 
+    /// Serve on an already bound listener (a bench hands it a socket it chose).
     pub fn from_listener(listener: TcpListener) -> EchoNode {
         let addr = listener
             .local_addr()
