@@ -14,6 +14,8 @@
 //! A discrete-event loop: a heap of (arrival time, client), popped in time order; the
 //! [`ManualClock`] is set to each event's time, and that is the `now` admission sees.
 
+#![warn(missing_docs)]
+
 pub mod report;
 
 use std::cmp::Reverse;
@@ -40,14 +42,20 @@ const TRY_AGAIN_LATER: u16 = herdgate_wire::CLOSE_TRY_AGAIN_LATER;
 /// Errors of a simulation setup.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
+    /// The admission parameters are out of range.
     #[error("simulation: {0}")]
     Admission(#[from] AdmissionError),
+    /// The node names do not make a hash ring.
     #[error("simulation: {0}")]
     Routing(#[from] RoutingError),
+    /// A size is below what the scenario needs.
     #[error("simulation: {what} must be at least {min}, got {got}")]
     TooSmall {
+        /// Which size.
         what: &'static str,
+        /// The least it may be.
         min: usize,
+        /// What was asked for.
         got: usize,
     },
 }
@@ -63,6 +71,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
+    /// Its name in reports.
     pub fn name(self) -> &'static str {
         match self {
             Scenario::NodeDeath => "node death",
@@ -74,14 +83,19 @@ impl Scenario {
 /// The fleet, the nodes' admission settings and the network model.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
+    /// Which storm.
     pub scenario: Scenario,
     /// Clients connected before the storm (spread over the nodes by the hash).
     pub clients: usize,
+    /// Backend nodes in the pool.
     pub nodes: usize,
     /// `admit_rate` and `admit_burst` of every node.
     pub admit_rate: f64,
+    /// `admit_burst` of every node.
     pub admit_burst: u32,
+    /// `max_retry_after` of every node: rejections beyond it count as overflow.
     pub max_retry_after: Duration,
+    /// `tickets.claim_window`: how long after its slot a reservation stays claimable.
     pub claim_window: Duration,
     /// Slow start of restarted nodes (fleet restart only; zero: off).
     pub slow_start: Duration,
@@ -90,6 +104,7 @@ pub struct SimConfig {
     /// Round trip: an attempt reaches admission one rtt after it is launched (TCP, request);
     /// its answer reaches the client half an rtt later.
     pub rtt: Duration,
+    /// Seed of every random choice (the same seed gives the same run).
     pub seed: u64,
     /// Give up simulating this long after the storm began.
     pub horizon: Duration,
@@ -133,13 +148,16 @@ impl SimConfig {
 /// One reconnect strategy, with or without herdgate's admission in front of the nodes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contender {
+    /// Its name in the tables and charts.
     pub label: String,
+    /// How its clients wait between attempts.
     pub strategy: Strategy,
     /// false: the proxy passes every attempt through and nodes accept all of them.
     pub admission: bool,
 }
 
 impl Contender {
+    /// A contender; `admission` false means a node that accepts everything.
     pub fn new(label: impl Into<String>, strategy: Strategy, admission: bool) -> Contender {
         Contender {
             label: label.into(),
@@ -185,6 +203,7 @@ impl Contender {
         ]
     }
 
+    /// Whether its clients carry tickets (what the admission must reserve for).
     pub fn tickets(&self) -> bool {
         self.strategy == Strategy::Herdgate { tickets: true }
     }
@@ -206,6 +225,7 @@ pub fn policy_for<R: Rng + ?Sized>(strategy: Strategy, rng: &mut R) -> Reconnect
 /// Who reconnects where: computed once per config, shared by every contender.
 #[derive(Debug, Clone)]
 pub struct Fleet {
+    /// Node names, as the hash ring sees them.
     pub names: Vec<String>,
     /// The node that died (node death only).
     pub dead: Option<usize>,
@@ -517,9 +537,11 @@ fn label_seed(label: &str) -> u64 {
 /// Everything one scenario printed by the bench needs.
 #[derive(Debug, Clone)]
 pub struct ScenarioReport {
+    /// The scenario, for the report heading.
     pub title: String,
     /// One line on the fleet: who died, how the herd spread.
     pub fleet: String,
+    /// One summary per contender, in the order given.
     pub summaries: Vec<Summary>,
 }
 

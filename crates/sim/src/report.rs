@@ -51,11 +51,17 @@ pub struct StormRun {
 /// The numbers of one [`StormRun`], and whether each target holds.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
+    /// The contender.
     pub label: String,
+    /// `admit_rate` of each surviving node.
     pub admit_rate: f64,
+    /// Sum of the surviving nodes' rates.
     pub surviving_rate: f64,
+    /// N / Σrate: the physical limit for the displaced clients.
     pub ideal: Duration,
+    /// Time no client can beat (noticing the drop, one round trip), added to the ideal.
     pub floor: Duration,
+    /// Whether the clients carried tickets (the retries target is tighter).
     pub tickets: bool,
     /// Displaced clients.
     pub clients: usize,
@@ -65,6 +71,7 @@ pub struct Summary {
     pub peak_node_rate: usize,
     /// Time until 99% and 100% of the displaced clients were back.
     pub to_99: Option<Duration>,
+    /// Time until 100% were back.
     pub to_100: Option<Duration>,
     /// Reconnect attempts per displaced client (1.0: everyone in at the first attempt).
     pub attempts_per_client: f64,
@@ -75,6 +82,7 @@ pub struct Summary {
     pub retries_per_turned_away: Option<f64>,
     /// Accepts on all surviving nodes per [`BIN`], from the storm's start.
     pub bins: Vec<u32>,
+    /// Facts worth a line under the table.
     pub notes: Vec<String>,
 }
 
@@ -114,6 +122,7 @@ impl Summary {
             .is_none_or(|r| r <= self.retries_limit())
     }
 
+    /// Whether every target holds.
     pub fn all_ok(&self) -> bool {
         self.rate_ok() && self.time_ok() && self.retries_ok()
     }
