@@ -1,8 +1,5 @@
 //! Hint parsing from response heads and close frames: the contract with the proxy, and
 //! robustness to anything else.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,9 +1,6 @@
 //! The client against real servers on 127.0.0.1:0: rejected upgrades (503/429 with
 //! headers, 101 + 1013 close), the full retry dance with tickets, drain, give-up,
 //! timeouts, and TLS session resumption.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

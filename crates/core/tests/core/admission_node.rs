@@ -1,13 +1,8 @@
 //! One node's decisions, step by step: tickets, promises, overflow, queue, hints, reload.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod admission_sim;
 
 use std::time::Duration;
 
-use admission_sim::*;
+use super::admission_sim::*;
 use herdgate_core::admission::{
     node_id, AdmissionParams, AdmitInput, AdmitVia, Decision, NodeAdmission, TicketCheck,
     NANOS_PER_MILLI, TICKET_MAX_LEN,
@@ -95,7 +90,7 @@ fn ticket_window_early_and_late() {
     // Inside the window, from its early edge to its late edge, it is good. At the early
     // edge the node has just forwarded someone (the burst is 1): the holder is held until
     // its slot rather than forwarded within T of the previous one.
-    let node = admission_sim::node(slow());
+    let node = super::admission_sim::node(slow());
     let (t, slot) = ticket_for(&node);
     assert_eq!(
         node.check(slot - early, &AdmitInput::ticketed(Some(&t))),
@@ -106,7 +101,7 @@ fn ticket_window_early_and_late() {
             ticket_check: TicketCheck::Valid
         }
     );
-    let node = admission_sim::node(slow());
+    let node = super::admission_sim::node(slow());
     let (t, slot) = ticket_for(&node);
     assert!(node
         .check(

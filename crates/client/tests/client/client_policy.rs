@@ -1,8 +1,5 @@
 //! The reconnect policy, pure: bounds of the backoff and what each strategy does with
 //! hints and tickets.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

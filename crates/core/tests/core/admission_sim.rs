@@ -1,7 +1,6 @@
 //! A discrete-event storm against one `NodeAdmission` on a virtual clock: clients arrive,
 //! get a decision, and (if they obey) come back exactly when told. No sockets, no wall time.
 //! Shared by the admission_* test files; the full multi-node simulator can grow from it.
-#![allow(dead_code)]
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -1,14 +1,9 @@
 //! Reconnect storms against one node on a virtual clock: spacing, fairness, slow start,
 //! bounded memory.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod admission_sim;
 
 use std::time::Duration;
 
-use admission_sim::*;
+use super::admission_sim::*;
 use herdgate_core::admission::{
     AdmissionParams, AdmitInput, Decision, ManualClock, NodeAdmission, RESERVATION_WINDOW,
 };

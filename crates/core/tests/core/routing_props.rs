@@ -1,9 +1,6 @@
 //! Consistency properties of the pool hashes over 100,000 keys (fixed keys, so every run
 //! checks the same cases): minimal disruption on removal, addition and ineligibility,
 //! weight shares, and independence from the order of the node list.
-// Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
-// in the shipped code (Cargo.toml [workspace.lints]).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use herdgate_core::routing::{key_hash, HashAlgo, HashRing, NodeRef};
 
