@@ -139,6 +139,38 @@ mod tests {
         );
     }
 
+    /// Files around a few hundred lines; past 600 (tests inside a file excepted), split
+    /// by concept. Checked over this crate and every member crate.
+    #[test]
+    fn no_source_file_is_over_600_lines_before_its_tests() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut all = Vec::new();
+        files(&root.join("src"), &mut all);
+        for e in std::fs::read_dir(root.join("crates")).unwrap().flatten() {
+            let src = e.path().join("src");
+            if src.is_dir() {
+                files(&src, &mut all);
+            }
+        }
+        assert!(all.len() > 40, "found only {} files", all.len());
+        let long: Vec<String> = all
+            .iter()
+            .filter_map(|p| {
+                let text = std::fs::read_to_string(p).unwrap();
+                let n = text
+                    .lines()
+                    .take_while(|l| !l.starts_with("#[cfg(test)]"))
+                    .count();
+                (n > 600).then(|| format!("{}: {n} lines", p.display()))
+            })
+            .collect();
+        assert!(
+            long.is_empty(),
+            "split these by concept:\n{}",
+            long.join("\n")
+        );
+    }
+
     #[test]
     fn the_scanner_sees_imports_and_skips_comments_and_other_crates() {
         let src = "use crate::state::Shared;\n// crate::server is a comment\nlet x = herdgate_core::x; crate::drain::f(); $crate::m";
