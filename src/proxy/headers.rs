@@ -17,9 +17,22 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authenticate",
 ];
 
+/// Fields of the WebSocket opening handshake (RFC 6455 §4.1), which must reach the node
+/// whatever the client's `Connection` header names.
+const HANDSHAKE: [&str; 5] = [
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+];
+
 /// Remove hop-by-hop fields and every field the Connection header names.
 /// With `upgrade`, the pair `Connection: upgrade` / `Upgrade: websocket` is kept, since
-/// the handshake itself must cross the proxy (RFC 6455 §4.1).
+/// the handshake itself must cross the proxy (RFC 6455 §4.1), and so are the handshake
+/// fields even when `Connection` names them: a client that names `Sec-WebSocket-Key`
+/// there would otherwise have herdgate send the node a broken handshake, and the node's
+/// refusal would count against the node's health. `Host` is never removed.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     let named: Vec<HeaderName> = h
         .get_all(CONNECTION)
@@ -27,6 +40,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| *n != HOST && !(upgrade && HANDSHAKE.contains(&n.as_str())))
         .collect();
     let up = if upgrade {
         h.get(UPGRADE).cloned()
@@ -134,6 +148,31 @@ mod tests {
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn connection_cannot_strip_the_handshake_or_host() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static(
+                "Upgrade, Sec-WebSocket-Key, sec-websocket-version, Sec-WebSocket-Protocol, \
+                 Sec-WebSocket-Extensions, Host, x-gone",
+            ),
+        );
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(HOST, HeaderValue::from_static("chat.example"));
+        h.insert("x-gone", HeaderValue::from_static("1"));
+        for f in &HANDSHAKE[1..] {
+            h.insert(*f, HeaderValue::from_static("v"));
+        }
+        strip_hop_by_hop(&mut h, true);
+        for f in HANDSHAKE {
+            assert!(h.get(f).is_some(), "{f} must reach the node");
+        }
+        assert_eq!(h.get(HOST).unwrap(), "chat.example");
+        assert!(h.get("x-gone").is_none(), "other named fields still go");
         assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
     }
 

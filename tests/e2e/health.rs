@@ -442,3 +442,65 @@ async fn a_down_node_recovers_after_its_active_checks_are_removed() {
     assert_eq!(land_ws(&fleet, addr, "/", &[("x-session", &k)]).await, n1);
     proxy.shutdown().await;
 }
+
+/// Issue 9's first attack: an upgrade whose `Connection` header names handshake fields.
+/// herdgate used to strip them, send the node a broken handshake, and count the node's
+/// refusal against its health: nine such requests marked three nodes down. Now the fields
+/// reach the node, no node is marked down, and honest clients beside the attacker connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_naming_handshake_fields_marks_no_node_down() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fleet = Fleet::start(&["n1", "n2", "n3"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(parse(
+        &config(&fleet.nodes_toml(&fleet.all()), "", ""),
+        dir.path(),
+    ))
+    .await;
+    let (addr, admin) = (proxy.addr("plain"), proxy.admin.unwrap());
+
+    let attacks = [
+        "Upgrade, Sec-WebSocket-Key",
+        "Upgrade, Sec-WebSocket-Version",
+        "upgrade, sec-websocket-key, sec-websocket-version, host",
+    ];
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let conn = attacks[i % attacks.len()];
+        let mut s = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
+        let req = format!(
+            "GET /chat HTTP/1.1\r\nHost: chat.test\r\nUpgrade: websocket\r\nConnection: {conn}\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        // Read the response head only: a 101 leaves the connection open.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match within(s.read(&mut byte)).await.unwrap() {
+                0 => break,
+                _ => head.push(byte[0]),
+            }
+        }
+        let text = String::from_utf8_lossy(&head).to_string();
+        let status: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        statuses.push(status);
+        // An honest client between the attacker's requests still gets in and echoes.
+        if i % 10 == 9 {
+            let (mut ws, _) = ws_connect_with(addr, "/chat", &[]).await;
+            echo_text(&mut ws, "honest").await;
+        }
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 101),
+        "the handshake fields reached the node every time: {statuses:?}"
+    );
+    for n in ["n1", "n2", "n3"] {
+        assert!(admin_node(admin, n).await.healthy, "{n} was marked down");
+    }
+    proxy.shutdown().await;
+}
