@@ -372,9 +372,18 @@ impl Snapshot {
             r.host
                 .as_deref()
                 .is_none_or(|h| host.is_some_and(|x| x.eq_ignore_ascii_case(h)))
-                && path.starts_with(r.prefix.as_str())
+                && prefix_matches(path, &r.prefix)
                 && (r.listeners.is_empty() || r.listeners.iter().any(|l| l == listener))
         })
+    }
+}
+
+/// Whether `path` is under `prefix` at a segment boundary: `/api` matches `/api` and
+/// `/api/x`, never `/apix` (a route for one application must not catch another's paths).
+pub fn prefix_matches(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        None => false,
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
     }
 }
 
@@ -449,4 +458,21 @@ pub fn node_admission(
     )
     .slow_start(ramp)
     .build(crate::clock::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_matches;
+
+    #[test]
+    fn prefixes_match_at_segment_boundaries() {
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api/x", "/api"));
+        assert!(prefix_matches("/api/", "/api"));
+        assert!(!prefix_matches("/apix", "/api"));
+        assert!(!prefix_matches("/ap", "/api"));
+        assert!(prefix_matches("/anything", "/"));
+        assert!(prefix_matches("/api/x", "/api/"));
+        assert!(!prefix_matches("/api", "/api/"));
+    }
 }

@@ -41,6 +41,15 @@ pub fn check_upgrade<B>(req: &Request<B>) -> Result<bool, HandshakeError> {
     if !key_ok {
         return Err(HandshakeError("missing or malformed Sec-WebSocket-Key"));
     }
+    // An upgrade carries no body (RFC 6455 §4.1): one that says it has one would leave
+    // bytes between the head and the first frame that no side can account for.
+    let has_body = h.contains_key(http::header::TRANSFER_ENCODING)
+        || h.get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0");
+    if has_body {
+        return Err(HandshakeError("a WebSocket upgrade carries no body"));
+    }
     let mut versions = h.get_all("sec-websocket-version").iter();
     if versions.next().map(|v| v.as_bytes()) != Some(b"13") || versions.next().is_some() {
         return Err(HandshakeError(
@@ -96,6 +105,13 @@ mod tests {
             .body(())
             .unwrap();
         assert!(check_upgrade(&r).is_err());
+    }
+
+    #[test]
+    fn upgrades_with_a_body_are_400() {
+        assert!(check_upgrade(&req(|b| b.header("content-length", "5"))).is_err());
+        assert!(check_upgrade(&req(|b| b.header("transfer-encoding", "chunked"))).is_err());
+        assert!(check_upgrade(&req(|b| b.header("content-length", "0"))).unwrap());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use crate::support::http1::{http_get, raw_request, Reader};
 use crate::support::metrics::{metric, metric_reaches};
 use crate::support::nodes::echo_nodes;
-use crate::support::proxy::{fast_pool, parse, start, Proxy};
+use crate::support::proxy::{fast_pool, parse, start, wait_no_tunnels, Proxy};
 use crate::support::tls::{cert_toml, certs, tls_client, tls_client_any, tls_connect, Cert};
 use crate::support::within;
 use crate::support::ws::{echo_text, ws_connect, ws_over};
@@ -469,4 +469,53 @@ async fn healthz_and_metrics() {
     )
     .await;
     wss.send(Message::Close(None)).await.unwrap();
+}
+
+/// Issue 9: path prefixes match at segment boundaries, and an upgrade that says it carries
+/// a body is a 400 (its body would sit between the head and the first frame). The
+/// misbehaving requests are refused; an honest WebSocket on the same route echoes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_match_at_segment_boundaries_and_upgrades_carry_no_body() {
+    let nodes = echo_nodes(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"\n\n\
+         [[route]]\npath_prefix = \"/api\"\npool = \"p\"\n\n{}",
+        fast_pool("p", &[nodes[0].addr])
+    );
+    let proxy = start(parse(&toml, dir.path())).await;
+    let addr = proxy.addr("plain");
+    let upgrade = |path: &str, extra: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    };
+
+    let r = raw_request(addr, upgrade("/apix", "").as_bytes()).await;
+    assert_eq!(r.status, 404, "/apix is not under /api");
+    let with_body = upgrade("/api/chat", "Content-Length: 5\r\n") + "hello";
+    let r = raw_request(addr, with_body.as_bytes()).await;
+    assert_eq!(r.status, 400, "an upgrade with a body");
+    let chunked =
+        upgrade("/api/chat", "Transfer-Encoding: chunked\r\n") + "5\r\nhello\r\n0\r\n\r\n";
+    let r = raw_request(addr, chunked.as_bytes()).await;
+    assert_eq!(r.status, 400, "an upgrade with a chunked body");
+
+    let mut ws = ws_connect(addr, "/api/chat").await;
+    echo_text(&mut ws, "honest").await;
+    drop(ws);
+    let mut ws = ws_connect(addr, "/api").await;
+    echo_text(&mut ws, "exact prefix").await;
+    drop(ws);
+    assert_eq!(
+        nodes[0]
+            .stats
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "only the honest upgrades reached the node"
+    );
+    wait_no_tunnels(&proxy.handle).await;
+    proxy.shutdown().await;
 }
