@@ -78,7 +78,7 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
         let close = browser_close
             .then(|| BrowserClose::prepare(&parts, ctx.snap.config.timeouts.close.0))
             .flatten();
-        ProxyError::Rejected(Box::new(rej.closing(close)))
+        ProxyError::Rejected(Box::new(rej.closing(close).over_tls(ctx.info.tls)))
     };
 
     if let Some(limiter) = &route.client_limiter {

@@ -113,6 +113,9 @@ pub struct Rejection {
     /// Set on `reject = "websocket-close"` routes for a WebSocket upgrade: complete it
     /// and close with 1013 instead of answering 503.
     pub close: Option<BrowserClose>,
+    /// The client came over TLS: the ticket cookie is `Secure` (RFC 6265 §4.1.2.5), so a
+    /// browser never sends it over a plain connection.
+    pub secure: bool,
 }
 
 impl Rejection {
@@ -132,6 +135,7 @@ impl Rejection {
             rate: Some(rate),
             claim_window,
             close: None,
+            secure: false,
         }
     }
 
@@ -145,12 +149,19 @@ impl Rejection {
             rate: None,
             claim_window: Duration::ZERO,
             close: None,
+            secure: false,
         }
     }
 
     /// Answer a browser's upgrade with a 101 and a 1013 close (when it can be completed).
     pub fn closing(mut self, close: Option<BrowserClose>) -> Self {
         self.close = close;
+        self
+    }
+
+    /// The client came over TLS (the ticket cookie gets `Secure`).
+    pub fn over_tls(mut self, tls: bool) -> Self {
+        self.secure = tls;
         self
     }
 
@@ -227,8 +238,9 @@ fn reject(mut rej: Rejection) -> Response<Body> {
             h.insert(TICKET_HEADER, v);
         }
         let max_age = (ms / 1000) + rej.claim_window.as_secs() + 1;
+        let secure = if rej.secure { "; Secure" } else { "" };
         if let Ok(v) = HeaderValue::from_str(&format!(
-            "{TICKET_COOKIE}={t}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax"
+            "{TICKET_COOKIE}={t}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax{secure}"
         )) {
             h.append(http::header::SET_COOKIE, v);
         }
@@ -280,4 +292,37 @@ fn close_1013(close: BrowserClose, rej: &Rejection) -> Response<Body> {
     h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert("sec-websocket-accept", accept);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookie(tls: bool) -> String {
+        let rej = Rejection::busy(
+            Duration::from_millis(1500),
+            Some("abc_-123".into()),
+            false,
+            100.0,
+            Duration::from_secs(2),
+        )
+        .over_tls(tls);
+        let r = response(ProxyError::Rejected(Box::new(rej)));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[RETRY_AFTER], "2");
+        assert_eq!(r.headers()[RETRY_AFTER_MS_HEADER], "1500");
+        r.headers()[http::header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn the_ticket_cookie_is_secure_over_tls_only() {
+        let tls = cookie(true);
+        assert!(tls.starts_with("herdgate_ticket=abc_-123;"), "{tls}");
+        assert!(tls.ends_with("; Secure"), "{tls}");
+        let plain = cookie(false);
+        assert!(!plain.contains("Secure"), "{plain}");
+    }
 }
