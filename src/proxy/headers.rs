@@ -59,6 +59,30 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// The request target to send the node: herdgate's own query parameters (the ticket and
+/// the ticket-capable flag, wire contract) removed, since they are for herdgate alone and
+/// a ticket is a bearer credential the node has no use for. Everything else is kept as
+/// the client wrote it.
+pub fn node_target(path_and_query: &str) -> std::borrow::Cow<'_, str> {
+    use herdgate_wire::{ACCEPT_TICKET_QUERY, TICKET_QUERY};
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.into();
+    };
+    let ours = |kv: &&str| {
+        let k = kv.split_once('=').map_or(*kv, |(k, _)| k);
+        k == TICKET_QUERY || k == ACCEPT_TICKET_QUERY
+    };
+    if !query.split('&').any(|kv| ours(&kv)) {
+        return path_and_query.into();
+    }
+    let kept: Vec<&str> = query.split('&').filter(|kv| !ours(kv)).collect();
+    if kept.is_empty() {
+        path.to_owned().into()
+    } else {
+        format!("{path}?{}", kept.join("&")).into()
+    }
+}
+
 /// Add X-Forwarded-For (appended to what the client sent, as nginx's
 /// `$proxy_add_x_forwarded_for` does), X-Forwarded-Proto and X-Forwarded-Host.
 pub fn add_forwarded(h: &mut HeaderMap, peer: IpAddr, tls: bool, host: Option<&str>) {
@@ -174,6 +198,22 @@ mod tests {
         assert_eq!(h.get(HOST).unwrap(), "chat.example");
         assert!(h.get("x-gone").is_none(), "other named fields still go");
         assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn herdgate_query_parameters_stay_with_herdgate() {
+        assert_eq!(node_target("/chat"), "/chat");
+        assert_eq!(node_target("/chat?room=1"), "/chat?room=1");
+        assert_eq!(node_target("/chat?herdgate_ticket=abc"), "/chat");
+        assert_eq!(
+            node_target("/chat?room=1&herdgate_ticket=abc&herdgate_accept_ticket=1&x"),
+            "/chat?room=1&x"
+        );
+        assert_eq!(
+            node_target("/chat?herdgate_ticketx=1"),
+            "/chat?herdgate_ticketx=1",
+            "only exact names"
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub async fn forward(
     strip_hop_by_hop(&mut parts.headers, false);
     add_forwarded(&mut parts.headers, ctx.info.peer.ip(), ctx.info.tls, host);
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = Uri::try_from(format!("http://{}{}", node.key.addr, pq))
+    let target = super::headers::node_target(pq);
+    parts.uri = Uri::try_from(format!("http://{}{}", node.key.addr, target))
         .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
     parts.version = http::Version::HTTP_11;
     let req = Request::from_parts(parts, body);

@@ -60,7 +60,9 @@ pub async fn forward(
         host.as_deref(),
     );
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = Uri::try_from(pq).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    let target = super::headers::node_target(pq);
+    parts.uri = Uri::try_from(target.as_ref())
+        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
     let breq = Request::from_parts(parts, Body::empty());
 
     let send = tokio::time::timeout(timeouts.backend_response.0, sender.send_request(breq));

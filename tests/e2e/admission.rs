@@ -219,7 +219,7 @@ async fn tickets_claim_their_reserved_token_by_header_cookie_and_query() {
     let plain = Target::new(url.clone());
     let first = connected(connect_once(&plain, None, false).await);
 
-    #[derive(Debug, Clone, Copy)]
+    #[derive(Debug, Clone, Copy, PartialEq)]
     enum Via {
         Header,
         Cookie,
@@ -249,6 +249,11 @@ async fn tickets_claim_their_reserved_token_by_header_cookie_and_query() {
             Via::Query => Target::new(format!("{url}?x=1&herdgate_ticket={ticket}")),
         };
         keep.push(connected(connect_once(&t, None, false).await));
+        if via == Via::Query {
+            // The ticket is for herdgate: the node sees the rest of the query only.
+            let target = nodes[0].stats.last_target.lock().unwrap().clone();
+            assert_eq!(target.as_deref(), Some("/?x=1"), "{via:?}");
+        }
         used.push(ticket);
     }
     let text = proxy.handle.render_metrics();

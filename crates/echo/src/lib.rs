@@ -26,6 +26,8 @@ pub struct EchoStats {
     pub messages: AtomicU64,
     /// Request headers of the last handshake.
     pub last_headers: Mutex<Option<HeaderMap>>,
+    /// Request target (path and query) of the last handshake.
+    pub last_target: Mutex<Option<String>>,
     /// Close frames received (code), most recent last.
     pub closes: Mutex<Vec<u16>>,
 }
@@ -93,6 +95,9 @@ async fn accept_loop(listener: TcpListener, stats: Arc<EchoStats>, stop: Cancell
             let cb = move |req: &Request, mut resp: Response| {
                 if let Ok(mut g) = st.last_headers.lock() {
                     *g = Some(req.headers().clone());
+                }
+                if let Ok(mut g) = st.last_target.lock() {
+                    *g = req.uri().path_and_query().map(|p| p.to_string());
                 }
                 if let Some(p) = req
                     .headers()
