@@ -15,10 +15,21 @@ pub type ClientIo = crate::io::MaybeTls<tokio_rustls::server::TlsStream<TcpStrea
 pub struct ConnInfo {
     /// Name of the listener that accepted it; routes may be restricted by it.
     pub listener: Arc<str>,
-    /// The client's address, for forwarding headers, client limits and sticky fallback.
+    /// The TCP peer: the client, or the load balancer in front of it.
     pub peer: SocketAddr,
+    /// The client's address: the TCP peer, or the address a trusted proxy reported. Used
+    /// for forwarding headers, per-client limits and caps, and sticky fallback.
+    pub client: std::net::IpAddr,
     /// It came in over TLS.
     pub tls: bool,
+}
+
+impl ConnInfo {
+    /// The identity per-client limits and caps count by: the client address, IPv6 masked
+    /// to its /64.
+    pub fn client_id(&self) -> std::net::IpAddr {
+        herdgate_core::admission::client_prefix(self.client)
+    }
 }
 
 /// Holds a connection's place under the caps; a tunnel takes it over from the HTTP

@@ -171,6 +171,7 @@ async fn handle_conn(
     let info = ConnInfo {
         listener: name,
         peer,
+        client: peer.ip().to_canonical(),
         tls: tls.is_some(),
     };
     let ctx = Arc::new(proxy::ConnCtx::new(

@@ -18,7 +18,7 @@ pub async fn forward(
 ) -> Result<Response<Body>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    add_forwarded(&mut parts.headers, ctx.info.peer.ip(), ctx.info.tls, host);
+    add_forwarded(&mut parts.headers, ctx.info.client, ctx.info.tls, host);
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let target = super::headers::node_target(pq);
     parts.uri = Uri::try_from(format!("http://{}{}", node.key.addr, target))

@@ -71,7 +71,7 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
     let pool = &ctx.snap.pools[route.pool];
     let ws = crate::websocket::handshake::check_upgrade(&req)?;
     let (parts, body) = req.into_parts();
-    let (key, cookie) = routing::session_key(route, &parts, ctx.info.peer.ip(), ctx.info.tls);
+    let (key, cookie) = routing::session_key(route, &parts, ctx.info.client, ctx.info.tls);
     let browser_close = ws && route.cfg.reject == RejectStyle::WebsocketClose;
     // A rejection turns a browser away readably (a 101 closed with 1013) on such routes.
     let turn_away = |rej: Rejection| {
@@ -84,7 +84,7 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
     if let Some(limiter) = &route.client_limiter {
         let ck = match (route.cfg.client_limit.as_ref().map(|c| c.by), key) {
             (Some(ClientLimitKey::StickyKey), Some(h)) => ClientKey::Id(format!("{h:x}").into()),
-            _ => ClientKey::Ip(ctx.info.peer.ip().to_canonical()),
+            _ => ClientKey::Ip(ctx.info.client_id()),
         };
         if let Err(retry_after) = limiter.check(&ck) {
             metrics::counter!(crate::metrics::CLIENT_LIMITED).increment(1);

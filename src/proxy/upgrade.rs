@@ -55,7 +55,7 @@ pub async fn forward(
     strip_hop_by_hop(&mut parts.headers, true);
     add_forwarded(
         &mut parts.headers,
-        ctx.info.peer.ip(),
+        ctx.info.client,
         ctx.info.tls,
         host.as_deref(),
     );

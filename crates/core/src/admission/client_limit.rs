@@ -26,6 +26,19 @@ pub enum ClientKey {
     Id(Box<str>),
 }
 
+/// The address a client is limited by: IPv4 as is (IPv4-mapped IPv6 folded to IPv4), IPv6
+/// masked to its /64, because one subscriber or one host routinely holds a whole /64 and
+/// could otherwise take a fresh identity per connection.
+pub fn client_prefix(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
 impl From<IpAddr> for ClientKey {
     fn from(ip: IpAddr) -> Self {
         Self::Ip(ip)
@@ -107,6 +120,23 @@ mod tests {
     use super::*;
     use governor::clock::FakeRelativeClock;
     use std::net::Ipv6Addr;
+
+    #[test]
+    fn ipv6_clients_are_one_per_64_and_mapped_v4_is_v4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_prefix(a), client_prefix(b));
+        assert_ne!(client_prefix(a), client_prefix(other));
+        assert_eq!(
+            client_prefix(a),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
+        );
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(client_prefix(mapped), "10.1.2.3".parse::<IpAddr>().unwrap());
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(client_prefix(v4), v4);
+    }
 
     #[test]
     fn limits_per_key_and_hints_retry() {

@@ -30,7 +30,7 @@ pub use bucket::{
     NodeAdmission, NodeAdmissionBuilder, FOREIGN_CLAIMS_CAP, RESERVATION_WINDOW,
     TICKET_EARLY_TOLERANCE,
 };
-pub use client_limit::{ClientKey, ClientLimiter};
+pub use client_limit::{client_prefix, ClientKey, ClientLimiter};
 pub use clock::{
     duration_to_nanos, Clock, ManualClock, MonotonicClock, Nanos, NANOS_PER_MILLI, NANOS_PER_SEC,
 };
