@@ -71,6 +71,12 @@ pub const LAST_RELOAD_SUCCESS: &str = "herdgate_config_last_reload_success";
 pub const DRAIN_CLOSED: &str = "herdgate_drain_closed_total";
 /// Gauge: tunnels the shutdown drain still has to close (0 when done).
 pub const DRAINING_TUNNELS: &str = "herdgate_drain_pending_tunnels";
+/// Errors that were herdgate's own (descriptors, ports, memory), by kind; they never
+/// count against a node.
+pub const LOCAL_RESOURCE_ERRORS: &str = "herdgate_local_resource_errors_total";
+/// Node answers to an upgrade that were not a valid 101 (no `Upgrade: websocket`, or a
+/// `Sec-WebSocket-Accept` that does not match the key).
+pub const BAD_NODE_HANDSHAKES: &str = "herdgate_backend_bad_handshakes_total";
 /// Gauge: entries in the sticky-routing table.
 pub const STICKY_ENTRIES: &str = "herdgate_sticky_entries";
 

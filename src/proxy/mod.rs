@@ -137,7 +137,7 @@ pub(crate) fn node_failed(
     kind: NodeFailure,
     cause: impl Into<respond::BoxError>,
 ) -> ProxyError {
-    kind.record(node, &ctx.shared.health);
+    kind.record(node, &ctx.shared.health, Some(ctx.info.client_id()));
     ProxyError::Node {
         node: node.key.to_string(),
         kind,
