@@ -25,7 +25,7 @@ pub struct PoolConfig {
     pub max_retry_after: HumanDuration,
     /// Most retry slots one client (its address, /64 for IPv6) may hold on a node at once;
     /// 0 (default): half a second of the node's rate, at least 4. A client at its cap is told
-    /// its earliest slot again.
+    /// its latest slot again.
     #[serde(default)]
     pub max_slots_per_client: u32,
     /// Share of each node's rate never booked for returning clients, kept for fresh

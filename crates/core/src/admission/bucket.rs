@@ -27,7 +27,7 @@
 //!
 //! No client can book the schedule for others (issue 9):
 //! - every slot is held by its client (the *owner*, a hash of its address), and one owner
-//!   holds at most `slots_per_client` at once; at the cap it is told its earliest slot again
+//!   holds at most `slots_per_client` at once; at the cap it is told its latest slot again
 //!   and nothing is booked. An early ticket presented again gets itself back;
 //! - a reservation not claimed `T + RESERVATION_GRACE` after its slot is released as a public
 //!   credit; an owned promise is its owner's until `T + PROMISE_GRACE` after its slot (whole-
@@ -237,8 +237,10 @@ impl NodeAdmission {
             return st.forward(now, shape, AdmitVia::Promise, check);
         }
 
-        // c. The bucket conforms.
+        // c. The bucket conforms. While it does, nothing is booked and the fresh lane
+        // accrues nothing: it exists for when the schedule is booked ahead.
         if st.tat.saturating_sub(now) <= shape.tau_main {
+            st.fresh_tat = st.fresh_tat.max(now.saturating_add(shape.t_fresh));
             st.tat = st.tat.max(now).saturating_add(shape.t_main);
             st.stats.admitted_bucket += 1;
             return st.forward(now, shape, AdmitVia::Bucket, check);
@@ -253,13 +255,16 @@ impl NodeAdmission {
             return st.forward(now, shape, AdmitVia::Fresh, check);
         }
 
-        // d. A client at its cap of slots is told its earliest one again.
+        // d. A client at its cap of slots is told one of them again, and nothing is booked.
+        // Its latest: a client asking again finds its own promise there, and clients
+        // sharing an address (a NAT) come back once the owner's earlier slots are claimed
+        // and it may book again, instead of bouncing at every slot.
         if let Some(o) = input.owner {
             if holds >= st.params.slots_per_client() {
-                let earliest = st.owners.earliest(o, now).unwrap_or(now);
+                let latest = st.owners.latest(o, now).unwrap_or(now);
                 st.stats.rejected += 1;
                 st.stats.capped += 1;
-                let retry_after = st.slot_hint(now, earliest.max(now), shape.t_main);
+                let retry_after = st.slot_hint(now, latest.max(now), shape.t_main);
                 return Decision::Reject {
                     retry_after,
                     ticket: None,

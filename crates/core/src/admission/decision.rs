@@ -117,7 +117,7 @@ pub enum Decision {
         /// Nothing was reserved, so the caller can count and log overload apart.
         overflow: bool,
         /// The client already holds its cap of slots on this node: it was told its
-        /// earliest one again and nothing was booked.
+        /// latest one again and nothing was booked.
         capped: bool,
         /// What checking the presented ticket found (metrics, logs).
         ticket_check: TicketCheck,
@@ -172,7 +172,7 @@ pub struct AdmissionStats {
     pub foreign_tickets: u64,
     /// Admissions from the share of the rate kept for fresh arrivals.
     pub admitted_fresh: u64,
-    /// Rejections of a client already holding its cap of slots: told its earliest slot
+    /// Rejections of a client already holding its cap of slots: told its latest slot
     /// again, nothing booked.
     pub capped: u64,
     /// Early tickets presented again: the same ticket back, nothing booked.

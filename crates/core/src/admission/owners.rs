@@ -3,8 +3,8 @@
 //! A client (an owner: a hash of its address, /64 for IPv6) holds a slot from the moment it
 //! is rejected with one until it claims it, or until the slot's grace has passed (then the
 //! token is a public credit and belongs to nobody). The node caps how many slots one owner
-//! may hold at once; an owner at its cap is told its earliest slot again instead of taking
-//! a new one. Owned by one node's mutex; bounded by the schedule itself (every entry is a
+//! may hold at once; an owner at its cap is told one of its slots again (its latest)
+//! instead of taking a new one. Owned by one node's mutex; bounded by the schedule itself (every entry is a
 //! booked slot, and booked slots end at most `max_retry_after + claim_window` ahead).
 
 use std::collections::HashMap;
@@ -33,9 +33,9 @@ impl Owners {
         self.live(owner, now).map_or(0, |h| h.len())
     }
 
-    /// The earliest slot `owner` holds at `now`.
-    pub(crate) fn earliest(&mut self, owner: u64, now: Nanos) -> Option<Nanos> {
-        self.live(owner, now)?.iter().map(|&(s, ..)| s).min()
+    /// The latest slot `owner` holds at `now`.
+    pub(crate) fn latest(&mut self, owner: u64, now: Nanos) -> Option<Nanos> {
+        self.live(owner, now)?.iter().map(|&(s, ..)| s).max()
     }
 
     /// The earliest promise `owner` holds that is due at `now` (its slot minus `early`
@@ -102,7 +102,7 @@ mod tests {
         o.add(7, 95, 140, false);
         o.add(8, 120, 170, true);
         assert_eq!(o.count(7, 0), 3);
-        assert_eq!(o.earliest(7, 0), Some(95));
+        assert_eq!(o.latest(7, 0), Some(200));
         assert_eq!(
             o.due_promise(7, 90, 10),
             Some(100),
