@@ -29,7 +29,7 @@ pub struct PoolConfig {
     #[serde(default)]
     pub max_slots_per_client: u32,
     /// Share of each node's rate never booked for returning clients, kept for fresh
-    /// arrivals, in [0, 0.5]. Default 0.05.
+    /// arrivals, in [0, 0.5]. Default 0.02.
     #[serde(default = "default_fresh_share")]
     pub fresh_share: f64,
     /// A node coming back ramps its rate from 10% to full over this time ("0s": off).
@@ -57,7 +57,7 @@ fn default_admit_rate() -> f64 {
     200.0
 }
 fn default_fresh_share() -> f64 {
-    0.05
+    0.02
 }
 fn default_admit_burst() -> u32 {
     10

@@ -14,6 +14,7 @@
 mod support;
 
 mod admission;
+mod attacks;
 mod core_http;
 mod core_robustness;
 mod core_tls;

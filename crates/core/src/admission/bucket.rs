@@ -230,9 +230,12 @@ impl NodeAdmission {
             }
         }
 
-        // b'. Public credits are for clients that cannot carry tickets: a ticket-capable
-        // client taking one would push a ticketless client back to the end of the schedule.
-        if !input.wants_ticket && st.promises.claim(now) {
+        // b'. Public credits are for clients that cannot carry tickets (a ticket-capable
+        // client taking one would push a ticketless client back to the end of the schedule)
+        // and hold no slot: a client that keeps asking while it holds slots must not take
+        // what others were late for.
+        let holds = input.owner.map_or(0, |o| st.owners.count(o, now));
+        if !input.wants_ticket && holds == 0 && st.promises.claim(now) {
             st.stats.admitted_promise += 1;
             return st.forward(now, shape, AdmitVia::Promise, check);
         }
@@ -248,7 +251,6 @@ impl NodeAdmission {
 
         // c'. The fresh share: never booked, so a client holding no slot can get in even
         // when the schedule is booked ahead.
-        let holds = input.owner.map_or(0, |o| st.owners.count(o, now));
         if shape.t_fresh > 0 && holds == 0 && st.fresh_tat.saturating_sub(now) <= shape.tau_fresh {
             st.fresh_tat = st.fresh_tat.max(now).saturating_add(shape.t_fresh);
             st.stats.admitted_fresh += 1;
