@@ -73,6 +73,11 @@ pub const DRAIN_CLOSED: &str = "herdgate_drain_closed_total";
 pub const DRAINING_TUNNELS: &str = "herdgate_drain_pending_tunnels";
 /// Gauge: entries in the sticky-routing table.
 pub const STICKY_ENTRIES: &str = "herdgate_sticky_entries";
+/// Counter: learned sticky entries a client replaced with its own newer one because it
+/// held `max_entries_per_client` already (the per-client quota firing).
+pub const STICKY_CLIENT_QUOTA: &str = "herdgate_sticky_client_quota_total";
+/// Counter: learned sticky entries evicted because the table was at `max_entries`.
+pub const STICKY_EVICTIONS: &str = "herdgate_sticky_evictions_total";
 
 /// Install the process-wide recorder (once) and return the handle that renders it.
 pub fn install() -> PrometheusHandle {

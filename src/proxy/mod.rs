@@ -97,7 +97,10 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
     let ticketed = ticket_info(&parts)
         .ticket
         .and_then(|t| ctx.shared.signer.verify(t).ok())
-        .and_then(|claims| pool.node_by_id(claims.node))
+        .and_then(|c| {
+            pool.node_by_id(c.node)
+                .filter(|n| routing::ticket_steers(n, &c))
+        })
         .filter(|n| n.is_eligible());
     let choice = match ticketed {
         Some(node) => routing::Choice {
