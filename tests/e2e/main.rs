@@ -22,5 +22,8 @@ mod drain;
 mod drain_ticket;
 mod health;
 mod reload;
+mod reload_bad_values;
 mod shutdown;
 mod sticky;
+mod sticky_hostile;
+mod ticket_window;

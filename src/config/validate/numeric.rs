@@ -146,7 +146,7 @@ fn rate_in_range(r: &mut Report, key: &str, at: Option<&Spanned<String>>, rate: 
     r.at(
         key.to_string(),
         at,
-        format!("must be between {MIN_RATE} and {MAX_RATE} per second, got {rate}"),
+        format!("must be between {MIN_RATE:?} and {MAX_RATE:?} per second, got {rate:?}"),
     );
     false
 }
@@ -159,7 +159,7 @@ fn burst_in_range(r: &mut Report, key: &str, at: Option<&Spanned<String>>, rate:
             key.to_string(),
             at,
             format!(
-                "burst {burst} at rate {rate}/s takes {secs:.0} s to refill; at most \
+                "burst {burst} at rate {rate:?}/s takes {secs:.0} s to refill; at most \
                  {MAX_BURST_SECONDS:.0} s (one year)"
             ),
         );
