@@ -82,8 +82,9 @@ pub fn choose<'a>(
 }
 
 /// Learn `key_hash → node` in its pool's sticky table, charged to `client` (its per-client
-/// identity): called once the node accepted the session (its 101), never for a request
-/// that was turned away, so that only sessions that exist take room in the table.
+/// identity): called once the node accepted the session (its 101, or a 2xx/3xx answer to
+/// plain HTTP), never for a request that was turned away, so that only sessions that
+/// exist take room in the table.
 pub fn learn(snap: &Snapshot, node: &Node, key_hash: Option<u64>, client: IpAddr) {
     let Some(h) = key_hash else { return };
     let Some(table) = snap
