@@ -64,11 +64,12 @@ fn lookup_costs(keys: &[u64]) {
             }
         }
     }
-    let table: StickyTable<u32> = StickyTable::new(Duration::from_secs(600), 100_000).unwrap();
+    let table: StickyTable<u32> =
+        StickyTable::new(Duration::from_secs(600), 100_000, 100_000).unwrap();
     let t0 = Instant::now();
     let t = Instant::now();
     for (i, &k) in keys.iter().enumerate() {
-        table.insert(k, i as u32, t0);
+        table.insert(k, i as u32, std::net::IpAddr::from([10, 0, 0, 1]), t0);
     }
     let insert = per_op(t, keys.len());
     let t = Instant::now();

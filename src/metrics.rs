@@ -82,6 +82,11 @@ pub const LOCAL_RESOURCE_ERRORS: &str = "herdgate_local_resource_errors_total";
 pub const BAD_NODE_HANDSHAKES: &str = "herdgate_backend_bad_handshakes_total";
 /// Gauge: entries in the sticky-routing table.
 pub const STICKY_ENTRIES: &str = "herdgate_sticky_entries";
+/// Counter: learned sticky entries a client replaced with its own newer one because it
+/// held `max_entries_per_client` already (the per-client quota firing).
+pub const STICKY_CLIENT_QUOTA: &str = "herdgate_sticky_client_quota_total";
+/// Counter: learned sticky entries evicted because the table was at `max_entries`.
+pub const STICKY_EVICTIONS: &str = "herdgate_sticky_evictions_total";
 
 /// Install the process-wide recorder (once) and return the handle that renders it.
 pub fn install() -> PrometheusHandle {

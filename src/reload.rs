@@ -34,6 +34,9 @@ pub enum ReloadError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The reload itself failed unexpectedly (a bug); the reload task goes on.
+    #[error("reload aborted: {0}")]
+    Aborted(String),
 }
 
 fn failed(e: ReloadError) -> ReloadError {
@@ -53,7 +56,20 @@ pub async fn reload_file(shared: &Arc<Shared>, path: &Path) -> Result<(), Reload
 }
 
 /// Apply an already parsed configuration: all or nothing, one reload at a time.
+///
+/// The work runs in a task of its own, so that even a bug that panics while applying it
+/// costs this reload only: the caller (the SIGHUP loop, the admin endpoint) gets an error
+/// and stays alive for the next one.
 pub async fn reload(shared: &Arc<Shared>, config: Config) -> Result<(), ReloadError> {
+    let task = tokio::spawn(apply(shared.clone(), config));
+    match task.await {
+        Ok(r) => r,
+        Err(e) => Err(failed(ReloadError::Aborted(e.to_string()))),
+    }
+}
+
+async fn apply(shared: Arc<Shared>, config: Config) -> Result<(), ReloadError> {
+    let shared = &shared;
     let writer = shared.control.reload_lock.lock().await;
     let old = shared.load_full();
     let generation = shared

@@ -24,7 +24,7 @@ impl Signals {
                 tokio::select! {
                     _ = hup.recv() => {
                         tracing::info!("SIGHUP: reloading {}", config.display());
-                        let _ = crate::systemd::reloading();
+                        notify(crate::systemd::reloading).await;
                         let status = match handle.reload_file(&config).await {
                             Ok(()) => format!(
                                 "serving, config generation {}",
@@ -34,8 +34,8 @@ impl Signals {
                         };
                         // READY=1 even after a failed reload, or `systemctl reload` hangs
                         // on Type=notify-reload.
-                        let _ = crate::systemd::ready();
-                        let _ = crate::systemd::status(&status);
+                        notify(crate::systemd::ready).await;
+                        notify(move || crate::systemd::status(&status)).await;
                     }
                     _ = term.recv() => {
                         if token.is_cancelled() {
@@ -65,5 +65,13 @@ impl Signals {
     pub fn shutdown_requested(&self) -> impl std::future::Future<Output = ()> + 'static {
         let t = self.shutdown.clone();
         async move { t.cancelled().await }
+    }
+}
+
+/// sd_notify from the signal loop on a blocking thread: the send blocks while the service
+/// manager's queue is full, and must not stall a runtime worker (and the proxy with it).
+async fn notify(send: impl FnOnce() -> std::io::Result<bool> + Send + 'static) {
+    if let Err(e) = tokio::task::spawn_blocking(send).await {
+        tracing::warn!("sd_notify: {e}");
     }
 }

@@ -256,15 +256,18 @@ impl Snapshot {
                     let reuse = prev
                         .and_then(|pv| pv.pools.iter().find(|pp| pp.name == pname))
                         .and_then(|pp| pp.sticky.clone())
-                        .filter(|t| t.ttl() == sc.ttl.0 && t.max_entries() == sc.max_entries);
+                        .filter(|t| {
+                            t.ttl() == sc.ttl.0
+                                && t.max_entries() == sc.max_entries
+                                && t.per_client() == sc.max_entries_per_client
+                        });
                     match reuse {
                         Some(t) => Some(t),
                         None => Some(Arc::new(
-                            StickyTable::new(sc.ttl.0, sc.max_entries).map_err(|source| {
-                                BuildError::Routing {
-                                    pool: p.name().to_string(),
-                                    source,
-                                }
+                            StickyTable::new(sc.ttl.0, sc.max_entries, sc.max_entries_per_client)
+                                .map_err(|source| BuildError::Routing {
+                                pool: p.name().to_string(),
+                                source,
                             })?,
                         )),
                     }

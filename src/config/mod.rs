@@ -376,6 +376,14 @@ pub struct StickyConfig {
     /// Most learned key-to-node entries kept; the oldest are evicted first. Default 1000000.
     #[serde(default = "default_sticky_max")]
     pub max_entries: usize,
+    /// Most learned entries one client (its address, IPv6 by /64) holds; a client over it
+    /// replaces its own oldest entry, never someone else's. Default 64.
+    #[serde(default = "default_sticky_per_client")]
+    pub max_entries_per_client: usize,
+}
+
+fn default_sticky_per_client() -> usize {
+    64
 }
 
 fn default_sticky_ttl() -> HumanDuration {

@@ -4,6 +4,8 @@ use super::{line_col, Config, ConfigError, HealthKind};
 use std::collections::HashSet;
 use toml::Spanned;
 
+pub mod numeric;
+
 struct Report<'a> {
     text: &'a str,
     errors: Vec<ConfigError>,
@@ -28,6 +30,7 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
     };
     let none: Option<&Spanned<String>> = None;
 
+    numeric::check(cfg, &mut r);
     if cfg.listeners.is_empty() {
         r.at(
             "listener".into(),

@@ -97,7 +97,10 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
     let ticketed = ticket_info(&parts)
         .ticket
         .and_then(|t| ctx.shared.signer.verify(t).ok())
-        .and_then(|claims| pool.node_by_id(claims.node))
+        .and_then(|c| {
+            pool.node_by_id(c.node)
+                .filter(|n| routing::ticket_steers(n, &c))
+        })
         .filter(|n| n.is_eligible());
     let choice = match ticketed {
         Some(node) => routing::Choice {
@@ -121,7 +124,12 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
     let mut resp = if ws {
         upgrade::forward(req, node, ctx, choice.key_hash).await?
     } else {
-        http_fwd::forward(req, node, ctx, host.as_deref()).await?
+        let r = http_fwd::forward(req, node, ctx, host.as_deref()).await?;
+        // Like a 101 for a tunnel: only an answer the node served may be learned.
+        if r.status().is_success() || r.status().is_redirection() {
+            routing::learn(&ctx.snap, node, choice.key_hash, ctx.info.client_id());
+        }
+        r
     };
     if let Some(c) = choice.set_cookie {
         resp.headers_mut().append(http::header::SET_COOKIE, c);

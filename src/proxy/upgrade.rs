@@ -136,6 +136,8 @@ pub async fn forward(
         idle: Some(timeouts.idle_tunnel.0).filter(|d| !d.is_zero()),
         close_timeout: timeouts.close.0,
     };
+    // The node accepted the session: only now may its key take room in the sticky table.
+    crate::routing::learn(&ctx.snap, node, key_hash, ctx.info.client_id());
     spawn_tunnel(
         client_upgrade,
         node_upgrade,

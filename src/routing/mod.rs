@@ -5,4 +5,4 @@
 pub mod select;
 
 pub use herdgate_core::routing::*;
-pub use select::{choose, forget_node, landing, session_key, Choice};
+pub use select::{choose, forget_node, landing, learn, session_key, ticket_steers, Choice};

@@ -3,8 +3,8 @@
 
 use crate::backend::Node;
 use crate::config::StickyFallback;
-use crate::routing::{extract_hash, key, key_hash, StickySource};
-use crate::snapshot::{Pool, Route};
+use crate::routing::{extract_hash, key, key_hash, Learned, StickySource};
+use crate::snapshot::{Pool, Route, Snapshot};
 use crate::state::Shared;
 use http::HeaderValue;
 use std::net::IpAddr;
@@ -46,7 +46,8 @@ pub fn session_key(
 }
 
 /// Pick the node: learned entry if its node is eligible, else the hash's choice among the
-/// eligible nodes (learning it), else round robin when there is no key.
+/// eligible nodes, else round robin when there is no key. Nothing is learned here: only a
+/// session the node accepted is ([`learn`]).
 pub fn choose<'a>(
     pool: &'a Pool,
     key_hash: Option<u64>,
@@ -73,14 +74,42 @@ pub fn choose<'a>(
     }
     let idx = pool.ring.pick(h, |i| pool.nodes[i].is_eligible())?;
     let node = &pool.nodes[idx];
-    if let Some(table) = &pool.sticky {
-        table.insert(h, node.key.name.clone(), now);
-    }
     Some(Choice {
         node,
         key_hash: Some(h),
         set_cookie,
     })
+}
+
+/// Learn `key_hash → node` in its pool's sticky table, charged to `client` (its per-client
+/// identity): called once the node accepted the session (its 101, or a 2xx/3xx answer to
+/// plain HTTP), never for a request that was turned away, so that only sessions that
+/// exist take room in the table.
+pub fn learn(snap: &Snapshot, node: &Node, key_hash: Option<u64>, client: IpAddr) {
+    let Some(h) = key_hash else { return };
+    let Some(table) = snap
+        .pools
+        .iter()
+        .find(|p| p.name == node.key.pool)
+        .and_then(|p| p.sticky.as_ref())
+    else {
+        return;
+    };
+    match table.insert(h, node.key.name.clone(), client, Instant::now()) {
+        Learned::ReplacedOwn => {
+            metrics::counter!(crate::metrics::STICKY_CLIENT_QUOTA).increment(1);
+        }
+        Learned::Evicted => metrics::counter!(crate::metrics::STICKY_EVICTIONS).increment(1),
+        Learned::Added | Learned::Refreshed => {}
+    }
+}
+
+/// A verified ticket steers the request to its node only inside its window (see
+/// [`herdgate_core::admission::TicketClaims::in_window`]), with the node's current rate
+/// and claim window.
+pub fn ticket_steers(node: &Node, claims: &herdgate_core::admission::TicketClaims) -> bool {
+    let p = node.admission.params();
+    claims.in_window(crate::clock::now(), p.rate, p.claim_window)
 }
 
 /// Where a client with this key would land now (drain hints).

@@ -24,5 +24,8 @@ mod drain_ticket;
 mod health;
 mod health_hostile;
 mod reload;
+mod reload_bad_values;
 mod shutdown;
 mod sticky;
+mod sticky_hostile;
+mod ticket_window;

@@ -343,7 +343,8 @@ async fn reordering_nodes_in_the_file_moves_nothing() {
 async fn removing_a_node_moves_only_its_keys() {
     let fleet = Fleet::start(&["n1", "n2", "n3", "n4"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let routes = "[[route]]\npool = \"p\"\nsticky = { header = \"x-session\" }\n";
+    // 200 keys from one client address: above the default per-client quota.
+    let routes = "[[route]]\npool = \"p\"\nsticky = { header = \"x-session\", max_entries_per_client = 1000 }\n";
     let proxy = start(parse(&config(&fleet, &fleet.all(), routes), dir.path())).await;
     let addr = proxy.addr("plain");
     let h = &proxy.handle;

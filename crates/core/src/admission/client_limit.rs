@@ -61,6 +61,17 @@ pub(crate) fn quota(what: &'static str, rate: f64, burst: u32) -> Result<Quota, 
         got: burst.to_string(),
     })?;
     let period = Duration::try_from_secs_f64(1.0 / rate).map_err(|_| bad_rate())?;
+    // governor multiplies the period by the burst in u64 nanoseconds, unchecked.
+    let tau = period
+        .as_nanos()
+        .saturating_mul(u128::from(burst.get() - 1));
+    if u64::try_from(period.as_nanos()).is_err() || u64::try_from(tau).is_err() {
+        return Err(AdmissionError::InvalidParam {
+            field: what,
+            expected: "burst / rate must fit in 584 years",
+            got: format!("rate {rate}, burst {burst}"),
+        });
+    }
     Ok(Quota::with_period(period)
         .ok_or_else(bad_rate)?
         .allow_burst(burst))
@@ -136,6 +147,28 @@ mod tests {
         assert_eq!(client_prefix(mapped), "10.1.2.3".parse::<IpAddr>().unwrap());
         let v4: IpAddr = "10.1.2.3".parse().unwrap();
         assert_eq!(client_prefix(v4), v4);
+    }
+
+    #[test]
+    fn quotas_that_would_overflow_are_errors_not_panics() {
+        // governor computes period * (burst - 1) in u64 nanoseconds.
+        for (rate, burst) in [
+            (1e-9, u32::MAX),
+            (1e-12, 2),
+            (1e-300, 1),
+            (f64::MIN_POSITIVE, 1),
+        ] {
+            let e = quota("client_limit", rate, burst).unwrap_err();
+            assert!(matches!(
+                e,
+                AdmissionError::InvalidParam {
+                    field: "client_limit",
+                    ..
+                }
+            ));
+        }
+        assert!(quota("client_limit", 1e9, u32::MAX).is_ok());
+        assert!(quota("client_limit", 1.0, u32::MAX).is_ok());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_S
 use base64::Engine;
 use ring::{digest, hmac};
 
-use super::clock::{Nanos, NANOS_PER_MILLI};
+use super::clock::{duration_to_nanos, Nanos, NANOS_PER_MILLI, NANOS_PER_SEC};
 use super::AdmissionError;
 
 /// Upper bound on an encoded ticket, so that the close-reason JSON stays within 123 bytes.
@@ -96,6 +96,21 @@ impl TicketClaims {
     /// The slot in nanoseconds since the epoch (a lower bound of the real slot: ms truncation).
     pub fn slot(&self) -> Nanos {
         self.slot_ms.saturating_mul(NANOS_PER_MILLI)
+    }
+
+    /// True while the ticket is inside its window at `now`: from one emission interval of a
+    /// node admitting `rate` per second (at least [`super::TICKET_EARLY_TOLERANCE`]) before
+    /// its slot, to `claim_window` after it (plus the millisecond the slot was truncated
+    /// by): the same window in which the node would honour it. Outside it a ticket must
+    /// not steer routing either: a stale ticket would pin a client to a node long after
+    /// its reservation lapsed.
+    pub fn in_window(&self, now: Nanos, rate: f64, claim_window: std::time::Duration) -> bool {
+        let slot = self.slot();
+        // As the bucket's emission interval: float to int `as` saturates.
+        let t = (NANOS_PER_SEC as f64 / rate).round().max(1.0) as u64;
+        let early = t.max(duration_to_nanos(super::TICKET_EARLY_TOLERANCE));
+        let late = duration_to_nanos(claim_window).saturating_add(NANOS_PER_MILLI);
+        now >= slot.saturating_sub(early) && now <= slot.saturating_add(late)
     }
 }
 
@@ -278,6 +293,39 @@ mod tests {
 
     fn signer(instance: u32) -> TicketSigner {
         TicketSigner::new(TicketKey::from_bytes(&[7u8; 32]).unwrap(), instance)
+    }
+
+    #[test]
+    fn window_opens_just_before_the_slot_and_closes_after_the_claim_window() {
+        let ms = NANOS_PER_MILLI;
+        let c = TicketClaims {
+            node: 1,
+            slot_ms: 1_000_000,
+            seq: 0,
+            instance: 0,
+        };
+        let slot = c.slot();
+        let cw = std::time::Duration::from_secs(2);
+        // A fast node: the early tolerance is 50 ms.
+        assert!(!c.in_window(slot - 51 * ms, 200.0, cw), "too early");
+        assert!(c.in_window(slot - 50 * ms, 200.0, cw));
+        assert!(c.in_window(slot, 200.0, cw));
+        assert!(c.in_window(slot + 2001 * ms, 200.0, cw));
+        assert!(!c.in_window(slot + 2001 * ms + 1, 200.0, cw), "too late");
+        assert!(!c.in_window(slot + 3_600_000 * ms, 200.0, cw), "stale");
+        assert!(!c.in_window(0, 200.0, cw));
+        // A slow node (1/s): one emission interval early is fine.
+        assert!(c.in_window(slot - 1000 * ms, 1.0, cw));
+        assert!(!c.in_window(slot - 1001 * ms, 1.0, cw));
+        // Extremes saturate instead of overflowing.
+        let far = TicketClaims {
+            slot_ms: u64::MAX,
+            ..c
+        };
+        assert!(far.in_window(u64::MAX, 1e-300, cw));
+        assert!(!far.in_window(0, 1e9, cw));
+        let zero = TicketClaims { slot_ms: 0, ..c };
+        assert!(zero.in_window(0, 1e9, std::time::Duration::MAX));
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod sticky;
 pub use hash::{key_hash, rendezvous_pick, NodeRef, Preference, RendezvousTable};
 pub use key::{extract, extract_hash, new_sticky_cookie, random_cookie_value, StickySource};
 pub use maglev::MaglevTable;
-pub use sticky::StickyTable;
+pub use sticky::{Learned, StickyTable};
 
 use serde::Deserialize;
 
@@ -69,6 +69,9 @@ pub enum RoutingError {
         /// The configured max_entries.
         got: usize,
     },
+    /// A per-client quota of 0 would let no client learn anything.
+    #[error("sticky table max_entries_per_client must be > 0, got 0")]
+    ZeroClientQuota,
 }
 
 /// Which consistent hash a pool uses. Config: `hash = "rendezvous"` (default) or
