@@ -118,10 +118,37 @@ impl Node {
         self.drain.load(Ordering::Relaxed) == DrainSource::Config as u8
     }
 
+    /// Why it drains; `None` when it does not.
+    pub fn drain_source(&self) -> Option<DrainSource> {
+        match self.drain.load(Ordering::Relaxed) {
+            1 => Some(DrainSource::Config),
+            2 => Some(DrainSource::Admin),
+            3 => Some(DrainSource::Removed),
+            _ => None,
+        }
+    }
+
     /// Take the node back into service (a config drain that was lifted).
     pub fn undrain(&self) {
         self.metrics.draining.set(0.0);
         self.drain.store(0, Ordering::Relaxed);
+    }
+
+    /// Take the node back into service if an admin drain, and nothing else, holds it:
+    /// what it drains for now otherwise (`None` when it did not drain at all).
+    pub fn undrain_admin(&self) -> Result<(), Option<DrainSource>> {
+        match self.drain.compare_exchange(
+            DrainSource::Admin as u8,
+            0,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => {
+                self.metrics.draining.set(0.0);
+                Ok(())
+            }
+            Err(_) => Err(self.drain_source()),
+        }
     }
 
     /// May receive new connections.
