@@ -59,7 +59,14 @@ async fn req(
 /// A request with the honest Host (the admin address itself).
 async fn honest(admin: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Resp {
     let auth = token.map(|t| format!("Bearer {t}"));
-    req(admin, method, path, Some(&admin.to_string()), auth.as_deref()).await
+    req(
+        admin,
+        method,
+        path,
+        Some(&admin.to_string()),
+        auth.as_deref(),
+    )
+    .await
 }
 
 fn refused(text: &str, reason: &str) -> f64 {
@@ -102,12 +109,24 @@ async fn a_rebinding_host_is_refused_while_the_admin_address_is_served() {
         ("/metrics".into(), Some(format!("localhost:{}", port ^ 1))),
         ("/metrics".into(), None),
         // An absolute-form target naming another host, with an honest Host header.
-        (format!("http://evil.example:{port}/metrics"), Some(admin.to_string())),
+        (
+            format!("http://evil.example:{port}/metrics"),
+            Some(admin.to_string()),
+        ),
     ];
     for (target, host) in &hostile {
         let r = req(admin, "GET", target, host.as_deref(), None).await;
-        assert_eq!(r.status, 421, "GET {target} with Host {host:?}: {}", r.text());
-        assert!(!r.text().contains("herdgate_"), "no metrics leak: {}", r.text());
+        assert_eq!(
+            r.status,
+            421,
+            "GET {target} with Host {host:?}: {}",
+            r.text()
+        );
+        assert!(
+            !r.text().contains("herdgate_"),
+            "no metrics leak: {}",
+            r.text()
+        );
     }
     // A write with the right token but a rebinding Host changes nothing.
     let bearer = format!("Bearer {TOKEN}");
@@ -179,7 +198,12 @@ async fn protect_reads_puts_metrics_and_admin_reads_behind_the_token() {
     assert_eq!(r.status, 200);
     let nodes_seen: Vec<herdgate::admin::NodeReport> = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(nodes_seen.len(), 1);
-    assert_eq!(honest(admin, "GET", "/admin/nope", Some(TOKEN)).await.status, 404);
+    assert_eq!(
+        honest(admin, "GET", "/admin/nope", Some(TOKEN))
+            .await
+            .status,
+        404
+    );
 
     // Traffic through the proxy is unaffected; every refusal is counted.
     let mut ws = ws_connect(proxy.addr("plain"), "/x").await;
@@ -332,12 +356,21 @@ async fn the_token_is_read_at_start_and_on_reload_only() {
 
     // A reload that cannot read the token fails and keeps the token in force.
     std::fs::remove_file(&token_path).unwrap();
-    let e = within(h.reload_file(&cfg_path)).await.unwrap_err().to_string();
-    assert!(e.contains("admin.token_file") && e.contains("cannot read"), "{e}");
+    let e = within(h.reload_file(&cfg_path))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("admin.token_file") && e.contains("cannot read"),
+        "{e}"
+    );
     assert_eq!(probe("new-token").await, 200);
 
     std::fs::write(&token_path, " \n").unwrap();
-    let e = within(h.reload_file(&cfg_path)).await.unwrap_err().to_string();
+    let e = within(h.reload_file(&cfg_path))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("admin.token_file") && e.contains("empty"), "{e}");
     assert_eq!(probe("new-token").await, 200);
 
@@ -365,9 +398,10 @@ async fn undrain_takes_an_admin_drain_back() {
     let dir = tempfile::tempdir().unwrap();
     let admin_cfg = with_token(dir.path(), TOKEN, "");
     let text = |drain_a: bool| {
-        let nodes = fleet
-            .nodes_toml(&fleet.all())
-            .replace("name = \"a\"\n", &format!("name = \"a\"\ndrain = {drain_a}\n"));
+        let nodes = fleet.nodes_toml(&fleet.all()).replace(
+            "name = \"a\"\n",
+            &format!("name = \"a\"\ndrain = {drain_a}\n"),
+        );
         config(&admin_cfg, &format!("drain_rate = 1000.0\n{nodes}"))
     };
     let proxy = start(parse(&text(false), dir.path())).await;
@@ -409,7 +443,10 @@ async fn undrain_takes_an_admin_drain_back() {
     assert_eq!(post("/admin/nodes/p/a/undrain", None).await.0, 401);
     let (s, _) = post("/admin/nodes/p/a/undrain", Some("Bearer-less")).await;
     assert_eq!(s, 401);
-    assert_eq!(post("/admin/nodes/p/nope/undrain", Some(TOKEN)).await.0, 404);
+    assert_eq!(
+        post("/admin/nodes/p/nope/undrain", Some(TOKEN)).await.0,
+        404
+    );
     assert_eq!(post("/admin/nodes/q/a/undrain", Some(TOKEN)).await.0, 404);
     assert!(admin_node(admin, "a").await.draining);
 

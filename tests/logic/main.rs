@@ -11,4 +11,5 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admin_config;
 mod config_errors;
