@@ -72,9 +72,9 @@ fn broken_admin_settings_name_their_key() {
             assert!(msg.contains(w), "{admin}: message lacks {w:?}:\n{msg}");
         }
     }
-    let good = format!("token_file = \"t\"\nprotect_reads = true\nmax_connections = 1");
+    let good = "token_file = \"t\"\nprotect_reads = true\nmax_connections = 1";
     std::fs::write(dir.path().join("t"), "tok\n").unwrap();
-    Config::parse(&with_admin(&good), "good.toml", dir.path()).unwrap();
+    Config::parse(&with_admin(good), "good.toml", dir.path()).unwrap();
 }
 
 #[test]
