@@ -37,6 +37,8 @@ pub fn drain_node(shared: &Arc<Shared>, node: &Arc<Node>, source: DrainSource, s
     if !node.start_drain(source) {
         return;
     }
+    // This drain, until the node is undrained (and maybe drained anew: another funnel).
+    let this_drain = node.drains_begun();
     let pace = snap
         .config
         .pool(&node.key.pool)
@@ -53,7 +55,7 @@ pub fn drain_node(shared: &Arc<Shared>, node: &Arc<Node>, source: DrainSource, s
         // round until the node has none left (or it is taken back into service).
         loop {
             let tunnels = shared.tunnels.of_node(&node);
-            if tunnels.is_empty() || !node.is_draining() {
+            if tunnels.is_empty() || !still_draining(&node, this_drain) {
                 break;
             }
             // Tunnels told to close in an earlier round are still in their close
@@ -66,7 +68,7 @@ pub fn drain_node(shared: &Arc<Shared>, node: &Arc<Node>, source: DrainSource, s
                     tunnels,
                     pace,
                     &shared.lifecycle.stop_all,
-                    Some(&node),
+                    Some((&node, this_drain)),
                 )
                 .await;
             }
@@ -131,14 +133,19 @@ pub fn undrain_node_by_name(shared: &Shared, pool: &str, node: &str) -> Undrain 
     }
 }
 
+/// Whether the drain numbered `this_drain` of `node` still runs (not undrained since).
+fn still_draining(node: &Node, this_drain: u64) -> bool {
+    node.is_draining() && node.drains_begun() == this_drain
+}
+
 /// Close `tunnels` (shuffled) at `pace`, in batches of whatever is due at each wake.
-/// With `node`, it stops as soon as that node no longer drains (undrained).
+/// With a node's drain, it stops at the first wake after that drain ended (undrained).
 async fn funnel(
     shared: &Arc<Shared>,
     mut tunnels: Vec<Arc<TunnelCtl>>,
     pace: Pace,
     stop: &tokio_util::sync::CancellationToken,
-    node: Option<&Node>,
+    drain: Option<(&Node, u64)>,
 ) {
     tunnels.shuffle(&mut rand::thread_rng());
     let n = tunnels.len();
@@ -151,7 +158,7 @@ async fn funnel(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(due_at) => {}
         }
-        if node.is_some_and(|n| !n.is_draining()) {
+        if drain.is_some_and(|(n, this)| !still_draining(n, this)) {
             return;
         }
         let elapsed = start.elapsed();

@@ -51,6 +51,8 @@ pub struct Node {
     healthy: AtomicBool,
     /// Why the node drains (a [`DrainSource`] as u8; 0: it does not).
     drain: AtomicU8,
+    /// Drains begun so far: a drain's funnel stops once another has begun (or none runs).
+    drains: AtomicU64,
     /// Open WebSocket tunnels.
     pub open_tunnels: AtomicU64,
     /// Consecutive soft failures seen by passive health.
@@ -79,6 +81,7 @@ impl Node {
             key,
             healthy: AtomicBool::new(true),
             drain: AtomicU8::new(0),
+            drains: AtomicU64::new(0),
             open_tunnels: AtomicU64::new(0),
             soft_failures: AtomicU64::new(0),
             passive_threshold: AtomicU32::new(3),
@@ -108,9 +111,19 @@ impl Node {
     /// Mark the node draining; false if it already was.
     pub fn start_drain(&self, source: DrainSource) -> bool {
         self.metrics.draining.set(1.0);
-        self.drain
+        let began = self
+            .drain
             .compare_exchange(0, source as u8, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+            .is_ok();
+        if began {
+            self.drains.fetch_add(1, Ordering::AcqRel);
+        }
+        began
+    }
+
+    /// Drains begun so far (one more at each [`Node::start_drain`] that began one).
+    pub fn drains_begun(&self) -> u64 {
+        self.drains.load(Ordering::Acquire)
     }
 
     /// It drains because of `drain = true`, so a reload without it may take it back.
