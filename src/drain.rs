@@ -37,6 +37,8 @@ pub fn drain_node(shared: &Arc<Shared>, node: &Arc<Node>, source: DrainSource, s
     if !node.start_drain(source) {
         return;
     }
+    // This drain, until the node is undrained (and maybe drained anew: another funnel).
+    let this_drain = node.drains_begun();
     let pace = snap
         .config
         .pool(&node.key.pool)
@@ -53,7 +55,7 @@ pub fn drain_node(shared: &Arc<Shared>, node: &Arc<Node>, source: DrainSource, s
         // round until the node has none left (or it is taken back into service).
         loop {
             let tunnels = shared.tunnels.of_node(&node);
-            if tunnels.is_empty() || !node.is_draining() {
+            if tunnels.is_empty() || !still_draining(&node, this_drain) {
                 break;
             }
             // Tunnels told to close in an earlier round are still in their close
@@ -61,7 +63,14 @@ pub fn drain_node(shared: &Arc<Shared>, node: &Arc<Node>, source: DrainSource, s
             let tunnels: Vec<_> = tunnels.into_iter().filter(|t| !t.is_closing()).collect();
             if !tunnels.is_empty() {
                 tracing::info!(node = %node.key, "draining {} tunnels ({pace:?})", tunnels.len());
-                funnel(&shared, tunnels, pace, &shared.lifecycle.stop_all).await;
+                funnel(
+                    &shared,
+                    tunnels,
+                    pace,
+                    &shared.lifecycle.stop_all,
+                    Some((&node, this_drain)),
+                )
+                .await;
             }
             if shared.lifecycle.stop_all.is_cancelled() {
                 break;
@@ -73,28 +82,70 @@ pub fn drain_node(shared: &Arc<Shared>, node: &Arc<Node>, source: DrainSource, s
     });
 }
 
+/// The node `pool`/`node` of `snap`, if it has one.
+fn node_by_name(snap: &Snapshot, pool: &str, node: &str) -> Option<Arc<Node>> {
+    snap.pools
+        .iter()
+        .find(|p| &*p.name == pool)
+        .and_then(|p| p.node_by_name(node))
+        .cloned()
+}
+
 /// Drain by names (admin API). False when no such node.
 pub fn drain_node_by_name(shared: &Arc<Shared>, pool: &str, node: &str) -> bool {
     let snap = shared.load_full();
-    let Some(n) = snap
-        .pools
-        .iter()
-        .find(|p| &*p.name == pool)
-        .and_then(|p| p.nodes.iter().find(|n| &*n.key.name == node))
-        .cloned()
-    else {
+    let Some(n) = node_by_name(&snap, pool, node) else {
         return false;
     };
     drain_node(shared, &n, DrainSource::Admin, &snap);
     true
 }
 
+/// What [`undrain_node_by_name`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undrain {
+    /// An admin drain was lifted: the node takes new connections again (when healthy).
+    Undrained,
+    /// The node was not draining: nothing to do.
+    NotDraining,
+    /// The node drains for another reason (`drain = true` in the config), which only the
+    /// config can lift; it stays draining.
+    HeldBy(DrainSource),
+    /// The running config has no such node.
+    NoSuchNode,
+}
+
+/// Undo an admin drain by names (admin API). The node is eligible for new connections
+/// again at once; the funnel stops, so tunnels not yet closed stay open, while those the
+/// drain already closed stay closed (their clients reconnect wherever routing sends them).
+pub fn undrain_node_by_name(shared: &Shared, pool: &str, node: &str) -> Undrain {
+    let snap = shared.load();
+    let Some(n) = node_by_name(&snap, pool, node) else {
+        return Undrain::NoSuchNode;
+    };
+    match n.undrain_admin() {
+        Ok(()) => {
+            tracing::info!(node = %n.key, "admin drain lifted");
+            Undrain::Undrained
+        }
+        Err(None) => Undrain::NotDraining,
+        Err(Some(source)) => Undrain::HeldBy(source),
+    }
+}
+
+/// Whether the drain numbered `this_drain` of `node` still runs (not undrained since).
+fn still_draining(node: &Node, this_drain: u64) -> bool {
+    node.is_draining() && node.drains_begun() == this_drain
+}
+
 /// Close `tunnels` (shuffled) at `pace`, in batches of whatever is due at each wake.
+/// With a node's drain, it stops at the first wake after that drain ended (undrained).
 async fn funnel(
     shared: &Arc<Shared>,
     mut tunnels: Vec<Arc<TunnelCtl>>,
     pace: Pace,
     stop: &tokio_util::sync::CancellationToken,
+    drain: Option<(&Node, u64)>,
 ) {
     tunnels.shuffle(&mut rand::thread_rng());
     let n = tunnels.len();
@@ -106,6 +157,9 @@ async fn funnel(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(due_at) => {}
+        }
+        if drain.is_some_and(|(n, this)| !still_draining(n, this)) {
+            return;
         }
         let elapsed = start.elapsed();
         let due = if interval.is_zero() {
@@ -150,7 +204,7 @@ pub async fn shutdown(shared: &Arc<Shared>) {
     let never = tokio_util::sync::CancellationToken::new();
     // Tunnels that end on their own shorten the wait: stop as soon as none is left.
     tokio::select! {
-        _ = funnel(shared, tunnels, Pace::Spread(spread), &never) => {}
+        _ = funnel(shared, tunnels, Pace::Spread(spread), &never, None) => {}
         _ = shared.tunnels.wait_empty(deadline) => {}
     }
     if !shared.tunnels.wait_empty(deadline).await {

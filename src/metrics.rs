@@ -64,6 +64,12 @@ pub const NODE_HEALTHY: &str = "herdgate_node_healthy";
 pub const NODE_DRAINING: &str = "herdgate_node_draining";
 /// Counter: active health checks run, by `pool`, `node` and `result` (`ok`, `fail`).
 pub const HEALTH_CHECKS: &str = "herdgate_health_checks_total";
+/// Counter: admin requests and connections refused, by `reason`: `host` (the `Host`
+/// header does not name the admin listener: 421), `unauthorized` (missing or wrong
+/// bearer token: 401), `max_connections` (over `admin.max_connections`: closed at once).
+pub const ADMIN_REFUSED: &str = "herdgate_admin_refused_total";
+/// Gauge: admin connections open now.
+pub const ADMIN_CONNECTIONS_OPEN: &str = "herdgate_admin_connections_open";
 /// Counter: configuration reloads that were applied.
 pub const RELOADS: &str = "herdgate_config_reloads_total";
 /// Counter: configuration reloads that failed and left the running config in place.

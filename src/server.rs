@@ -253,6 +253,11 @@ impl Handle {
         crate::drain::drain_node_by_name(&self.shared, pool, node)
     }
 
+    /// Undo an admin drain of a node (admin API).
+    pub fn undrain_node(&self, pool: &str, node: &str) -> crate::drain::Undrain {
+        crate::drain::undrain_node_by_name(&self.shared, pool, node)
+    }
+
     /// The metrics in Prometheus text format, as `/metrics` serves them.
     pub fn render_metrics(&self) -> String {
         self.shared.metrics.render()

@@ -3,6 +3,7 @@
 use crate::backend::connect::{http_client, HttpClient};
 use crate::backend::{Node, NodeKey};
 use crate::config::NodeConfig;
+use crate::config::{AdminToken, AdminTokenError};
 use crate::config::{Config, PoolConfig, RouteConfig, StickyConfig, StickyFallback};
 use crate::tls::{load_certified_key, server_config, Sessions, SniCert, TlsError};
 use dashmap::DashMap;
@@ -28,6 +29,9 @@ pub struct Snapshot {
     pub pools: Vec<Pool>,
     /// Client for plain-HTTP forwarding; kept from the previous snapshot while `backend_connect` is unchanged.
     pub http: HttpClient,
+    /// The admin bearer token, read from `admin.token_file` when this snapshot was built
+    /// (at start and on each reload, never per request); `None` without a token file.
+    pub admin_token: Option<AdminToken>,
 }
 
 /// A `[[route]]` resolved against the pools, ready to match requests.
@@ -122,6 +126,9 @@ pub enum BuildError {
     /// An admission parameter was refused by the admission core.
     #[error("{0}")]
     Admission(#[from] AdmissionError),
+    /// `admin.token_file` could not be read, or holds no usable token.
+    #[error("admin.token_file: {0}")]
+    AdminToken(#[from] AdminTokenError),
 }
 
 /// What building a snapshot needs besides the config.
@@ -145,6 +152,10 @@ impl Snapshot {
             generation,
             prev,
         } = ctx;
+        let admin_token = match &config.admin.token_file {
+            Some(p) => Some(AdminToken::load(p)?),
+            None => None,
+        };
         let mut listeners = HashMap::new();
         for l in &config.listeners {
             let name: Arc<str> = Arc::from(l.name());
@@ -352,6 +363,7 @@ impl Snapshot {
             routes,
             pools,
             http,
+            admin_token,
         })
     }
 

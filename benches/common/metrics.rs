@@ -10,8 +10,9 @@ use tokio::net::TcpStream;
 pub async fn metrics_text(admin: SocketAddr) -> Result<String> {
     let buf = step("metrics", async {
         let mut s = TcpStream::connect(admin).await?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            .await?;
+        // Host must name the admin listener (its DNS-rebinding defence).
+        let req = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;
         Ok::<_, std::io::Error>(buf)

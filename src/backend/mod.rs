@@ -51,6 +51,8 @@ pub struct Node {
     healthy: AtomicBool,
     /// Why the node drains (a [`DrainSource`] as u8; 0: it does not).
     drain: AtomicU8,
+    /// Drains begun so far: a drain's funnel stops once another has begun (or none runs).
+    drains: AtomicU64,
     /// Open WebSocket tunnels.
     pub open_tunnels: AtomicU64,
     /// Consecutive soft failures seen by passive health.
@@ -82,6 +84,7 @@ impl Node {
             key,
             healthy: AtomicBool::new(true),
             drain: AtomicU8::new(0),
+            drains: AtomicU64::new(0),
             open_tunnels: AtomicU64::new(0),
             soft_failures: AtomicU64::new(0),
             soft_failure_clients: std::sync::Mutex::new(Vec::new()),
@@ -112,9 +115,19 @@ impl Node {
     /// Mark the node draining; false if it already was.
     pub fn start_drain(&self, source: DrainSource) -> bool {
         self.metrics.draining.set(1.0);
-        self.drain
+        let began = self
+            .drain
             .compare_exchange(0, source as u8, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+            .is_ok();
+        if began {
+            self.drains.fetch_add(1, Ordering::AcqRel);
+        }
+        began
+    }
+
+    /// Drains begun so far (one more at each [`Node::start_drain`] that began one).
+    pub fn drains_begun(&self) -> u64 {
+        self.drains.load(Ordering::Acquire)
     }
 
     /// It drains because of `drain = true`, so a reload without it may take it back.
@@ -122,10 +135,37 @@ impl Node {
         self.drain.load(Ordering::Relaxed) == DrainSource::Config as u8
     }
 
+    /// Why it drains; `None` when it does not.
+    pub fn drain_source(&self) -> Option<DrainSource> {
+        match self.drain.load(Ordering::Relaxed) {
+            1 => Some(DrainSource::Config),
+            2 => Some(DrainSource::Admin),
+            3 => Some(DrainSource::Removed),
+            _ => None,
+        }
+    }
+
     /// Take the node back into service (a config drain that was lifted).
     pub fn undrain(&self) {
         self.metrics.draining.set(0.0);
         self.drain.store(0, Ordering::Relaxed);
+    }
+
+    /// Take the node back into service if an admin drain, and nothing else, holds it:
+    /// what it drains for now otherwise (`None` when it did not drain at all).
+    pub fn undrain_admin(&self) -> Result<(), Option<DrainSource>> {
+        match self.drain.compare_exchange(
+            DrainSource::Admin as u8,
+            0,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => {
+                self.metrics.draining.set(0.0);
+                Ok(())
+            }
+            Err(_) => Err(self.drain_source()),
+        }
     }
 
     /// May receive new connections.

@@ -8,10 +8,12 @@
 //!
 //! The commented reference is `config/herdgate.example.toml`; keep both in step.
 
+mod admin;
 mod duration;
 mod pool;
 mod validate;
 
+pub use admin::{AdminConfig, AdminToken, AdminTokenError};
 pub use duration::{parse_duration, HumanDuration};
 pub use pool::{HealthConfig, HealthKind, NodeConfig, PoolConfig, QueueConfig};
 pub use validate::validate;
@@ -84,10 +86,6 @@ impl ConfigErrors {
     }
 }
 
-fn default_admin_bind() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9900))
-}
-
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,33 +116,7 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
 }
 
-/// `[admin]`: metrics, health and the admin API. Binds loopback by default.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    /// Serve the admin listener at all. Default `true`.
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// Address the admin listener binds. Default `127.0.0.1:9900`; keep it private.
-    #[serde(default = "default_admin_bind")]
-    pub bind: SocketAddr,
-    /// File holding the bearer token required by mutating admin endpoints (POST).
-    /// Without it, mutating endpoints are refused.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            enabled: true,
-            bind: default_admin_bind(),
-            token_file: None,
-        }
-    }
-}
-
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
 }
 

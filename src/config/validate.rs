@@ -81,13 +81,22 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
         }
     }
     if let Some(p) = &cfg.admin.token_file {
-        if let Err(e) = std::fs::read_to_string(p) {
-            r.at(
-                "admin.token_file".into(),
-                none,
-                format!("cannot read {}: {e}", p.display()),
-            );
+        if let Err(e) = super::AdminToken::load(p) {
+            r.at("admin.token_file".into(), none, e.to_string());
         }
+    }
+    if cfg.admin.protect_reads && cfg.admin.token_file.is_none() {
+        r.at(
+            "admin.protect_reads".into(),
+            none,
+            "protect_reads = true needs admin.token_file (the token reads would require)",
+        );
+    }
+    if cfg.admin.max_connections == 0 {
+        r.at("admin.max_connections".into(), none, "must be >= 1, got 0");
+    }
+    if cfg.admin.idle_timeout.0.is_zero() {
+        r.at("admin.idle_timeout".into(), none, "must be > 0");
     }
 
     let mut names = HashSet::new();

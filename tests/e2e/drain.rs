@@ -70,7 +70,7 @@ fn node_b(addr: std::net::SocketAddr) -> String {
 async fn admin_post(admin: std::net::SocketAddr, path: &str, auth: Option<&str>) -> u16 {
     let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: {admin}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     http_raw(admin, req.as_bytes()).await.0
 }

@@ -11,5 +11,6 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod admin_config;
 mod config_errors;
 mod config_limits;

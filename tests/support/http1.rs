@@ -11,11 +11,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// Minimal HTTP/1.1 GET over a raw socket: (status, body).
+/// Minimal HTTP/1.1 GET over a raw socket: (status, body). `Host` names `addr` itself,
+/// as a browser would: the admin listener refuses any other (DNS-rebinding defence).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let (status, _, body) = http_raw(
         addr,
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
     (status, body)
