@@ -14,6 +14,9 @@
 mod support;
 
 mod admission;
+mod caps_client;
+mod caps_handshake;
+mod caps_timeouts;
 mod core_http;
 mod core_robustness;
 mod core_tls;
