@@ -221,3 +221,66 @@ pub(crate) async fn accept(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn waiters_are_served_in_turn_by_client_and_bounded_per_client() {
+        let gate = HandshakeGate::new();
+        let limiter = Arc::new(HandshakeLimiter::new(50.0, 1).unwrap());
+        let flood: IpAddr = "10.0.0.1".parse().unwrap();
+        let honest: IpAddr = "10.0.0.2".parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        // The flood's first takes the burst token; three more wait, a fourth is over the
+        // per-client bound of 3; then the honest client arrives last.
+        for (who, n) in [(flood, 5), (honest, 1)] {
+            for i in 0..n {
+                let (gate, limiter, tx) = (gate.clone(), limiter.clone(), tx.clone());
+                tasks.push(tokio::spawn(async move {
+                    let got = gate.charge(&limiter, 3, who, deadline).await;
+                    let _ = tx.send((who, i, got));
+                }));
+            }
+        }
+        drop(tx);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut order = Vec::new();
+        while let Some(x) = rx.recv().await {
+            order.push(x);
+        }
+        assert_eq!(order[0], (flood, 0, Charge::Granted { waited: false }));
+        assert_eq!(order[1], (flood, 4, Charge::SourceFull));
+        let waited: Vec<_> = order[2..].iter().map(|(w, i, _)| (*w, *i)).collect();
+        // Round robin: one of the flood's, then the honest client, then the rest.
+        assert_eq!(
+            waited,
+            [(flood, 1), (honest, 0), (flood, 2), (flood, 3)],
+            "{order:?}"
+        );
+        assert!(order[2..]
+            .iter()
+            .all(|(_, _, c)| *c == Charge::Granted { waited: true }));
+        assert!(gate.lock().queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gives_up_at_the_deadline_and_leaves_the_queue() {
+        let gate = HandshakeGate::new();
+        let limiter = Arc::new(HandshakeLimiter::new(0.5, 1).unwrap());
+        let who: IpAddr = "10.0.0.1".parse().unwrap();
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert_eq!(
+            gate.charge(&limiter, 4, who, soon).await,
+            Charge::Granted { waited: false }
+        );
+        assert_eq!(gate.charge(&limiter, 4, who, soon).await, Charge::TimedOut);
+        assert!(gate.lock().queue.is_empty());
+    }
+}

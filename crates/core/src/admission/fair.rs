@@ -154,7 +154,7 @@ mod tests {
         assert_eq!(q.cancel(&"a", a), None, "twice is a no-op");
         assert_eq!(q.cancel(&"b", b), Some(2));
         assert_eq!(q.sources(), 1);
-        assert_eq!(q.pop().map(|(k, id, v)| (k, id, v)), Some(("a", a2, 3)));
+        assert_eq!(q.pop(), Some(("a", a2, 3)));
         assert!(q.is_empty());
         assert!(q.pop().is_none());
         assert_eq!(q.sources(), 0);
