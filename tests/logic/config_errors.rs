@@ -196,7 +196,10 @@ fn caps_and_timeouts_are_validated_by_key() {
                 "name = \"public\"",
                 "name = \"public\"\nmax_waiting_handshakes_per_client = 0",
             ),
-            vec!["listener[0].max_waiting_handshakes_per_client", "must be > 0"],
+            vec![
+                "listener[0].max_waiting_handshakes_per_client",
+                "must be > 0",
+            ],
         ),
     ];
     for (text, want) in cases {
@@ -208,7 +211,10 @@ fn caps_and_timeouts_are_validated_by_key() {
     let c = Config::parse(GOOD, "good.toml", Path::new(".")).unwrap();
     assert_eq!(c.limits.max_connections_per_client, 2_000);
     assert_eq!(c.limits.max_tunnels_per_client, 1_000);
-    assert_eq!(c.timeouts.request_body.0, std::time::Duration::from_secs(30));
+    assert_eq!(
+        c.timeouts.request_body.0,
+        std::time::Duration::from_secs(30)
+    );
     assert_eq!(c.timeouts.write.0, std::time::Duration::from_secs(30));
     assert_eq!(c.listeners[0].max_waiting_handshakes_per_client, 64);
 }
