@@ -138,15 +138,51 @@ async fn small_window_tcp(from: IpAddr, addr: SocketAddr) -> tokio::net::TcpStre
     within(sock.connect(addr)).await.unwrap()
 }
 
+/// A node that completes WebSocket upgrades and then pushes 64 KiB binary messages as
+/// fast as it can (at most 256 MiB), never reading.
+async fn firehose_node() -> SocketAddr {
+    use crate::support::http1::{header, read_head};
+    use crate::support::ws::server_frame;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let head = read_head(&mut s).await;
+                let Some(key) = header(&head, "sec-websocket-key") else {
+                    return;
+                };
+                let accept = herdgate::websocket::handshake::accept_key(key.as_bytes());
+                let resp = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                if s.write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+                let frame = server_frame(true, 0x2, &[0x5a; 64 << 10]);
+                for _ in 0..4096 {
+                    if s.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_whose_client_never_reads_is_closed_after_the_write_timeout() {
     let nodes = echo_nodes(1).await;
+    let firehose = firehose_node().await;
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "[admin]\nbind = \"127.0.0.1:0\"\n\n[timeouts]\nwrite = \"300ms\"\n\n\
          [[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"\n\n\
-         [[route]]\npool = \"ws\"\n\n{}",
-        fast_pool("ws", &[nodes[0].addr])
+         [[route]]\npath_prefix = \"/firehose\"\npool = \"firehose\"\n\n\
+         [[route]]\npool = \"ws\"\n\n{}\n{}",
+        fast_pool("ws", &[nodes[0].addr]),
+        fast_pool("firehose", &[firehose])
     );
     let proxy = start(parse(&toml, dir.path())).await;
     let addr = proxy.addr("plain");
@@ -154,22 +190,12 @@ async fn a_tunnel_whose_client_never_reads_is_closed_after_the_write_timeout() {
     let (mut honest, _) = ws_try(Some(ip(3)), addr, "/", &[]).await.unwrap();
     echo_text(&mut honest, "before").await;
 
-    // The slow reader sends big messages that the node echoes back, and never reads.
+    // The slow reader: a tiny receive window, and it never reads what the node pushes.
     let tcp = small_window_tcp(ip(2), addr).await;
-    let (mut slow, resp) = try_ws_over(tcp, &format!("ws://{addr}/"), &[])
+    let (slow, resp) = try_ws_over(tcp, &format!("ws://{addr}/firehose"), &[])
         .await
         .unwrap();
     assert_eq!(resp.status(), 101);
-    let writer = tokio::spawn(async move {
-        let msg = vec![0x5a_u8; 256 << 10];
-        // Bounded: 256 MiB at most; herdgate cuts the tunnel long before.
-        for _ in 0..1024 {
-            if slow.send(Message::binary(msg.clone())).await.is_err() {
-                return true;
-            }
-        }
-        false
-    });
     metric_reaches(
         &proxy,
         "herdgate_write_timeouts_total",
@@ -177,10 +203,6 @@ async fn a_tunnel_whose_client_never_reads_is_closed_after_the_write_timeout() {
         |v| v >= 1.0,
     )
     .await;
-    assert!(
-        within(writer).await.unwrap(),
-        "the slow reader's connection was cut"
-    );
     eventually("only the honest tunnel is left", || async {
         proxy.handle.tunnels() == 1
     })
@@ -190,7 +212,75 @@ async fn a_tunnel_whose_client_never_reads_is_closed_after_the_write_timeout() {
     assert_eq!(
         metric(&text, "herdgate_write_timeouts_total", &["side=\"node\""]),
         0.0,
-        "the node read all along"
+        "the node never had to wait"
     );
     assert_eq!(metric(&text, "herdgate_backend_errors_total", &[]), 0.0);
+    drop(slow);
+}
+
+/// A node that completes WebSocket upgrades and then never reads (its sockets are kept
+/// until the test ends).
+async fn deaf_node() -> SocketAddr {
+    use crate::support::http1::{header, read_head};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let head = read_head(&mut s).await;
+            let Some(key) = header(&head, "sec-websocket-key") else {
+                continue;
+            };
+            let accept = herdgate::websocket::handshake::accept_key(key.as_bytes());
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            if s.write_all(resp.as_bytes()).await.is_ok() {
+                held.push(s);
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_whose_node_never_reads_is_closed_after_the_write_timeout() {
+    let nodes = echo_nodes(1).await;
+    let deaf = deaf_node().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[timeouts]\nwrite = \"300ms\"\n\n\
+         [[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"\n\n\
+         [[route]]\npath_prefix = \"/deaf\"\npool = \"deaf\"\n\n\
+         [[route]]\npool = \"ws\"\n\n{}\n{}",
+        fast_pool("ws", &[nodes[0].addr]),
+        fast_pool("deaf", &[deaf])
+    );
+    let proxy = start(parse(&toml, dir.path())).await;
+    let addr = proxy.addr("plain");
+    let (mut honest, _) = ws_try(Some(ip(3)), addr, "/", &[]).await.unwrap();
+
+    let (mut to_deaf, _) = ws_try(Some(ip(2)), addr, "/deaf", &[]).await.unwrap();
+    let writer = tokio::spawn(async move {
+        let msg = vec![0xa5_u8; 256 << 10];
+        for _ in 0..1024 {
+            if to_deaf.send(Message::binary(msg.clone())).await.is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    metric_reaches(
+        &proxy,
+        "herdgate_write_timeouts_total",
+        &["side=\"node\"", "phase=\"tunnel\""],
+        |v| v >= 1.0,
+    )
+    .await;
+    assert!(within(writer).await.unwrap(), "the tunnel was cut");
+    eventually("only the honest tunnel is left", || async {
+        proxy.handle.tunnels() == 1
+    })
+    .await;
+    echo_text(&mut honest, "unharmed").await;
 }
