@@ -21,13 +21,17 @@ pub struct SourceFull;
 /// Waiters by source, served in round robin.
 #[derive(Debug)]
 pub struct FairQueue<K, T> {
-    /// Each source's waiters, oldest first. A source is here iff it has a waiter.
+    /// Each source's waiters, oldest first. A source is here iff it is in `turn`; its
+    /// queue may be empty after cancels (removed lazily when its turn comes, so a cancel
+    /// costs no scan of the turn order).
     waiting: HashMap<K, VecDeque<(WaiterId, T)>>,
-    /// Sources in turn order; each source with waiters appears exactly once.
+    /// Sources in turn order, each at most once.
     turn: VecDeque<K>,
     per_source: usize,
     next_id: WaiterId,
     len: usize,
+    /// Sources with at least one waiter.
+    sources: usize,
 }
 
 impl<K: Hash + Eq + Clone, T> FairQueue<K, T> {
@@ -39,6 +43,7 @@ impl<K: Hash + Eq + Clone, T> FairQueue<K, T> {
             per_source: per_source.max(1),
             next_id: 0,
             len: 0,
+            sources: 0,
         }
     }
 
@@ -59,7 +64,7 @@ impl<K: Hash + Eq + Clone, T> FairQueue<K, T> {
 
     /// Sources with at least one waiter.
     pub fn sources(&self) -> usize {
-        self.turn.len()
+        self.sources
     }
 
     /// Waiters of `key`.
@@ -72,10 +77,16 @@ impl<K: Hash + Eq + Clone, T> FairQueue<K, T> {
         let id = self.next_id;
         match self.waiting.get_mut(&key) {
             Some(q) if q.len() >= self.per_source => return Err(SourceFull),
-            Some(q) => q.push_back((id, item)),
+            Some(q) => {
+                if q.is_empty() {
+                    self.sources += 1;
+                }
+                q.push_back((id, item));
+            }
             None => {
                 self.turn.push_back(key.clone());
                 self.waiting.insert(key, VecDeque::from([(id, item)]));
+                self.sources += 1;
             }
         }
         self.next_id = self.next_id.wrapping_add(1);
@@ -86,16 +97,25 @@ impl<K: Hash + Eq + Clone, T> FairQueue<K, T> {
     /// The next waiter in turn: the oldest waiter of the source whose turn it is; that
     /// source then goes to the back of the turn order.
     pub fn pop(&mut self) -> Option<(K, WaiterId, T)> {
-        let key = self.turn.pop_front()?;
-        let q = self.waiting.get_mut(&key)?;
-        let (id, item) = q.pop_front()?;
-        if q.is_empty() {
-            self.waiting.remove(&key);
-        } else {
-            self.turn.push_back(key.clone());
+        while let Some(key) = self.turn.pop_front() {
+            let Some(q) = self.waiting.get_mut(&key) else {
+                continue;
+            };
+            let Some((id, item)) = q.pop_front() else {
+                // Every waiter of this source gave up: drop it now.
+                self.waiting.remove(&key);
+                continue;
+            };
+            if q.is_empty() {
+                self.waiting.remove(&key);
+                self.sources -= 1;
+            } else {
+                self.turn.push_back(key.clone());
+            }
+            self.len -= 1;
+            return Some((key, id, item));
         }
-        self.len -= 1;
-        Some((key, id, item))
+        None
     }
 
     /// Remove a waiter that gave up; its item if it was still queued.
@@ -105,8 +125,12 @@ impl<K: Hash + Eq + Clone, T> FairQueue<K, T> {
         let (_, item) = q.remove(at)?;
         self.len -= 1;
         if q.is_empty() {
-            self.waiting.remove(key);
-            self.turn.retain(|k| k != key);
+            self.sources -= 1;
+        }
+        if self.len == 0 {
+            // Nobody waits: forget the sources whose waiters all gave up.
+            self.waiting.clear();
+            self.turn.clear();
         }
         Some(item)
     }
@@ -154,6 +178,14 @@ mod tests {
         assert_eq!(q.cancel(&"a", a), None, "twice is a no-op");
         assert_eq!(q.cancel(&"b", b), Some(2));
         assert_eq!(q.sources(), 1);
+        // A source that comes back after its waiters gave up has one turn, not two.
+        let b2 = q.push("b", 4).unwrap();
+        let c = q.push("c", 5).unwrap();
+        assert_eq!(q.pop(), Some(("a", a2, 3)));
+        assert_eq!(q.pop(), Some(("b", b2, 4)));
+        assert_eq!(q.pop(), Some(("c", c, 5)));
+        assert!(q.pop().is_none());
+        let a2 = q.push("a", 3).unwrap();
         assert_eq!(q.pop(), Some(("a", a2, 3)));
         assert!(q.is_empty());
         assert!(q.pop().is_none());
@@ -168,5 +200,28 @@ mod tests {
         }
         let got: Vec<_> = std::iter::from_fn(|| q.pop().map(|(_, _, v)| v)).collect();
         assert_eq!(got, [0, 1, 2, 3, 4]);
+    }
+}
+
+#[cfg(test)]
+mod many_sources {
+    use super::*;
+
+    #[test]
+    fn cancels_do_not_scan_and_leave_nothing_behind() {
+        let mut q = FairQueue::new(1);
+        let ids: Vec<_> = (0..10_000u32)
+            .map(|k| (k, q.push(k, ()).unwrap()))
+            .collect();
+        assert_eq!(q.sources(), 10_000);
+        for (k, id) in &ids[..9_999] {
+            assert!(q.cancel(k, *id).is_some());
+        }
+        assert_eq!((q.len(), q.sources()), (1, 1));
+        assert_eq!(q.pop().map(|(k, _, _)| k), Some(9_999));
+        assert!(q.is_empty());
+        let (k, id) = (1u32, q.push(1, ()).unwrap());
+        q.cancel(&k, id);
+        assert!(q.waiting.is_empty() && q.turn.is_empty());
     }
 }
