@@ -163,3 +163,50 @@ async fn a_connection_turned_away_with_1013_counts_while_it_stays_open() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_per_client_caps_for_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herdgate.toml");
+    let text = |max: usize| {
+        format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n\n\
+             [limits]\nmax_connections_per_client = {max}\nmax_tunnels_per_client = 1\n\n\
+             [[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"\n\n\
+             [[route]]\npath_prefix = \"/ws\"\npool = \"ws\"\n\n\
+             [[pool]]\nname = \"ws\"\n[[pool.node]]\nname = \"n\"\naddr = \"127.0.0.1:9\"\n"
+        )
+    };
+    std::fs::write(&path, text(1)).unwrap();
+    let proxy = start(parse(&text(1), dir.path())).await;
+    let addr = proxy.addr("plain");
+    let client = ip(6);
+    let _first = held_connection(client, addr).await;
+    assert_eq!(
+        get_from(client, addr).await,
+        None,
+        "cap 1: the second is closed"
+    );
+
+    std::fs::write(&path, text(2)).unwrap();
+    within(proxy.handle.reload_file(&path)).await.unwrap();
+    assert!(
+        get_from(client, addr).await.is_some(),
+        "cap 2 after the reload: the second is served"
+    );
+    let _second = held_connection(client, addr).await;
+    assert_eq!(
+        get_from(client, addr).await,
+        None,
+        "cap 2: the third is closed"
+    );
+    let text = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "herdgate_client_capped_total",
+            &["kind=\"connections\""]
+        ),
+        2.0
+    );
+}
