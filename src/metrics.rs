@@ -67,6 +67,9 @@ pub const SCHEDULE_BACKLOG: &str = "herdgate_schedule_backlog_seconds";
 pub const QUEUE_LENGTH: &str = "herdgate_queue_length";
 /// Counter: requests told to wait in the node's queue, by `pool` and `node`.
 pub const QUEUED: &str = "herdgate_admission_queued_total";
+/// Counter: reservations not claimed within their grace (tens of milliseconds after their
+/// slot), released as credits any arrival may take, by `pool` and `node`.
+pub const RELEASED: &str = "herdgate_admission_released_total";
 /// Counter: promise credits and reservations nobody claimed in their window,
 /// by `pool`, `node` and `kind` (`promise`, `reservation`).
 pub const UNCLAIMED: &str = "herdgate_admission_unclaimed_total";
@@ -88,6 +91,12 @@ pub const LAST_RELOAD_SUCCESS: &str = "herdgate_config_last_reload_success";
 pub const DRAIN_CLOSED: &str = "herdgate_drain_closed_total";
 /// Gauge: tunnels the shutdown drain still has to close (0 when done).
 pub const DRAINING_TUNNELS: &str = "herdgate_drain_pending_tunnels";
+/// Errors that were herdgate's own (descriptors, ports, memory), by kind; they never
+/// count against a node.
+pub const LOCAL_RESOURCE_ERRORS: &str = "herdgate_local_resource_errors_total";
+/// Node answers to an upgrade that were not a valid 101 (no `Upgrade: websocket`, or a
+/// `Sec-WebSocket-Accept` that does not match the key).
+pub const BAD_NODE_HANDSHAKES: &str = "herdgate_backend_bad_handshakes_total";
 /// Gauge: entries in the sticky-routing table.
 pub const STICKY_ENTRIES: &str = "herdgate_sticky_entries";
 
@@ -193,6 +202,10 @@ pub struct NodeMetrics {
     pub admitted_ticket: Counter,
     /// [`ADMITTED`] with `via="queue"`: forwarded after waiting in the queue.
     pub admitted_queue: Counter,
+    /// [`ADMITTED`] with `via="fresh"`: the share of the rate kept for fresh arrivals.
+    pub admitted_fresh: Counter,
+    /// [`RELEASED`]: reservations not claimed in their grace, released to any arrival.
+    pub released: Counter,
     /// [`UNCLAIMED`] with `kind="promise"`.
     pub unclaimed_promises: Counter,
     /// [`UNCLAIMED`] with `kind="reservation"`.
@@ -201,6 +214,11 @@ pub struct NodeMetrics {
     pub rejected_busy: Counter,
     /// [`REJECTED`] with `reason="overflow"`.
     pub rejected_overflow: Counter,
+    /// [`REJECTED`] with `reason="client_slots"`: the client already held its cap of
+    /// slots and was told its latest one again.
+    pub rejected_capped: Counter,
+    /// [`REJECTED`] with `reason="reasked"`: an early ticket, answered with itself.
+    pub rejected_reasked: Counter,
     /// [`QUEUED`] for this node.
     pub queued: Counter,
     /// [`RETRY_AFTER`] for this node.
@@ -233,10 +251,14 @@ impl NodeMetrics {
             admitted_promise: counter!(ADMITTED, "pool" => p.clone(), "node" => n.clone(), "via" => "promise"),
             admitted_ticket: counter!(ADMITTED, "pool" => p.clone(), "node" => n.clone(), "via" => "ticket"),
             admitted_queue: counter!(ADMITTED, "pool" => p.clone(), "node" => n.clone(), "via" => "queue"),
+            admitted_fresh: counter!(ADMITTED, "pool" => p.clone(), "node" => n.clone(), "via" => "fresh"),
+            released: counter!(RELEASED, &l()),
             unclaimed_promises: counter!(UNCLAIMED, "pool" => p.clone(), "node" => n.clone(), "kind" => "promise"),
             unclaimed_reservations: counter!(UNCLAIMED, "pool" => p.clone(), "node" => n.clone(), "kind" => "reservation"),
             rejected_busy: counter!(REJECTED, "pool" => p.clone(), "node" => n.clone(), "reason" => "busy"),
             rejected_overflow: counter!(REJECTED, "pool" => p.clone(), "node" => n.clone(), "reason" => "overflow"),
+            rejected_capped: counter!(REJECTED, "pool" => p.clone(), "node" => n.clone(), "reason" => "client_slots"),
+            rejected_reasked: counter!(REJECTED, "pool" => p.clone(), "node" => n.clone(), "reason" => "reasked"),
             queued: counter!(QUEUED, &l()),
             retry_after: histogram!(RETRY_AFTER, &l()),
             backlog: gauge!(SCHEDULE_BACKLOG, &l()),

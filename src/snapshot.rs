@@ -442,6 +442,8 @@ pub fn params(config: &Config, pool: &PoolConfig, node: &NodeConfig) -> Admissio
         claim_window: config.tickets.claim_window.0,
         slow_start: pool.slow_start.0,
         slow_start_floor: SLOW_START_FLOOR,
+        max_slots_per_client: pool.max_slots_per_client,
+        fresh_share: pool.fresh_share,
     }
 }
 

@@ -71,6 +71,7 @@ pub fn refresh_gauges(shared: &Shared) {
             node.metrics
                 .unclaimed_reservations
                 .absolute(s.unclaimed_reservations);
+            node.metrics.released.absolute(s.released);
         }
     }
     if let Some(n) = shared.sticky_entries() {
@@ -129,11 +130,17 @@ pub fn decide(node: &Node, input: &AdmitInput<'_>) -> Decision {
         Decision::Reject {
             retry_after,
             overflow,
+            capped,
+            ticket_check,
             ..
         } => {
             if *overflow {
                 nm.rejected_overflow.increment(1);
                 metrics::counter!(m::RETRY_AFTER_OVERFLOW).increment(1);
+            } else if *capped {
+                nm.rejected_capped.increment(1);
+            } else if *ticket_check == TicketCheck::Early {
+                nm.rejected_reasked.increment(1);
             } else {
                 nm.rejected_busy.increment(1);
             }
@@ -183,5 +190,15 @@ pub fn count_forwarded(node: &Node, via: AdmitVia) {
         AdmitVia::Promise => nm.admitted_promise.increment(1),
         AdmitVia::Ticket => nm.admitted_ticket.increment(1),
         AdmitVia::Queue => nm.admitted_queue.increment(1),
+        AdmitVia::Fresh => nm.admitted_fresh.increment(1),
     }
+}
+
+/// The owner admission binds a client's slots to: a hash of its identity (the address
+/// limits count by, IPv6 /64). Process-local, so a fixed-key hasher is enough.
+pub fn owner_of(client_id: std::net::IpAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    client_id.hash(&mut h);
+    h.finish()
 }

@@ -26,6 +26,14 @@ pub enum ConnectError {
         /// The deadline that passed.
         after: Duration,
     },
+    /// herdgate itself is out of descriptors, local ports or memory: not the node's fault.
+    #[error("connecting to {addr}: herdgate is out of local resources: {source}")]
+    Local {
+        /// The node's address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
     /// Any other connect error.
     #[error("connecting to {addr}: {source}")]
     Io {
@@ -52,6 +60,9 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
         }),
         Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
             Err(ConnectError::Refused { addr })
+        }
+        Ok(Err(source)) if super::failure::NodeFailure::is_local_resource(&source) => {
+            Err(ConnectError::Local { addr, source })
         }
         Ok(Err(source)) => Err(ConnectError::Io { addr, source }),
         Ok(Ok(s)) => {
@@ -83,6 +94,7 @@ pub fn classify_client_error(e: &hyper_util::client::legacy::Error) -> ClientFai
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<io::Error>() {
             return match io.kind() {
+                _ if super::failure::NodeFailure::is_local_resource(io) => ClientFailure::Local,
                 io::ErrorKind::ConnectionRefused => ClientFailure::Refused,
                 io::ErrorKind::TimedOut => ClientFailure::Timeout,
                 _ if e.is_connect() => ClientFailure::ConnectOther,
@@ -112,4 +124,6 @@ pub enum ClientFailure {
     ConnectOther,
     /// The connection was made; the exchange failed afterwards.
     Other,
+    /// herdgate's own descriptors, ports or memory ran out.
+    Local,
 }

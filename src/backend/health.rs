@@ -1,7 +1,10 @@
 //! Health: active checks per pool, passive marks from real traffic.
 //!
 //! Passive: a refused connect marks a node down at once (the process is gone); softer
-//! failures (timeouts) count up to `passive_failures`. A WebSocket counts as a success at
+//! failures (timeouts, broken exchanges) count up to `passive_failures` distinct clients.
+//! Only what a client cannot cause counts at all (see `failure.rs`): never a 4xx or 5xx
+//! answer, never a client's own slowness or malformed request, never herdgate's own
+//! resource exhaustion. A WebSocket counts as a success at
 //! its 101, not when it closes: a proxy that counts at close never sees a long-lived
 //! tunnel succeed, and after one collapse would never mark its nodes up again.
 //!
@@ -12,7 +15,7 @@ use super::{Node, NodeKey};
 use crate::config::{HealthConfig, HealthKind};
 use rand::Rng;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,20 +46,29 @@ impl Health {
         }
     }
 
-    /// A connect or request to `node` failed. `hard`: refused or reset.
-    pub fn passive_failure(&self, node: &Arc<Node>, hard: bool) {
-        let threshold = node.passive_threshold.load(Ordering::Relaxed).max(1);
+    /// A connect or request to `node` failed. `hard`: refused or reset at connect, which
+    /// no client can cause: the node is marked down at once. A soft failure (the node
+    /// timed out or broke an exchange on a request herdgate built) is attributed to
+    /// `client`, the identity whose request met it: a run of soft failures marks the node
+    /// down only when it holds `passive_failures` distinct clients, so one client, however
+    /// many requests it sends, never does.
+    pub fn passive_failure(&self, node: &Arc<Node>, hard: bool, client: Option<IpAddr>) {
+        if hard {
+            self.mark(node, false, "connect refused");
+            return;
+        }
+        let threshold = node.passive_threshold.load(Ordering::Relaxed).max(1) as usize;
+        if let (Some(c), Ok(mut seen)) = (client, node.soft_failure_clients.lock()) {
+            if seen.contains(&c) {
+                return;
+            }
+            if seen.len() < threshold {
+                seen.push(c);
+            }
+        }
         let n = node.soft_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if hard || n >= threshold as u64 {
-            self.mark(
-                node,
-                false,
-                if hard {
-                    "connect refused"
-                } else {
-                    "consecutive failures"
-                },
-            );
+        if n >= threshold as u64 {
+            self.mark(node, false, "consecutive failures");
         }
     }
 
@@ -64,6 +76,9 @@ impl Health {
     pub fn passive_success(&self, node: &Arc<Node>) {
         if node.soft_failures.load(Ordering::Relaxed) != 0 {
             node.soft_failures.store(0, Ordering::Relaxed);
+            if let Ok(mut seen) = node.soft_failure_clients.lock() {
+                seen.clear();
+            }
         }
     }
 
@@ -75,6 +90,9 @@ impl Health {
         if up {
             tracing::info!(node = %node.key, "node up ({why})");
             node.soft_failures.store(0, Ordering::Relaxed);
+            if let Ok(mut seen) = node.soft_failure_clients.lock() {
+                seen.clear();
+            }
             (self.on_up)(node);
         } else {
             tracing::warn!(node = %node.key, "node down ({why})");

@@ -56,6 +56,9 @@ pub struct Node {
     pub open_tunnels: AtomicU64,
     /// Consecutive soft failures seen by passive health.
     pub soft_failures: AtomicU64,
+    /// The clients whose requests make up the current run of soft failures: one client
+    /// counts once, so that no single client can mark a node down.
+    pub soft_failure_clients: std::sync::Mutex<Vec<std::net::IpAddr>>,
     /// Soft failures that mark the node down (from the pool's health settings).
     pub passive_threshold: AtomicU32,
     /// The pool runs active checks for it (else a down node gets a recovery probe).
@@ -82,6 +85,7 @@ impl Node {
             drain: AtomicU8::new(0),
             open_tunnels: AtomicU64::new(0),
             soft_failures: AtomicU64::new(0),
+            soft_failure_clients: std::sync::Mutex::new(Vec::new()),
             passive_threshold: AtomicU32::new(3),
             actively_checked: AtomicBool::new(false),
             probing: AtomicBool::new(false),

@@ -23,6 +23,15 @@ pub struct PoolConfig {
     /// Longest Retry-After handed out; beyond it the hint is the cap (and counted).
     #[serde(default = "default_max_retry_after")]
     pub max_retry_after: HumanDuration,
+    /// Most retry slots one client (its address, /64 for IPv6) may hold on a node at once;
+    /// 0 (default): half a second of the node's rate, at least 4. A client at its cap is told
+    /// its latest slot again.
+    #[serde(default)]
+    pub max_slots_per_client: u32,
+    /// Share of each node's rate never booked for returning clients, kept for fresh
+    /// arrivals, in [0, 0.5]. Default 0.05.
+    #[serde(default = "default_fresh_share")]
+    pub fresh_share: f64,
     /// A node coming back ramps its rate from 10% to full over this time ("0s": off).
     #[serde(default)]
     pub slow_start: HumanDuration,
@@ -46,6 +55,9 @@ pub struct PoolConfig {
 
 fn default_admit_rate() -> f64 {
     200.0
+}
+fn default_fresh_share() -> f64 {
+    0.05
 }
 fn default_admit_burst() -> u32 {
     10

@@ -194,6 +194,16 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
         }
         let pn = p.name();
         check_rate(&mut r, format!("{key}.admit_rate"), at, pn, p.admit_rate);
+        if !(p.fresh_share.is_finite() && (0.0..=0.5).contains(&p.fresh_share)) {
+            r.at(
+                format!("{key}.fresh_share"),
+                at,
+                format!(
+                    "pool {pn}: fresh_share must be in [0, 0.5], got {}",
+                    p.fresh_share
+                ),
+            );
+        }
         if p.admit_burst == 0 {
             r.at(
                 format!("{key}.admit_burst"),

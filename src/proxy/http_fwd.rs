@@ -45,6 +45,7 @@ pub async fn forward(
                 ClientFailure::Timeout => NodeFailure::Timeout,
                 ClientFailure::ConnectOther => NodeFailure::ConnectFailed,
                 ClientFailure::Other => NodeFailure::Unattributed,
+                ClientFailure::Local => NodeFailure::LocalResource,
             };
             return Err(super::node_failed(ctx, node, kind, e));
         }

@@ -132,7 +132,8 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
     let node = choice.node;
 
     if ws || route.cfg.admit_http {
-        if let Some(rej) = admit(node, route, pool, &parts).await {
+        let owner = crate::admission::gate::owner_of(ctx.info.client_id());
+        if let Some(rej) = admit(node, route, pool, &parts, owner).await {
             return Err(turn_away(rej));
         }
     }
@@ -158,7 +159,7 @@ pub(crate) fn node_failed(
     kind: NodeFailure,
     cause: impl Into<respond::BoxError>,
 ) -> ProxyError {
-    kind.record(node, &ctx.shared.health);
+    kind.record(node, &ctx.shared.health, Some(ctx.info.client_id()));
     ProxyError::Node {
         node: node.key.to_string(),
         kind,
@@ -173,6 +174,7 @@ async fn admit(
     _route: &Route,
     pool: &crate::snapshot::Pool,
     parts: &http::request::Parts,
+    owner: u64,
 ) -> Option<Rejection> {
     let ti = ticket_info(parts);
     let queue = pool
@@ -184,6 +186,7 @@ async fn admit(
         ticket: ti.ticket,
         wants_ticket: ti.wants,
         may_queue: queue.map(|q| q.timeout.0),
+        owner: Some(owner),
     };
     match decide(node, &input) {
         Decision::Admit { .. } => None,

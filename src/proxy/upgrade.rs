@@ -35,6 +35,7 @@ pub async fn forward(
                 ConnectError::Refused { .. } => NodeFailure::Refused,
                 ConnectError::Timeout { .. } => NodeFailure::Timeout,
                 ConnectError::Io { .. } => NodeFailure::ConnectFailed,
+                ConnectError::Local { .. } => NodeFailure::LocalResource,
             };
             return Err(super::node_failed(ctx, node, kind, e));
         }
@@ -51,6 +52,12 @@ pub async fn forward(
     let mut conn_done = false;
 
     let (mut parts, _body) = req.into_parts();
+    // `check_upgrade` let the request through, so it has exactly this key.
+    let client_key = parts
+        .headers
+        .get(http::header::SEC_WEBSOCKET_KEY)
+        .map(|v| v.as_bytes().to_vec())
+        .unwrap_or_default();
     // Remembered for the tunnel's life: a drain hint for this client comes with a ticket.
     let wants_ticket = crate::admission::gate::ticket_info(&parts).wants;
     strip_hop_by_hop(&mut parts.headers, true);
@@ -102,15 +109,25 @@ pub async fn forward(
     };
 
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The node said no: its answer is the client's answer.
-        if resp.status().is_server_error() {
-            ctx.shared.health.passive_failure(node, false);
-        }
+        // The node said no: its answer is the client's answer. A 4xx or 5xx never counts
+        // against its health: the request (its path, its credentials) is the client's
+        // choice, and so is any answer an application gives to it.
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         return Ok(Response::from_parts(parts, Body::Stream(body)));
     }
 
+    // A 101 is joined only if it completes the handshake herdgate sent: `Upgrade:
+    // websocket` and the accept value for the key. Anything else would join a client to a
+    // stream it cannot read.
+    if let Err(why) = check_node_101(resp.headers(), &client_key) {
+        return Err(super::node_failed(
+            ctx,
+            node,
+            NodeFailure::BadHandshake,
+            why,
+        ));
+    }
     // Success for passive health is the 101, not the close.
     ctx.shared.health.passive_success(node);
     let node_upgrade = hyper::upgrade::on(&mut resp);
@@ -132,6 +149,25 @@ pub async fn forward(
         tunnel_slot,
     );
     Ok(Response::from_parts(parts, Body::empty()))
+}
+
+/// Does the node's 101 complete the handshake sent with `key` (RFC 6455 §4.2.2)?
+fn check_node_101(h: &http::HeaderMap, key: &[u8]) -> Result<(), &'static str> {
+    let upgrade_ws = h
+        .get_all(http::header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("websocket"));
+    if !upgrade_ws {
+        return Err("the node's 101 lacks `Upgrade: websocket`");
+    }
+    let expected = crate::websocket::handshake::accept_key(key);
+    let mut accepts = h.get_all(http::header::SEC_WEBSOCKET_ACCEPT).iter();
+    match (accepts.next(), accepts.next()) {
+        (Some(v), None) if v.as_bytes() == expected.as_bytes() => Ok(()),
+        _ => Err("the node's 101 has no matching Sec-WebSocket-Accept"),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,6 +1,6 @@
 //! Health over real sockets: active TCP and HTTP checks follow a node that dies and comes
 //! back (on the same port); a refused connect marks a node down at once and the recovery
-//! probe brings it back; a WebSocket counts as a success at its 101; a down node gets no
+//! probe brings it back; a down node gets no
 //! new connections and its keys fail over to the next node in hash order; a client stays
 //! on its learned node after the original one recovers; a recovered node ramps up (slow
 //! start); `/admin/nodes` reports every node.
@@ -13,11 +13,9 @@ use crate::support::proxy::{
 };
 use crate::support::ws::{echo_text, ws_connect_with, ws_status};
 use crate::support::{eventually, now, within};
-use futures_util::StreamExt;
 use herdgate::server::Handle;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 const RATE: f64 = 100_000.0;
 
@@ -248,85 +246,6 @@ async fn refused_http_forward_marks_down_at_once() {
     assert!(!admin_node(admin, "w1").await.healthy);
     let (status, _, body) = http_raw(addr, req.as_bytes()).await;
     assert_eq!((status, body.as_str()), (200, "w2"));
-    proxy.shutdown().await;
-}
-
-/// A WebSocket node that answers upgrades with 500 while `fail` is set.
-async fn flaky_node(fail: Arc<AtomicBool>) -> std::net::SocketAddr {
-    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = l.accept().await {
-            let fail = fail.clone();
-            tokio::spawn(async move {
-                #[allow(clippy::result_large_err)]
-                let cb = move |_: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-                    if fail.load(Ordering::Relaxed) {
-                        let mut e = ErrorResponse::new(Some("down for a moment".into()));
-                        *e.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                        Err(e)
-                    } else {
-                        Ok(resp)
-                    }
-                };
-                if let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, cb).await {
-                    let (tx, rx) = ws.split();
-                    let _ = rx
-                        .filter(|m| std::future::ready(m.as_ref().is_ok_and(|m| m.is_text())))
-                        .forward(tx)
-                        .await;
-                }
-            });
-        }
-    });
-    addr
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_is_a_success_at_its_101() {
-    let fail = Arc::new(AtomicBool::new(true));
-    let node = flaky_node(fail.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    // No [pool.health]: the soft-failure threshold is the default, 3.
-    let proxy = start(parse(
-        &config(
-            &format!("[[pool.node]]\nname = \"f\"\naddr = \"{node}\"\n"),
-            "",
-            "",
-        ),
-        dir.path(),
-    ))
-    .await;
-    let (addr, admin) = (proxy.addr("plain"), proxy.admin.unwrap());
-    let upgrade = || ws_status(addr, "/", &[]);
-
-    for _ in 0..2 {
-        assert_eq!(upgrade().await.0, 500, "the node's answer is the client's");
-    }
-    assert!(admin_node(admin, "f").await.healthy, "2 soft failures < 3");
-    // One upgrade succeeds and stays open: the 101 is the success, not the close.
-    fail.store(false, Ordering::Relaxed);
-    let (status, ws) = upgrade().await;
-    assert_eq!(status, 101);
-    let mut ws = ws.unwrap();
-    echo_text(&mut ws, "alive").await;
-    fail.store(true, Ordering::Relaxed);
-    for _ in 0..2 {
-        assert_eq!(upgrade().await.0, 500);
-    }
-    assert!(
-        admin_node(admin, "f").await.healthy,
-        "the 101 reset the count: 2 failures since, not 4"
-    );
-    echo_text(&mut ws, "still alive").await;
-    assert_eq!(upgrade().await.0, 500);
-    assert!(!admin_node(admin, "f").await.healthy, "3 in a row");
-    assert_eq!(upgrade().await.0, 503, "no eligible node left");
-    // The open tunnel is not the health checker's business.
-    echo_text(&mut ws, "untouched").await;
-    drop(ws);
-    wait_no_tunnels(&proxy.handle).await;
     proxy.shutdown().await;
 }
 

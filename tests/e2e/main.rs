@@ -24,6 +24,7 @@ mod core_ws;
 mod drain;
 mod drain_ticket;
 mod health;
+mod health_hostile;
 mod reload;
 mod shutdown;
 mod sticky;

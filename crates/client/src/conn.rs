@@ -53,6 +53,9 @@ pub struct Target {
     /// Connect to this address instead of resolving the URL's host, which then only
     /// names the server (Host, SNI). Saves a blocking-pool DNS lookup per attempt.
     pub addr: Option<SocketAddr>,
+    /// Connect from this local address (a client among many on one test machine: any
+    /// 127.0.0.0/8 address works on Linux loopback). `None`: the system's choice.
+    pub local_ip: Option<std::net::IpAddr>,
     /// If set, [`super::run_until_connected`] uses [`connect_and_confirm`] with this wait,
     /// for routes where the server rejects by completing the upgrade and closing (1013).
     pub confirm_within: Option<Duration>,
@@ -71,6 +74,7 @@ impl Target {
             connect_timeout: Duration::from_secs(10),
             headers: Vec::new(),
             addr: None,
+            local_ip: None,
             confirm_within: None,
             ws_config: WebSocketConfig::default()
                 .read_buffer_size(4096)
@@ -87,6 +91,12 @@ impl Target {
     /// Connect to `addr` rather than resolving the URL's host.
     pub fn with_addr(mut self, addr: SocketAddr) -> Target {
         self.addr = Some(addr);
+        self
+    }
+
+    /// Connect from `ip` (see [`Target::local_ip`]).
+    pub fn with_local_ip(mut self, ip: std::net::IpAddr) -> Target {
+        self.local_ip = Some(ip);
         self
     }
 
@@ -303,9 +313,20 @@ async fn open_stream(target: &Target, uri: &Uri) -> Result<ClientStream, ClientE
     } else {
         None
     };
-    let tcp = match target.addr {
-        Some(addr) => TcpStream::connect(addr).await,
-        None => TcpStream::connect((host, port)).await,
+    let tcp = match (target.addr, target.local_ip) {
+        (Some(addr), Some(local)) => connect_from(local, addr).await,
+        (Some(addr), None) => TcpStream::connect(addr).await,
+        (None, Some(local)) => match tokio::net::lookup_host((host, port)).await {
+            Ok(mut addrs) => match addrs.next() {
+                Some(addr) => connect_from(local, addr).await,
+                None => Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the host resolved to no address",
+                )),
+            },
+            Err(e) => Err(e),
+        },
+        (None, None) => TcpStream::connect((host, port)).await,
     }
     .map_err(|source| ClientError::Connect {
         addr: target
@@ -326,4 +347,15 @@ async fn open_stream(target: &Target, uri: &Uri) -> Result<ClientStream, ClientE
             source,
         })?;
     Ok(Either::Right(Box::new(tls)))
+}
+
+/// A TCP connection to `addr` from the local address `local` (any port).
+async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.bind(SocketAddr::new(local, 0))?;
+    sock.connect(addr).await
 }

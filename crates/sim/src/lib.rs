@@ -141,6 +141,7 @@ impl SimConfig {
                 Duration::ZERO
             },
             slow_start_floor: 0.1,
+            ..AdmissionParams::default()
         }
     }
 }
@@ -457,6 +458,7 @@ pub fn run(cfg: &SimConfig, fleet: &Fleet, contender: &Contender) -> Result<Stor
                     ticket: client.policy.ticket(),
                     wants_ticket: client.policy.accept_tickets(),
                     may_queue: None,
+                    owner: Some(c as u64),
                 };
                 match node.check(now, &input) {
                     Decision::Admit { .. } => Some(now),

@@ -201,6 +201,7 @@ fn late_claims_arriving_bunched_are_forwarded_at_the_rate() {
                 ticket,
                 wants_ticket,
                 may_queue: None,
+                owner: None,
             }
         }
         // The herd arrives at once: the burst goes through, everyone else gets a slot.

@@ -25,6 +25,17 @@
 //! Both kinds draw slots from the same TAT, so neither can starve the other. A reservation or
 //! promise not claimed in its window is lost capacity; both are counted.
 //!
+//! No client can book the schedule for others (issue 9):
+//! - every slot is held by its client (the *owner*, a hash of its address), and one owner
+//!   holds at most `slots_per_client` at once; at the cap it is told its latest slot again
+//!   and nothing is booked. An early ticket presented again gets itself back;
+//! - a reservation not claimed `T + RESERVATION_GRACE` after its slot is released as a public
+//!   credit; an owned promise is its owner's until `T + PROMISE_GRACE` after its slot (whole-
+//!   second `Retry-After` readers come back up to a second late), then public;
+//! - a share of the rate (`fresh_share`) is never booked: the schedule lane runs at
+//!   `rate * (1 - fresh_share)` and a fresh lane at the rest serves clients that hold no
+//!   slot, so honest newcomers get in however deep the schedule is booked (lanes.rs).
+//!
 //! Booking slots at the rate is not enough to hold the node to it: clients come back late,
 //! and late clients arrive bunched. Over TLS under load, handshakes queue behind one another
 //! and a second's worth of ticket holders can reach admission in a few milliseconds; every
@@ -38,8 +49,10 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use super::clock::{duration_to_nanos, Nanos, NANOS_PER_MILLI, NANOS_PER_SEC};
+use super::clock::{duration_to_nanos, Nanos, NANOS_PER_MILLI};
 use super::decision::{AdmissionStats, AdmitInput, AdmitVia, Decision, StateSizes};
+use super::lanes::{Jitter, Shape, State};
+use super::owners::Owners;
 use super::params::AdmissionParams;
 use super::schedule::{ForeignClaims, LedgerClaim, PromiseQueue, ReservationLedger};
 use super::ticket::{TicketCheck, TicketClaims, TicketSigner};
@@ -53,62 +66,12 @@ pub const FOREIGN_CLAIMS_CAP: usize = 1 << 14;
 /// A ticket may be presented this early, or one emission interval early if that is longer:
 /// covers the millisecond truncation of the slot and client timer slop.
 pub const TICKET_EARLY_TOLERANCE: Duration = Duration::from_millis(50);
-
-/// Emission interval and tolerance in force at some instant.
-#[derive(Debug, Clone, Copy)]
-struct Shape {
-    t: Nanos,
-    tau: Nanos,
-}
-
-impl Shape {
-    fn of(params: &AdmissionParams, factor: f64) -> Self {
-        // Float to int `as` casts saturate; validation keeps rate in (0, 1e9].
-        let t = (NANOS_PER_SEC as f64 / (params.rate * factor))
-            .round()
-            .max(1.0) as u64;
-        // Slow start scales the burst too, or a new node would take a full burst at once.
-        let burst = (f64::from(params.burst) * factor).round().max(1.0) as u64;
-        Self {
-            t,
-            tau: (burst - 1).saturating_mul(t),
-        }
-    }
-}
-
-/// A tiny seedable PRNG (SplitMix64) for jitter: 8 bytes per node, no locking, reproducible.
-#[derive(Debug)]
-struct Jitter(u64);
-
-impl Jitter {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, n) (0 when n = 0).
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
-}
-
-#[derive(Debug)]
-struct State {
-    params: AdmissionParams,
-    base: Shape,
-    tat: Nanos,
-    /// TAT of the pacing GCRA over forwarding instants (see the module doc).
-    paced: Nanos,
-    slow_start_from: Option<Nanos>,
-    promises: PromiseQueue,
-    ledger: ReservationLedger,
-    foreign: ForeignClaims,
-    jitter: Jitter,
-    stats: AdmissionStats,
-}
+/// A reservation not claimed this long after its slot (plus one emission interval, the
+/// hint's jitter) is released as a public credit that any arrival may take.
+pub const RESERVATION_GRACE: Duration = Duration::from_millis(50);
+/// An owned promise is its owner's alone this long after its slot (plus one emission
+/// interval): a client that reads only `Retry-After` rounds the hint up to whole seconds.
+pub const PROMISE_GRACE: Duration = Duration::from_millis(1050);
 
 /// Admission state of one backend node. `Send + Sync`; one short mutex per node, no global
 /// lock, nothing allocated on the admit path (only a rejection's ticket string).
@@ -153,6 +116,8 @@ impl NodeAdmissionBuilder {
             base: Shape::of(&self.params, 1.0),
             tat: 0,
             paced: 0,
+            fresh_tat: 0,
+            owners: Owners::default(),
             slow_start_from: None,
             promises: PromiseQueue::default(),
             ledger: ReservationLedger::new(first_seq, RESERVATION_WINDOW),
@@ -214,38 +179,105 @@ impl NodeAdmission {
     pub fn check(&self, now: Nanos, input: &AdmitInput<'_>) -> Decision {
         // The MAC needs no state: compute it before taking the lock.
         let verified = input.ticket.map(|t| self.signer.verify(t));
+        let ticket_slot = verified
+            .as_ref()
+            .and_then(|v| v.as_ref().ok())
+            .map(TicketClaims::slot);
         let mut st = self.lock();
         let shape = st.shape(now);
-        st.expire(now);
+        st.expire(now, shape);
+        let early = shape.t.max(duration_to_nanos(TICKET_EARLY_TOLERANCE));
 
         // a. A valid ticket claims the token reserved for it.
         let mut check = TicketCheck::None;
         if let Some(verified) = verified {
             match self.claim_ticket(&mut st, verified, now, shape) {
-                Ok(()) => {
+                Ok(slot) => {
+                    if let Some(o) = input.owner {
+                        st.owners.remove(o, slot);
+                    }
                     st.stats.admitted_ticket += 1;
                     return st.forward(now, shape, AdmitVia::Ticket, TicketCheck::Valid);
+                }
+                // The same client asking again before its slot: the same slot and ticket
+                // back, nothing new booked.
+                Err(TicketCheck::Early) => {
+                    if let (Some(slot), Some(t)) = (ticket_slot, input.ticket) {
+                        st.stats.rejected += 1;
+                        st.stats.reasked += 1;
+                        return Decision::Reject {
+                            retry_after: Duration::from_nanos(slot.saturating_sub(now)),
+                            ticket: Some(t.to_owned()),
+                            overflow: false,
+                            capped: false,
+                            ticket_check: TicketCheck::Early,
+                        };
+                    }
+                    check = TicketCheck::Early;
                 }
                 Err(c) => check = c,
             }
         }
 
-        // b. Promise credits are for clients that cannot carry tickets: a ticket-capable
+        // b. The client's own promise, once due.
+        if let Some(o) = input.owner {
+            if let Some(slot) = st.owners.due_promise(o, now, early) {
+                if st.promises.claim_owned(slot, o) {
+                    st.owners.remove(o, slot);
+                    st.stats.admitted_promise += 1;
+                    return st.forward(now, shape, AdmitVia::Promise, check);
+                }
+            }
+        }
+
+        // b'. Public credits are for clients that cannot carry tickets: a ticket-capable
         // client taking one would push a ticketless client back to the end of the schedule.
         if !input.wants_ticket && st.promises.claim(now) {
             st.stats.admitted_promise += 1;
             return st.forward(now, shape, AdmitVia::Promise, check);
         }
 
-        // c. The bucket conforms.
-        if st.tat.saturating_sub(now) <= shape.tau {
-            st.tat = st.tat.max(now).saturating_add(shape.t);
+        // c. The bucket conforms. While it does, nothing is booked and the fresh lane
+        // accrues nothing: it exists for when the schedule is booked ahead.
+        if st.tat.saturating_sub(now) <= shape.tau_main {
+            st.fresh_tat = st.fresh_tat.max(now.saturating_add(shape.t_fresh));
+            st.tat = st.tat.max(now).saturating_add(shape.t_main);
             st.stats.admitted_bucket += 1;
             return st.forward(now, shape, AdmitVia::Bucket, check);
         }
 
-        // d. Take a slot. A ticket-capable client cannot use a promise (step b), so when the
-        // reservation window is full it is told to come back later, like an overflow.
+        // c'. The fresh share: never booked, so a client holding no slot can get in even
+        // when the schedule is booked ahead.
+        let holds = input.owner.map_or(0, |o| st.owners.count(o, now));
+        if shape.t_fresh > 0 && holds == 0 && st.fresh_tat.saturating_sub(now) <= shape.tau_fresh {
+            st.fresh_tat = st.fresh_tat.max(now).saturating_add(shape.t_fresh);
+            st.stats.admitted_fresh += 1;
+            return st.forward(now, shape, AdmitVia::Fresh, check);
+        }
+
+        // d. A client at its cap of slots is told one of them again, and nothing is booked.
+        // Its latest: a client asking again finds its own promise there, and clients
+        // sharing an address (a NAT) come back once the owner's earlier slots are claimed
+        // and it may book again, instead of bouncing at every slot.
+        if let Some(o) = input.owner {
+            if holds >= st.params.slots_per_client() {
+                let latest = st.owners.latest(o, now).unwrap_or(now);
+                st.stats.rejected += 1;
+                st.stats.capped += 1;
+                let retry_after = st.slot_hint(now, latest.max(now), shape.t_main);
+                return Decision::Reject {
+                    retry_after,
+                    ticket: None,
+                    overflow: false,
+                    capped: true,
+                    ticket_check: check,
+                };
+            }
+        }
+
+        // e. Take a slot. A ticket-capable client cannot use a public credit (step b'), so
+        // when the reservation window is full it is told to come back later, like an
+        // overflow.
         let full = input.wants_ticket && st.ledger.is_full();
         let Some((slot, t_slot)) = (!full).then(|| st.take_slot(now)).flatten() else {
             st.stats.rejected += 1;
@@ -255,6 +287,7 @@ impl NodeAdmission {
                 retry_after,
                 ticket: None,
                 overflow: true,
+                capped: false,
                 ticket_check: check,
             };
         };
@@ -272,13 +305,14 @@ impl NodeAdmission {
             }
         }
         st.stats.rejected += 1;
-        let seq = st.promise_or_reserve(slot, input.wants_ticket);
+        let seq = st.promise_or_reserve(slot, t_slot, input.wants_ticket, input.owner);
         let retry_after = st.slot_hint(now, slot, t_slot);
         drop(st);
         Decision::Reject {
             retry_after,
             ticket: seq.map(|seq| self.sign(slot, seq)),
             overflow: false,
+            capped: false,
             ticket_check: check,
         }
     }
@@ -297,14 +331,15 @@ impl NodeAdmission {
 
     fn hint_inner(&self, now: Nanos, wants_ticket: bool) -> (Duration, Option<String>) {
         let mut st = self.lock();
-        st.expire(now);
+        let shape = st.shape(now);
+        st.expire(now, shape);
         let full = wants_ticket && st.ledger.is_full();
         let Some((slot, t_slot)) = (!full).then(|| st.take_slot(now)).flatten() else {
             st.stats.overflow += 1;
             return (st.overflow_hint(), None);
         };
         st.stats.hinted += 1;
-        let seq = st.promise_or_reserve(slot, wants_ticket);
+        let seq = st.promise_or_reserve(slot, t_slot, wants_ticket, None);
         let retry_after = st.slot_hint(now, slot, t_slot);
         drop(st);
         (retry_after, seq.map(|seq| self.sign(slot, seq)))
@@ -332,7 +367,8 @@ impl NodeAdmission {
         let mut st = self.lock();
         st.base = Shape::of(&params, 1.0);
         st.params = params;
-        st.expire(now);
+        let shape = st.shape(now);
+        st.expire(now, shape);
         Ok(())
     }
 
@@ -360,11 +396,13 @@ impl NodeAdmission {
     /// Current sizes of the bounded structures, after expiring what is due at `now`.
     pub fn state_sizes(&self, now: Nanos) -> StateSizes {
         let mut st = self.lock();
-        st.expire(now);
+        let shape = st.shape(now);
+        st.expire(now, shape);
         StateSizes {
             promises: st.promises.len(),
             reservations: st.ledger.len(),
             foreign_claims: st.foreign.len(),
+            owners: st.owners.len(),
         }
     }
 
@@ -380,7 +418,7 @@ impl NodeAdmission {
         verified: Result<TicketClaims, TicketCheck>,
         now: Nanos,
         shape: Shape,
-    ) -> Result<(), TicketCheck> {
+    ) -> Result<Nanos, TicketCheck> {
         let claims = verified?;
         if claims.node != self.node {
             return Err(TicketCheck::OtherNode);
@@ -397,8 +435,17 @@ impl NodeAdmission {
         }
         if claims.instance == self.signer.instance() {
             match st.ledger.claim(claims.seq, claims.slot_ms) {
-                LedgerClaim::Claimed => return Ok(()),
+                LedgerClaim::Claimed => return Ok(slot),
                 LedgerClaim::Reused => return Err(TicketCheck::Reused),
+                // Its holder came after the grace: its token went public. Any public credit
+                // left will do (the token is the same kind); else it starts again.
+                LedgerClaim::Released => {
+                    return if st.promises.claim(now) {
+                        Ok(slot)
+                    } else {
+                        Err(TicketCheck::Expired)
+                    }
+                }
                 LedgerClaim::Gone => return Err(TicketCheck::Expired),
                 // Genuine but not issued by this state: nobody here paid, so treat it as
                 // foreign (charged now).
@@ -411,109 +458,8 @@ impl NodeAdmission {
         }
         // Another instance reserved this token against its own bucket; this node's bucket
         // must still count it. Debt is allowed: the client was promised its slot.
-        st.tat = st.tat.max(now).saturating_add(shape.t);
+        st.tat = st.tat.max(now).saturating_add(shape.t_main);
         st.stats.foreign_tickets += 1;
-        Ok(())
-    }
-}
-
-impl State {
-    /// Books a forward at `at` or later on the pacing GCRA; returns the instant it conforms.
-    fn pace(&mut self, at: Nanos, shape: Shape) -> Nanos {
-        let earliest = at.max(self.paced.saturating_sub(shape.tau));
-        self.paced = self.paced.max(earliest).saturating_add(shape.t);
-        earliest
-    }
-
-    /// An admission at `now`: forward now, or hold until forwards are back at the rate.
-    fn forward(&mut self, now: Nanos, shape: Shape, via: AdmitVia, check: TicketCheck) -> Decision {
-        let at = self.pace(now, shape);
-        if at <= now {
-            return Decision::Admit { via, ticket: check };
-        }
-        self.stats.paced += 1;
-        Decision::Queue {
-            until: at,
-            slot: at,
-            via,
-            ticket_check: check,
-        }
-    }
-
-    /// Parks the charged `slot` as a promise, or records a reservation and returns its seq
-    /// for the caller to sign.
-    fn promise_or_reserve(&mut self, slot: Nanos, wants_ticket: bool) -> Option<u64> {
-        if wants_ticket {
-            if let Some(seq) = self.ledger.reserve(slot) {
-                self.stats.reserved += 1;
-                return Some(seq);
-            }
-        }
-        self.promises.push(slot);
-        self.stats.promised += 1;
-        None
-    }
-
-    /// Fraction of the rate in force at `at` (1 outside slow start).
-    fn ramp_factor(&self, at: Nanos) -> f64 {
-        let Some(start) = self.slow_start_from else {
-            return 1.0;
-        };
-        let ramp = duration_to_nanos(self.params.slow_start);
-        let elapsed = at.saturating_sub(start);
-        if ramp == 0 || elapsed >= ramp {
-            return 1.0;
-        }
-        let floor = self.params.slow_start_floor;
-        floor + (1.0 - floor) * (elapsed as f64 / ramp as f64)
-    }
-
-    /// Emission interval and tolerance in force at `at`.
-    fn shape(&self, at: Nanos) -> Shape {
-        if self.slow_start_from.is_none() {
-            return self.base;
-        }
-        Shape::of(&self.params, self.ramp_factor(at))
-    }
-
-    fn expire(&mut self, now: Nanos) {
-        if let Some(start) = self.slow_start_from {
-            let ramp = duration_to_nanos(self.params.slow_start);
-            if now.saturating_sub(start) >= ramp {
-                self.slow_start_from = None;
-            }
-        }
-        let cw = duration_to_nanos(self.params.claim_window);
-        self.stats.unclaimed_promises += self.promises.expire(now, cw);
-        self.stats.unclaimed_reservations += self.ledger.expire(now, cw);
-        self.foreign.prune(now);
-    }
-
-    /// Charges the next free slot, or `None` (overflow) if it lies beyond max_retry_after.
-    /// Returns the slot and the emission interval in force *at the slot*: during slow start a
-    /// herd booked at once is spaced along the ramp, not at the rate of the booking instant
-    /// (which would keep the node at its floor rate long after the ramp is over).
-    fn take_slot(&mut self, now: Nanos) -> Option<(Nanos, Nanos)> {
-        let slot = self.tat.max(now);
-        if slot - now > duration_to_nanos(self.params.max_retry_after) {
-            return None;
-        }
-        let t = self.shape(slot).t;
-        self.tat = slot.saturating_add(t);
-        Some((slot, t))
-    }
-
-    /// Time until `slot` plus jitter in [0, T): clients told adjacent slots never land on the
-    /// same instant, and every arrival stays inside its own emission interval.
-    fn slot_hint(&mut self, now: Nanos, slot: Nanos, t: Nanos) -> Duration {
-        Duration::from_nanos((slot - now).saturating_add(self.jitter.below(t)))
-    }
-
-    /// max_retry_after, jittered down within its last second, so an overflowing herd does not
-    /// come back as one wave.
-    fn overflow_hint(&mut self) -> Duration {
-        let max = duration_to_nanos(self.params.max_retry_after);
-        let spread = max.min(NANOS_PER_SEC);
-        Duration::from_nanos(max - self.jitter.below(spread))
+        Ok(slot)
     }
 }

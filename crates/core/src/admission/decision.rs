@@ -16,6 +16,9 @@ pub struct AdmitInput<'a> {
     pub wants_ticket: bool,
     /// Queue mode: the caller may hold the request this long waiting for its slot.
     pub may_queue: Option<Duration>,
+    /// Who asks: a hash of the client's identity (its address, /64 for IPv6). Slots are
+    /// bound to it and capped per owner; `None`: anonymous (no cap, public promises).
+    pub owner: Option<u64>,
 }
 
 impl<'a> AdmitInput<'a> {
@@ -24,6 +27,7 @@ impl<'a> AdmitInput<'a> {
         ticket: None,
         wants_ticket: false,
         may_queue: None,
+        owner: None,
     };
 
     /// A ticket-capable client, presenting `ticket` if it has one.
@@ -32,6 +36,15 @@ impl<'a> AdmitInput<'a> {
             ticket,
             wants_ticket: true,
             may_queue: None,
+            owner: None,
+        }
+    }
+
+    /// The same request, made by `owner`.
+    pub fn owned_by(self, owner: u64) -> Self {
+        Self {
+            owner: Some(owner),
+            ..self
         }
     }
 }
@@ -45,6 +58,8 @@ pub enum AdmitVia {
     Promise,
     /// The bucket had a token.
     Bucket,
+    /// The share of the rate kept for fresh arrivals had a token.
+    Fresh,
     /// It waited in the caller's queue for its slot (queue mode, [`Decision::Queue`]); never returned by
     /// [`NodeAdmission::check`](super::NodeAdmission::check), offered for the caller's metrics when it forwards.
     Queue,
@@ -57,6 +72,7 @@ impl AdmitVia {
             Self::Ticket => "ticket",
             Self::Promise => "promise",
             Self::Bucket => "bucket",
+            Self::Fresh => "fresh",
             Self::Queue => "queue",
         }
     }
@@ -100,6 +116,9 @@ pub enum Decision {
         ticket: Option<String>,
         /// Nothing was reserved, so the caller can count and log overload apart.
         overflow: bool,
+        /// The client already holds its cap of slots on this node: it was told its
+        /// latest one again and nothing was booked.
+        capped: bool,
         /// What checking the presented ticket found (metrics, logs).
         ticket_check: TicketCheck,
     },
@@ -151,6 +170,15 @@ pub struct AdmissionStats {
     pub hinted: u64,
     /// Valid tickets reserved by another instance, charged here on claim.
     pub foreign_tickets: u64,
+    /// Admissions from the share of the rate kept for fresh arrivals.
+    pub admitted_fresh: u64,
+    /// Rejections of a client already holding its cap of slots: told its latest slot
+    /// again, nothing booked.
+    pub capped: u64,
+    /// Early tickets presented again: the same ticket back, nothing booked.
+    pub reasked: u64,
+    /// Reservations not claimed within their grace, released as public credits.
+    pub released: u64,
 }
 
 /// Sizes of the bounded per-node structures (for tests, simulators and /admin).
@@ -162,4 +190,6 @@ pub struct StateSizes {
     pub reservations: usize,
     /// Remembered foreign-ticket claims (at most [`super::FOREIGN_CLAIMS_CAP`]).
     pub foreign_claims: usize,
+    /// Clients holding slots.
+    pub owners: usize,
 }

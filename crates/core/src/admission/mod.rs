@@ -24,13 +24,15 @@ mod clock;
 mod decision;
 mod fair;
 mod handshake;
+mod lanes;
+mod owners;
 mod params;
 mod schedule;
 mod ticket;
 
 pub use bucket::{
-    NodeAdmission, NodeAdmissionBuilder, FOREIGN_CLAIMS_CAP, RESERVATION_WINDOW,
-    TICKET_EARLY_TOLERANCE,
+    NodeAdmission, NodeAdmissionBuilder, FOREIGN_CLAIMS_CAP, PROMISE_GRACE, RESERVATION_GRACE,
+    RESERVATION_WINDOW, TICKET_EARLY_TOLERANCE,
 };
 pub use client_limit::{client_prefix, ClientKey, ClientLimiter};
 pub use clock::{

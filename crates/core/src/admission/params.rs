@@ -24,6 +24,13 @@ pub struct AdmissionParams {
     pub slow_start: Duration,
     /// Fraction of the rate a node starts at in slow start, in (0, 1].
     pub slow_start_floor: f64,
+    /// Most slots one client (owner) may hold on this node at once, promises and
+    /// reservations together; 0 = half a second of the rate (at least 4), so one client
+    /// can push the schedule back by at most about half a second.
+    pub max_slots_per_client: u32,
+    /// Share of the rate, in [0, 0.5], that is never booked for returning clients and
+    /// stays with fresh arrivals (clients holding no slot).
+    pub fresh_share: f64,
 }
 
 impl Default for AdmissionParams {
@@ -35,6 +42,8 @@ impl Default for AdmissionParams {
             claim_window: Duration::from_secs(2),
             slow_start: Duration::ZERO,
             slow_start_floor: 0.1,
+            max_slots_per_client: 0,
+            fresh_share: 0.0,
         }
     }
 }
@@ -88,7 +97,22 @@ impl AdmissionParams {
                 self.slow_start_floor.to_string(),
             );
         }
+        if !(self.fresh_share.is_finite() && (0.0..=0.5).contains(&self.fresh_share)) {
+            return bad(
+                "fresh_share",
+                "must be in [0, 0.5]",
+                self.fresh_share.to_string(),
+            );
+        }
         Ok(())
+    }
+
+    /// The slot cap in force (see [`AdmissionParams::max_slots_per_client`]).
+    pub fn slots_per_client(&self) -> usize {
+        match self.max_slots_per_client {
+            0 => ((self.rate / 2.0).ceil() as usize).max(4),
+            n => n as usize,
+        }
     }
 }
 

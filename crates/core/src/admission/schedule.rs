@@ -15,51 +15,102 @@ fn shrink_if_sparse<T>(q: &mut VecDeque<T>) {
 
 /// Promise credits: tokens charged for ticketless clients, claimable from their slot on.
 ///
-/// Kept sorted by slot. Slots come from the GCRA schedule, which only moves forward, so pushes
-/// append; only refunds of queued requests may insert in the middle.
+/// A promise made to a known client (its owner) is its owner's alone until `public_at`
+/// (its slot plus a grace that covers the hint's jitter and the whole-second rounding of
+/// `Retry-After`); after that, or at once for an anonymous promise, a refund or a
+/// reservation nobody came for, it is a public credit that any arrival at or after its
+/// slot may take. Both queues are kept sorted by slot. Slots come from the GCRA schedule,
+/// which only moves forward, so pushes append; refunds and releases may insert.
 #[derive(Debug, Default)]
 pub(crate) struct PromiseQueue {
-    slots: VecDeque<Nanos>,
+    /// Owned promises: (slot, owner, public_at, taken), sorted by slot; `public_at` is
+    /// non-decreasing too (one grace per queue, applied at push).
+    owned: VecDeque<(Nanos, u64, Nanos, bool)>,
+    /// Public credits, by slot.
+    public: VecDeque<Nanos>,
 }
 
 impl PromiseQueue {
+    /// A promise anyone may claim from `slot` on.
     pub(crate) fn push(&mut self, slot: Nanos) {
-        match self.slots.back() {
-            Some(&last) if last > slot => {
-                let at = self.slots.partition_point(|&s| s <= slot);
-                self.slots.insert(at, slot);
+        insert_sorted(&mut self.public, slot);
+    }
+
+    /// A promise only `owner` may claim until `public_at`.
+    pub(crate) fn push_owned(&mut self, slot: Nanos, owner: u64, public_at: Nanos) {
+        match self.owned.back() {
+            Some(&(last, ..)) if last > slot => {
+                let at = self.owned.partition_point(|e| e.0 <= slot);
+                self.owned.insert(at, (slot, owner, public_at, false));
             }
-            _ => self.slots.push_back(slot),
+            _ => self.owned.push_back((slot, owner, public_at, false)),
         }
     }
 
-    /// Takes the oldest credit whose slot has come.
+    /// `owner` takes its own promise at `slot` (which it holds: the caller checked the time).
+    pub(crate) fn claim_owned(&mut self, slot: Nanos, owner: u64) -> bool {
+        let from = self.owned.partition_point(|e| e.0 < slot);
+        for e in self.owned.range_mut(from..) {
+            if e.0 != slot {
+                break;
+            }
+            if e.1 == owner && !e.3 {
+                e.3 = true;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Takes the oldest public credit whose slot has come.
     pub(crate) fn claim(&mut self, now: Nanos) -> bool {
-        match self.slots.front() {
+        match self.public.front() {
             Some(&slot) if slot <= now => {
-                self.slots.pop_front();
+                self.public.pop_front();
                 true
             }
             _ => false,
         }
     }
 
-    /// Drops credits whose claim window has passed; returns how many (lost capacity).
+    /// Owned promises whose grace has passed become public; credits whose claim window has
+    /// passed are dropped. Returns how many were dropped unclaimed (lost capacity).
     pub(crate) fn expire(&mut self, now: Nanos, claim_window: Nanos) -> u64 {
+        while let Some(&(slot, _, public_at, taken)) = self.owned.front() {
+            if !taken && public_at > now {
+                break;
+            }
+            self.owned.pop_front();
+            if !taken {
+                insert_sorted(&mut self.public, slot);
+            }
+        }
         let mut n = 0;
-        while let Some(&slot) = self.slots.front() {
+        while let Some(&slot) = self.public.front() {
             if slot.saturating_add(claim_window) >= now {
                 break;
             }
-            self.slots.pop_front();
+            self.public.pop_front();
             n += 1;
         }
-        shrink_if_sparse(&mut self.slots);
+        shrink_if_sparse(&mut self.public);
+        shrink_if_sparse(&mut self.owned);
         n
     }
 
+    /// Live promises, owned (not yet taken) and public.
     pub(crate) fn len(&self) -> usize {
-        self.slots.len()
+        self.public.len() + self.owned.iter().filter(|e| !e.3).count()
+    }
+}
+
+fn insert_sorted(q: &mut VecDeque<Nanos>, slot: Nanos) {
+    match q.back() {
+        Some(&last) if last > slot => {
+            let at = q.partition_point(|&s| s <= slot);
+            q.insert(at, slot);
+        }
+        _ => q.push_back(slot),
     }
 }
 
@@ -72,6 +123,8 @@ pub(crate) enum LedgerClaim {
     Reused,
     /// Below the window, or the slot does not match what we recorded: not ours any more.
     Gone,
+    /// Not claimed within its grace: the token was released as a public credit.
+    Released,
     /// A sequence number this ledger never issued (an earlier process with the same instance
     /// id, or a rebuilt node state): nobody here paid for it.
     Unknown,
@@ -88,9 +141,22 @@ pub(crate) enum LedgerClaim {
 #[derive(Debug)]
 pub(crate) struct ReservationLedger {
     front_seq: u64,
-    /// (slot, claimed) per live reservation, indexed by seq - front_seq.
-    entries: VecDeque<(Nanos, bool)>,
+    /// (slot, state) per live reservation, indexed by seq - front_seq.
+    entries: VecDeque<(Nanos, Held)>,
+    /// Entries before this index are claimed or released (slots are non-decreasing).
+    released_to: usize,
     cap: usize,
+}
+
+/// Where a reservation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Held {
+    /// Waiting for its ticket.
+    Live,
+    /// Its ticket claimed it.
+    Claimed,
+    /// Given up as a public credit after its grace.
+    Released,
 }
 
 impl ReservationLedger {
@@ -98,6 +164,7 @@ impl ReservationLedger {
         Self {
             front_seq: first_seq,
             entries: VecDeque::new(),
+            released_to: 0,
             cap,
         }
     }
@@ -113,7 +180,7 @@ impl ReservationLedger {
             return None;
         }
         let seq = self.next_seq();
-        self.entries.push_back((slot, false));
+        self.entries.push_back((slot, Held::Live));
         Some(seq)
     }
 
@@ -138,28 +205,45 @@ impl ReservationLedger {
             .ok()
             .and_then(|i| self.entries.get_mut(i))
         {
-            Some((slot, claimed)) if *slot / NANOS_PER_MILLI == slot_ms => {
-                if *claimed {
-                    LedgerClaim::Reused
-                } else {
-                    *claimed = true;
+            Some((slot, held)) if *slot / NANOS_PER_MILLI == slot_ms => match *held {
+                Held::Claimed => LedgerClaim::Reused,
+                Held::Released => LedgerClaim::Released,
+                Held::Live => {
+                    *held = Held::Claimed;
                     LedgerClaim::Claimed
                 }
-            }
+            },
             _ => LedgerClaim::Gone,
         }
     }
 
-    /// Drops reservations past their claim window; returns how many were never claimed.
+    /// Releases the reservations still unclaimed `grace` after their slot: each one's slot
+    /// is handed to `release` (to become a public credit).
+    pub(crate) fn release(&mut self, now: Nanos, grace: Nanos, mut release: impl FnMut(Nanos)) {
+        while let Some((slot, held)) = self.entries.get_mut(self.released_to) {
+            if slot.saturating_add(grace) >= now {
+                break;
+            }
+            if *held == Held::Live {
+                *held = Held::Released;
+                release(*slot);
+            }
+            self.released_to += 1;
+        }
+    }
+
+    /// Drops reservations past their claim window; returns how many were never claimed
+    /// (released ones are counted as promises, where their token went).
     pub(crate) fn expire(&mut self, now: Nanos, claim_window: Nanos) -> u64 {
         let mut unclaimed = 0;
-        while let Some(&(slot, claimed)) = self.entries.front() {
+        while let Some(&(slot, held)) = self.entries.front() {
             if slot.saturating_add(claim_window) >= now {
                 break;
             }
             self.entries.pop_front();
             self.front_seq += 1;
-            unclaimed += u64::from(!claimed);
+            self.released_to = self.released_to.saturating_sub(1);
+            unclaimed += u64::from(held == Held::Live);
         }
         shrink_if_sparse(&mut self.entries);
         unclaimed
@@ -244,7 +328,7 @@ mod tests {
         assert!(!q.claim(9));
         assert!(q.claim(10));
         assert!(q.claim(100));
-        assert_eq!(q.slots, [20, 30]);
+        assert_eq!(q.public, [20, 30]);
         assert_eq!(q.expire(26, 5), 1);
         assert_eq!(q.len(), 1);
     }

@@ -27,6 +27,7 @@ fn ticket_for(node: &NodeAdmission) -> (String, u64) {
             retry_after,
             ticket: Some(t),
             overflow: false,
+            capped: false,
             ticket_check: TicketCheck::None,
         } => {
             assert!(
@@ -196,11 +197,16 @@ fn ticket_from_a_rebuilt_node_state_is_not_free() {
 }
 
 #[test]
-fn unclaimed_reservations_are_counted() {
+fn unclaimed_reservations_are_released_then_counted() {
     let node = node(slow());
     let (_t, slot) = ticket_for(&node);
-    node.check(slot + 2_000 * NANOS_PER_MILLI + 1, &AdmitInput::TICKETLESS);
-    assert_eq!(node.stats().unclaimed_reservations, 1);
+    // Nobody came for it: released after its grace, then never claimed.
+    node.check(
+        slot + 2_000 * NANOS_PER_MILLI + T + 1,
+        &AdmitInput::ticketed(None),
+    );
+    let s = node.stats();
+    assert_eq!((s.released, s.unclaimed_promises), (1, 1), "{s:?}");
     assert_eq!(
         node.state_sizes(slot + 3_000 * NANOS_PER_MILLI)
             .reservations,
@@ -236,13 +242,14 @@ fn promises_go_to_ticketless_arrivals_and_expire_unclaimed() {
         }
     );
     // The second ticketless rejection's promise (slot + T) and the ticketed one's
-    // reservation (slot + 2T) are never claimed.
+    // reservation (slot + 2T) are never claimed. The reservation was released as a public
+    // credit after its grace, so it expires as a promise.
     let far = slot + 10 * T + 2_000 * NANOS_PER_MILLI;
     assert!(node.check(far, &AdmitInput::TICKETLESS).is_admit());
     let s = node.stats();
     assert_eq!(
-        (s.unclaimed_promises, s.unclaimed_reservations),
-        (1, 1),
+        (s.unclaimed_promises, s.unclaimed_reservations, s.released),
+        (2, 0, 1),
         "{s:?}"
     );
 }

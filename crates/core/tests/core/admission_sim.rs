@@ -156,6 +156,7 @@ pub fn run(
             ticket: tickets[i].as_deref(),
             wants_ticket: clients[i].kind == Kind::Ticketed,
             may_queue: behaviour.may_queue,
+            owner: Some(i as u64),
         };
         match node.check(t, &input) {
             Decision::Admit { .. } => {

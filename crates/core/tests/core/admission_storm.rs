@@ -249,8 +249,9 @@ fn memory_stays_bounded_under_a_million_rejections() {
     // ~83 fresh foreign tickets/s live ~2 s each.
     assert!(peak.2 <= 400, "foreign {peak:?}");
     assert!(s.overflow > 500_000, "{s:?}");
-    // No-show reservations are counted; promises went to later ticketless arrivals.
-    assert!(s.unclaimed_reservations > 10_000, "{s:?}");
+    // No-show reservations were released to later arrivals after their grace (and
+    // counted); promises went to later ticketless arrivals.
+    assert!(s.released > 10_000, "{s:?}");
     assert!(s.admitted_promise > 10_000, "{s:?}");
     assert!(s.foreign_tickets > 1_000, "{s:?}");
     // After the storm everything expires.

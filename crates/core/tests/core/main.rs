@@ -5,6 +5,7 @@
 // in the shipped code (Cargo.toml [workspace.lints]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admission_hostile;
 mod admission_node;
 mod admission_sim;
 mod admission_storm;

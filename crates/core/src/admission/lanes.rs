@@ -1,0 +1,228 @@
+//! The state behind one node's admission, under its mutex: the lanes (schedule, fresh
+//! share, pacer) as GCRA shapes, the jitter, and the bookkeeping helpers the decisions in
+//! bucket.rs are made of.
+
+use std::time::Duration;
+
+use super::clock::{duration_to_nanos, Nanos, NANOS_PER_SEC};
+use super::decision::{AdmissionStats, AdmitVia, Decision};
+use super::owners::Owners;
+use super::params::AdmissionParams;
+use super::schedule::{ForeignClaims, PromiseQueue, ReservationLedger};
+use super::ticket::TicketCheck;
+use super::{PROMISE_GRACE, RESERVATION_GRACE};
+
+/// Emission intervals and tolerances in force at some instant.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Shape {
+    /// Emission interval and tolerance at the full rate: the pacer's.
+    pub(super) t: Nanos,
+    pub(super) tau: Nanos,
+    /// The same for the schedule lane (the rate less the fresh share): bucket and slots.
+    pub(super) t_main: Nanos,
+    pub(super) tau_main: Nanos,
+    /// The same for the fresh lane; `t_fresh == 0`: no fresh share.
+    pub(super) t_fresh: Nanos,
+    pub(super) tau_fresh: Nanos,
+}
+
+impl Shape {
+    pub(super) fn of(params: &AdmissionParams, factor: f64) -> Self {
+        // Float to int `as` casts saturate; validation keeps rate in (0, 1e9].
+        let t = (NANOS_PER_SEC as f64 / (params.rate * factor))
+            .round()
+            .max(1.0) as u64;
+        // Slow start scales the burst too, or a new node would take a full burst at once.
+        let burst = (f64::from(params.burst) * factor).round().max(1.0) as u64;
+        let f = params.fresh_share;
+        let (t_main, t_fresh, fresh_burst) = if f > 0.0 {
+            (
+                (t as f64 / (1.0 - f)).round() as u64,
+                (t as f64 / f).round().max(1.0) as u64,
+                (burst as f64 * f).ceil().max(1.0) as u64,
+            )
+        } else {
+            (t, 0, 1)
+        };
+        Self {
+            t,
+            tau: (burst - 1).saturating_mul(t),
+            t_main,
+            tau_main: (burst - 1).saturating_mul(t_main),
+            t_fresh,
+            tau_fresh: (fresh_burst - 1).saturating_mul(t_fresh),
+        }
+    }
+}
+
+/// A tiny seedable PRNG (SplitMix64) for jitter: 8 bytes per node, no locking, reproducible.
+#[derive(Debug)]
+pub(super) struct Jitter(pub(super) u64);
+
+impl Jitter {
+    pub(super) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, n) (0 when n = 0).
+    pub(super) fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct State {
+    pub(super) params: AdmissionParams,
+    pub(super) base: Shape,
+    pub(super) tat: Nanos,
+    /// TAT of the pacing GCRA over forwarding instants (see the module doc).
+    pub(super) paced: Nanos,
+    /// TAT of the fresh lane (the share kept for clients that hold no slot).
+    pub(super) fresh_tat: Nanos,
+    /// Who holds which slots.
+    pub(super) owners: Owners,
+    pub(super) slow_start_from: Option<Nanos>,
+    pub(super) promises: PromiseQueue,
+    pub(super) ledger: ReservationLedger,
+    pub(super) foreign: ForeignClaims,
+    pub(super) jitter: Jitter,
+    pub(super) stats: AdmissionStats,
+}
+
+impl State {
+    /// Books a forward at `at` or later on the pacing GCRA; returns the instant it conforms.
+    pub(super) fn pace(&mut self, at: Nanos, shape: Shape) -> Nanos {
+        let earliest = at.max(self.paced.saturating_sub(shape.tau));
+        self.paced = self.paced.max(earliest).saturating_add(shape.t);
+        earliest
+    }
+
+    /// An admission at `now`: forward now, or hold until forwards are back at the rate.
+    pub(super) fn forward(
+        &mut self,
+        now: Nanos,
+        shape: Shape,
+        via: AdmitVia,
+        check: TicketCheck,
+    ) -> Decision {
+        let at = self.pace(now, shape);
+        if at <= now {
+            return Decision::Admit { via, ticket: check };
+        }
+        self.stats.paced += 1;
+        Decision::Queue {
+            until: at,
+            slot: at,
+            via,
+            ticket_check: check,
+        }
+    }
+
+    /// Parks the charged `slot` as a promise, or records a reservation and returns its seq
+    /// for the caller to sign. Either is held by `owner` (if known) for its grace.
+    pub(super) fn promise_or_reserve(
+        &mut self,
+        slot: Nanos,
+        t_slot: Nanos,
+        wants_ticket: bool,
+        owner: Option<u64>,
+    ) -> Option<u64> {
+        let cw = duration_to_nanos(self.params.claim_window);
+        if wants_ticket {
+            if let Some(seq) = self.ledger.reserve(slot) {
+                self.stats.reserved += 1;
+                if let Some(o) = owner {
+                    let grace = (t_slot + duration_to_nanos(RESERVATION_GRACE)).min(cw);
+                    self.owners.add(o, slot, slot.saturating_add(grace), false);
+                }
+                return Some(seq);
+            }
+        }
+        match owner {
+            Some(o) => {
+                let grace = (t_slot + duration_to_nanos(PROMISE_GRACE)).min(cw);
+                let until = slot.saturating_add(grace);
+                self.promises.push_owned(slot, o, until);
+                self.owners.add(o, slot, until, true);
+            }
+            None => self.promises.push(slot),
+        }
+        self.stats.promised += 1;
+        None
+    }
+
+    /// Fraction of the rate in force at `at` (1 outside slow start).
+    pub(super) fn ramp_factor(&self, at: Nanos) -> f64 {
+        let Some(start) = self.slow_start_from else {
+            return 1.0;
+        };
+        let ramp = duration_to_nanos(self.params.slow_start);
+        let elapsed = at.saturating_sub(start);
+        if ramp == 0 || elapsed >= ramp {
+            return 1.0;
+        }
+        let floor = self.params.slow_start_floor;
+        floor + (1.0 - floor) * (elapsed as f64 / ramp as f64)
+    }
+
+    /// Emission interval and tolerance in force at `at`.
+    pub(super) fn shape(&self, at: Nanos) -> Shape {
+        if self.slow_start_from.is_none() {
+            return self.base;
+        }
+        Shape::of(&self.params, self.ramp_factor(at))
+    }
+
+    pub(super) fn expire(&mut self, now: Nanos, shape: Shape) {
+        if let Some(start) = self.slow_start_from {
+            let ramp = duration_to_nanos(self.params.slow_start);
+            if now.saturating_sub(start) >= ramp {
+                self.slow_start_from = None;
+            }
+        }
+        let cw = duration_to_nanos(self.params.claim_window);
+        let grace = (shape.t_main + duration_to_nanos(RESERVATION_GRACE)).min(cw);
+        let (promises, mut released) = (&mut self.promises, 0);
+        self.ledger.release(now, grace, |slot| {
+            promises.push(slot);
+            released += 1;
+        });
+        self.stats.released += released;
+        self.owners.sweep(now);
+        self.stats.unclaimed_promises += self.promises.expire(now, cw);
+        self.stats.unclaimed_reservations += self.ledger.expire(now, cw);
+        self.foreign.prune(now);
+    }
+
+    /// Charges the next free slot, or `None` (overflow) if it lies beyond max_retry_after.
+    /// Returns the slot and the emission interval in force *at the slot*: during slow start a
+    /// herd booked at once is spaced along the ramp, not at the rate of the booking instant
+    /// (which would keep the node at its floor rate long after the ramp is over).
+    pub(super) fn take_slot(&mut self, now: Nanos) -> Option<(Nanos, Nanos)> {
+        let slot = self.tat.max(now);
+        if slot - now > duration_to_nanos(self.params.max_retry_after) {
+            return None;
+        }
+        let t = self.shape(slot).t_main;
+        self.tat = slot.saturating_add(t);
+        Some((slot, t))
+    }
+
+    /// Time until `slot` plus jitter in [0, T): clients told adjacent slots never land on the
+    /// same instant, and every arrival stays inside its own emission interval.
+    pub(super) fn slot_hint(&mut self, now: Nanos, slot: Nanos, t: Nanos) -> Duration {
+        Duration::from_nanos((slot - now).saturating_add(self.jitter.below(t)))
+    }
+
+    /// max_retry_after, jittered down within its last second, so an overflowing herd does not
+    /// come back as one wave.
+    pub(super) fn overflow_hint(&mut self) -> Duration {
+        let max = duration_to_nanos(self.params.max_retry_after);
+        let spread = max.min(NANOS_PER_SEC);
+        Duration::from_nanos(max - self.jitter.below(spread))
+    }
+}

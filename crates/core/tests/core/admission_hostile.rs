@@ -1,0 +1,395 @@
+//! The schedule serves honest demand (issue 9): slots are bound to their client (owner) and
+//! capped per owner, an early ticket gets itself back, an unclaimed reservation becomes a
+//! public credit tens of milliseconds after its slot, an owned promise is its owner's until
+//! its grace, and a share of the rate stays with fresh arrivals. Then the attacks as a whole,
+//! in virtual time: a ticket-flooding client and a hint-ignoring client beside an honest herd.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+
+use super::admission_sim::*;
+use herdgate_core::admission::{
+    AdmissionParams, AdmitInput, AdmitVia, Decision, Nanos, NodeAdmission, TicketCheck,
+    NANOS_PER_MILLI, NANOS_PER_SEC, PROMISE_GRACE, RESERVATION_GRACE,
+};
+
+/// rate 10/s (T = 100 ms), burst 1.
+fn slow(max_slots: u32, fresh: f64) -> AdmissionParams {
+    AdmissionParams {
+        max_retry_after: Duration::from_secs(30),
+        claim_window: Duration::from_secs(2),
+        max_slots_per_client: max_slots,
+        fresh_share: fresh,
+        ..params(10.0, 1)
+    }
+}
+const T: u64 = 100 * NANOS_PER_MILLI;
+const A: u64 = 1;
+const B: u64 = 2;
+const C: u64 = 3;
+
+fn ticketless(owner: u64) -> AdmitInput<'static> {
+    AdmitInput::TICKETLESS.owned_by(owner)
+}
+
+fn hint(d: &Decision) -> Duration {
+    match d {
+        Decision::Reject { retry_after, .. } => *retry_after,
+        d => panic!("expected a rejection, got {d:?}"),
+    }
+}
+
+#[test]
+fn a_client_at_its_cap_gets_its_latest_slot_back_and_books_nothing() {
+    let node = node(slow(3, 0.0));
+    assert!(node.check(T0, &ticketless(A)).is_admit(), "the burst");
+    // Someone else holds T and 2T; A takes three slots: 3T, 4T, 5T.
+    for owner in [C, C + 10] {
+        let _ = hint(&node.check(T0, &ticketless(owner)));
+    }
+    for k in 3..=5u64 {
+        let h = hint(&node.check(T0, &ticketless(A)));
+        assert!(h >= Duration::from_nanos(k * T) && h < Duration::from_nanos((k + 1) * T));
+    }
+    let backlog = node.backlog(T0);
+    // A hundred more asks: each told its latest slot again, nothing booked.
+    for _ in 0..100 {
+        let d = node.check(T0, &ticketless(A));
+        assert!(matches!(d, Decision::Reject { capped: true, .. }), "{d:?}");
+        let h = hint(&d);
+        assert!(h >= Duration::from_nanos(5 * T) && h < Duration::from_nanos(6 * T));
+    }
+    assert_eq!(node.backlog(T0), backlog, "the schedule did not move");
+    assert_eq!(node.stats().capped, 100);
+    // Another client is not pushed back by A's asks: its slot is the sixth.
+    let h = hint(&node.check(T0, &ticketless(B)));
+    assert!(h >= Duration::from_nanos(6 * T) && h < Duration::from_nanos(7 * T));
+    // Once A claims a slot it may book again.
+    assert_eq!(
+        node.check(T0 + 3 * T, &ticketless(A)),
+        Decision::Admit {
+            via: AdmitVia::Promise,
+            ticket: TicketCheck::None
+        }
+    );
+    let d = node.check(T0 + 3 * T, &ticketless(A));
+    assert!(!matches!(d, Decision::Reject { capped: true, .. }), "{d:?}");
+    assert_eq!(node.stats().capped, 100);
+}
+
+#[test]
+fn an_early_ticket_gets_itself_back() {
+    let node = node(slow(0, 0.0));
+    assert!(node.check(T0, &ticketless(A)).is_admit());
+    // Someone else holds T and 2T: A's slot is 3T.
+    for owner in [C, C + 10] {
+        let _ = hint(&node.check(T0, &ticketless(owner)));
+    }
+    let (ticket, h) = match node.check(T0, &AdmitInput::ticketed(None).owned_by(A)) {
+        Decision::Reject {
+            ticket: Some(t),
+            retry_after,
+            ..
+        } => (t, retry_after),
+        d => panic!("{d:?}"),
+    };
+    let slot = T0 + 3 * T;
+    assert!(h >= Duration::from_nanos(3 * T));
+    let backlog = node.backlog(T0);
+    let again = AdmitInput::ticketed(Some(&ticket)).owned_by(A);
+    for k in 0..10u64 {
+        let now = T0 + k * NANOS_PER_MILLI;
+        match node.check(now, &again) {
+            Decision::Reject {
+                ticket: Some(t),
+                retry_after,
+                ticket_check: TicketCheck::Early,
+                ..
+            } => {
+                assert_eq!(t, ticket, "the same ticket back");
+                assert_eq!(retry_after, Duration::from_nanos(slot - now));
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+    assert_eq!(node.backlog(T0), backlog, "nothing booked");
+    assert_eq!(node.stats().reasked, 10);
+    // And it still claims its slot when due.
+    assert!(node.check(slot, &again).is_admit());
+}
+
+#[test]
+fn an_unclaimed_reservation_is_a_public_credit_tens_of_ms_after_its_slot() {
+    let node = node(slow(0, 0.0));
+    assert!(node.check(T0, &ticketless(A)).is_admit());
+    let ticket = match node.check(T0, &AdmitInput::ticketed(None).owned_by(A)) {
+        Decision::Reject {
+            ticket: Some(t), ..
+        } => t,
+        d => panic!("{d:?}"),
+    };
+    let slot = T0 + T;
+    // Book the schedule ahead, so that the bucket has nothing for B.
+    for owner in 10..20 {
+        let _ = node.check(T0, &ticketless(owner));
+    }
+    let grace = T + RESERVATION_GRACE.as_nanos() as u64;
+    // Within the grace, B gets nothing of it...
+    let d = node.check(slot + grace - NANOS_PER_MILLI, &ticketless(B));
+    assert!(!d.is_admit(), "{d:?}");
+    // ...after it, any ticketless arrival takes it.
+    assert_eq!(
+        node.check(slot + grace + 1, &ticketless(C)),
+        Decision::Admit {
+            via: AdmitVia::Promise,
+            ticket: TicketCheck::None
+        }
+    );
+    assert_eq!(node.stats().released, 1);
+    // Its holder, late, finds it gone (no public credit is left) and starts again.
+    let d = node.check(
+        slot + grace + 2,
+        &AdmitInput::ticketed(Some(&ticket)).owned_by(A),
+    );
+    assert_eq!(d.ticket_check(), TicketCheck::Expired, "{d:?}");
+    assert!(!d.is_admit());
+}
+
+#[test]
+fn an_owned_promise_is_its_owners_until_its_grace() {
+    let node = node(slow(0, 0.0));
+    assert!(node.check(T0, &ticketless(A)).is_admit());
+    let _ = hint(&node.check(T0, &ticketless(A))); // slot T0 + T
+    let _ = hint(&node.check(T0, &ticketless(C))); // slot T0 + 2T
+    let slot_a = T0 + T;
+    // B arrives when A's slot is due: not B's.
+    let d = node.check(slot_a, &ticketless(B));
+    assert!(
+        !matches!(
+            d,
+            Decision::Admit {
+                via: AdmitVia::Promise,
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+    // A reads whole seconds and comes back almost a second late: still its own.
+    assert_eq!(
+        node.check(slot_a + 900 * NANOS_PER_MILLI, &ticketless(A)),
+        Decision::Admit {
+            via: AdmitVia::Promise,
+            ticket: TicketCheck::None
+        }
+    );
+    // C never comes: after its grace its promise is anyone's.
+    let public = T0 + 2 * T + T + PROMISE_GRACE.as_nanos() as u64 + 1;
+    let d = node.check(public, &ticketless(B));
+    assert!(
+        matches!(
+            d,
+            Decision::Admit {
+                via: AdmitVia::Promise,
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn the_fresh_share_admits_clients_holding_no_slot_while_the_schedule_is_booked() {
+    // rate 100/s, 10% fresh: the schedule lane runs at 90/s, the fresh lane at 10/s.
+    let p = AdmissionParams {
+        max_retry_after: Duration::from_secs(60),
+        fresh_share: 0.1,
+        ..params(100.0, 1)
+    };
+    let node = node(p);
+    // 500 clients book the schedule about five seconds deep.
+    let mut slots = 0;
+    for owner in 1000..1500 {
+        if !node.check(T0, &ticketless(owner)).is_admit() {
+            slots += 1;
+        }
+    }
+    assert!(slots >= 498, "{slots}");
+    assert!(node.backlog(T0) > Duration::from_secs(5));
+    // Fresh arrivals over the next second, 50 of them: about 10 get in at once.
+    let mut fresh = 0;
+    for i in 0..50u64 {
+        let now = T0 + i * 20 * NANOS_PER_MILLI;
+        if let Decision::Admit {
+            via: AdmitVia::Fresh,
+            ..
+        } = node.check(now, &ticketless(5000 + i))
+        {
+            fresh += 1;
+        }
+    }
+    assert!((9..=11).contains(&fresh), "{fresh}");
+    // A client holding a slot never takes a fresh token.
+    let d = node.check(T0 + 2 * NANOS_PER_SEC, &ticketless(1200));
+    assert!(
+        !matches!(
+            d,
+            Decision::Admit {
+                via: AdmitVia::Fresh,
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+}
+
+const FLOOD: u64 = 1 << 40;
+const HAMMER: u64 = (1 << 40) + 1;
+
+/// One honest herd of `n` clients displaced at T0 (a third ticket-capable, a third reading
+/// retry-after-ms, a third reading only whole-second Retry-After), and `attackers`: FLOOD
+/// asks for tickets 11,000 times a second and never presents them, HAMMER ignores its hints
+/// and asks 1,000 times a second. Returns (when the last honest client got in, the deepest
+/// backlog seen, rejections capped, attacker requests admitted).
+fn storm_with(node: &NodeAdmission, n: u64, attackers: &[u64]) -> (Nanos, Duration, u64, u64) {
+    // (time, client); honest clients are 0..n.
+    let mut q = BinaryHeap::new();
+    for c in 0..n {
+        q.push(Reverse((T0 + c * 100 * NANOS_PER_MILLI / n, c)));
+    }
+    for &a in attackers {
+        q.push(Reverse((T0, a)));
+    }
+    let mut tickets: Vec<Option<String>> = vec![None; n as usize];
+    let (mut left, mut last, mut deepest) = (n, T0, Duration::ZERO);
+    let (mut attacker_in, mut next_sample) = (0u64, T0);
+    while let Some(Reverse((t, c))) = q.pop() {
+        if left == 0 {
+            break;
+        }
+        if t >= next_sample {
+            deepest = deepest.max(node.backlog(t));
+            next_sample = t + 10 * NANOS_PER_MILLI;
+        }
+        if c == FLOOD || c == HAMMER {
+            let input = if c == FLOOD {
+                AdmitInput::ticketed(None).owned_by(c)
+            } else {
+                ticketless(c)
+            };
+            if node.check(t, &input).is_admit() {
+                attacker_in += 1;
+            }
+            let every = if c == FLOOD { 91_000 } else { 1_000_000 };
+            q.push(Reverse((t + every, c)));
+            continue;
+        }
+        let i = c as usize;
+        let (wants, granularity) = match c % 3 {
+            0 => (true, NANOS_PER_MILLI),
+            1 => (false, NANOS_PER_MILLI),
+            _ => (false, NANOS_PER_SEC),
+        };
+        let input = AdmitInput {
+            ticket: tickets[i].as_deref(),
+            wants_ticket: wants,
+            may_queue: None,
+            owner: Some(c + 100),
+        };
+        match node.check(t, &input) {
+            Decision::Admit { .. } => {
+                left -= 1;
+                last = last.max(t);
+            }
+            Decision::Queue { until, .. } => {
+                left -= 1;
+                last = last.max(until);
+            }
+            Decision::Reject {
+                retry_after,
+                ticket,
+                ..
+            } => {
+                if ticket.is_some() {
+                    tickets[i] = ticket;
+                }
+                let wait = (retry_after.as_nanos() as u64).div_ceil(granularity) * granularity;
+                q.push(Reverse((t + wait, c)));
+            }
+        }
+    }
+    assert_eq!(left, 0, "honest clients left out");
+    (last, deepest, node.stats().capped, attacker_in)
+}
+
+/// The acceptance of issue 9 for one set of attackers: each attacker delays the herd by at
+/// most its slot cap's worth of the rate (and one alone keeps every honest client within
+/// 1.2 x N / rate), the backlog stays within N / rate + 1 s, the attackers are capped and
+/// counted, and what they got in is bounded by their slot cap.
+fn attackers_cost_honest_clients_little(attackers: &[u64]) {
+    // 2,000 honest clients at 200/s: ideally all in after 10 s. (A third of them read only
+    // whole-second Retry-After, so the last of those is up to a second late whatever the
+    // schedule does, and the fresh share costs 5% when nobody fresh comes: 1.2 x ideal
+    // leaves the attackers half a second each.)
+    let (rate, n) = (200.0, 2_000u64);
+    let p = AdmissionParams {
+        max_retry_after: Duration::from_secs(60),
+        claim_window: Duration::from_secs(2),
+        fresh_share: 0.05,
+        ..params(rate, 20)
+    };
+    let cap = p.slots_per_client() as u64;
+    let (calm, calm_deepest, ..) = storm_with(&node(p.clone()), n, &[]);
+    let node = node(p);
+    let (last, deepest, capped, attacker_in) = storm_with(&node, n, attackers);
+    let ideal = n as f64 / rate;
+    let took = (last - T0) as f64 / NANOS_PER_SEC as f64;
+    let calm = (calm - T0) as f64 / NANOS_PER_SEC as f64;
+    // Each attacker costs the herd at most its slot cap's worth of the schedule (which runs
+    // at the rate less the fresh share).
+    let per_attacker = cap as f64 / (rate * 0.95);
+    assert!(
+        took <= calm + attackers.len() as f64 * per_attacker + 0.1,
+        "all back after {took:.2} s, {calm:.2} s without the attack"
+    );
+    if attackers.len() == 1 {
+        assert!(
+            took <= 1.2 * ideal,
+            "all back after {took:.2} s (ideal {ideal} s)"
+        );
+    }
+    assert!(
+        deepest.as_secs_f64()
+            <= calm_deepest.as_secs_f64() + attackers.len() as f64 * per_attacker + 0.05,
+        "backlog reached {deepest:?}, {calm_deepest:?} without the attack"
+    );
+    if attackers.len() == 1 {
+        assert!(
+            deepest.as_secs_f64() <= ideal + 1.0,
+            "backlog reached {deepest:?} (honest need {ideal} s)"
+        );
+    }
+    assert!(
+        capped > 1_000,
+        "the attackers were capped and counted: {capped}"
+    );
+    assert!(
+        attacker_in <= cap * attackers.len() as u64 + 20,
+        "attackers got {attacker_in} in (cap {cap})"
+    );
+}
+
+#[test]
+fn a_ticket_flood_that_never_claims_costs_the_herd_little() {
+    attackers_cost_honest_clients_little(&[FLOOD]);
+}
+
+#[test]
+fn a_client_that_ignores_its_hints_costs_the_herd_little() {
+    attackers_cost_honest_clients_little(&[HAMMER]);
+}
+
+#[test]
+fn both_attackers_at_once_cost_the_herd_little() {
+    attackers_cost_honest_clients_little(&[FLOOD, HAMMER]);
+}
