@@ -327,6 +327,7 @@ async fn type_sizes() -> Result<String> {
     let settings = TunnelSettings {
         idle: None,
         close_timeout: Duration::from_secs(1),
+        write: Duration::from_secs(30),
     };
     // Built, never polled: its size is the state a running tunnel keeps.
     let fut = relay(

@@ -2,7 +2,8 @@
 //! under the connection caps. Shared by the listener (which makes them) and the proxy
 //! (which serves on them), so that neither imports the other's internals.
 
-use std::net::SocketAddr;
+use dashmap::DashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -37,6 +38,7 @@ impl ConnInfo {
 pub struct ConnGuard {
     _permit: OwnedSemaphorePermit,
     _listener_permit: Option<OwnedSemaphorePermit>,
+    _client: Option<ClientSlot>,
     open: metrics::Gauge,
 }
 
@@ -51,13 +53,120 @@ impl ConnGuard {
         ConnGuard {
             _permit: permit,
             _listener_permit: listener_permit,
+            _client: None,
             open,
         }
+    }
+
+    /// Hold the connection's place under its client's cap too
+    /// (`limits.max_connections_per_client`), for as long as the connection.
+    pub fn hold_client(&mut self, slot: ClientSlot) {
+        self._client = Some(slot);
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.open.decrement(1.0);
+    }
+}
+
+/// Open things (connections, tunnels) per client identity ([`ConnInfo::client_id`]). An
+/// entry exists only while its count is above zero: the map holds one entry per client
+/// with something open, never more.
+#[derive(Debug, Default)]
+pub struct ClientCounter {
+    open: DashMap<IpAddr, usize>,
+}
+
+impl ClientCounter {
+    /// An empty counter, shared by the slots it hands out.
+    pub fn new() -> Arc<ClientCounter> {
+        Arc::new(ClientCounter::default())
+    }
+
+    /// A place for `client` if it holds fewer than `max`; `None` at its cap.
+    pub fn try_acquire(self: &Arc<Self>, client: IpAddr, max: usize) -> Option<ClientSlot> {
+        if max == 0 {
+            return None;
+        }
+        let mut n = self.open.entry(client).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        drop(n);
+        Some(ClientSlot {
+            counter: self.clone(),
+            client,
+        })
+    }
+
+    /// What `client` holds now.
+    pub fn count(&self, client: IpAddr) -> usize {
+        self.open.get(&client).map_or(0, |n| *n)
+    }
+
+    /// Clients holding at least one place.
+    pub fn clients(&self) -> usize {
+        self.open.len()
+    }
+}
+
+/// One place under a [`ClientCounter`]; given back on drop (the entry goes at zero).
+#[derive(Debug)]
+pub struct ClientSlot {
+    counter: Arc<ClientCounter>,
+    client: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.counter.open.remove_if_mut(&self.client, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
+}
+
+/// The per-client caps' counters, process-wide (the limits themselves come from the
+/// snapshot, so a reload applies to new connections and tunnels).
+#[derive(Debug)]
+pub struct ClientCaps {
+    /// Open connections per client (`limits.max_connections_per_client`).
+    pub conns: Arc<ClientCounter>,
+    /// Open tunnels per client (`limits.max_tunnels_per_client`).
+    pub tunnels: Arc<ClientCounter>,
+}
+
+impl Default for ClientCaps {
+    fn default() -> Self {
+        ClientCaps {
+            conns: ClientCounter::new(),
+            tunnels: ClientCounter::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_capped_per_client_and_entries_go_at_zero() {
+        let c = ClientCounter::new();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = c.try_acquire(a, 2).unwrap();
+        let s2 = c.try_acquire(a, 2).unwrap();
+        assert!(c.try_acquire(a, 2).is_none(), "third over a cap of 2");
+        let t = c.try_acquire(b, 2).unwrap();
+        assert_eq!((c.count(a), c.count(b), c.clients()), (2, 1, 2));
+        drop(s1);
+        let s3 = c.try_acquire(a, 2).unwrap();
+        drop((s2, s3, t));
+        assert_eq!(c.clients(), 0, "no entry left behind");
+        assert!(c.try_acquire(a, 0).is_none());
+        assert_eq!(c.clients(), 0);
     }
 }

@@ -20,8 +20,25 @@ pub const ACCEPT_ERRORS: &str = "herdgate_accept_errors_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "herdgate_tls_handshake_failures_total";
 /// Counter: connections closed for not finishing the handshake in time, by `listener`.
 pub const HANDSHAKE_TIMEOUTS: &str = "herdgate_handshake_timeouts_total";
-/// Counter: accepts held back because the listener's TLS handshake rate limit was spent, by `listener`.
+/// Counter: TLS handshakes that waited for a token of the listener's handshake cap
+/// (`handshakes_per_second`) after their ClientHello, by `listener`.
 pub const HANDSHAKES_DEFERRED: &str = "herdgate_tls_handshakes_deferred_total";
+/// Counter: tokens of the listener's handshake cap taken, one per ClientHello served, by
+/// `listener` (a connect that sends no ClientHello takes none).
+pub const HANDSHAKE_TOKENS: &str = "herdgate_tls_handshake_tokens_total";
+/// Counter: ClientHellos closed because their client already had
+/// `max_waiting_handshakes_per_client` handshakes waiting for a token, by `listener`.
+pub const HANDSHAKES_REFUSED: &str = "herdgate_tls_handshakes_refused_total";
+/// Counter: connections and tunnels refused by the per-client caps, by `kind`
+/// (`connections`, `tunnels`).
+pub const CLIENT_CAPPED: &str = "herdgate_client_capped_total";
+/// Counter: forwarded request bodies cut off after `timeouts.request_body` without a byte
+/// (the client got 408; the node is not blamed).
+pub const REQUEST_BODY_TIMEOUTS: &str = "herdgate_request_body_timeouts_total";
+/// Counter: writes that made no progress for `timeouts.write`, by `side` (`client`,
+/// `node`) and `phase` (`tunnel`: the tunnel was closed; `upgrade`: the join after the
+/// 101 gave up).
+pub const WRITE_TIMEOUTS: &str = "herdgate_write_timeouts_total";
 /// Counter: responses sent, by `status` (common codes exact, others as `1xx`..`5xx`).
 pub const REQUESTS: &str = "herdgate_requests_total";
 /// Gauge: WebSocket tunnels currently open, by `pool` and `node`.
@@ -147,6 +164,10 @@ pub struct ListenerMetrics {
     pub handshake_timeouts: Counter,
     /// [`HANDSHAKES_DEFERRED`] for this listener.
     pub deferred: Counter,
+    /// [`HANDSHAKE_TOKENS`] for this listener.
+    pub handshake_tokens: Counter,
+    /// [`HANDSHAKES_REFUSED`] for this listener.
+    pub handshakes_refused: Counter,
     /// [`CONNECTIONS_REFUSED`] for this listener.
     pub refused: Counter,
     /// [`ACCEPT_ERRORS`] for this listener.
@@ -163,6 +184,8 @@ impl ListenerMetrics {
             tls_failures: counter!(TLS_HANDSHAKE_FAILURES, "listener" => l.clone()),
             handshake_timeouts: counter!(HANDSHAKE_TIMEOUTS, "listener" => l.clone()),
             deferred: counter!(HANDSHAKES_DEFERRED, "listener" => l.clone()),
+            handshake_tokens: counter!(HANDSHAKE_TOKENS, "listener" => l.clone()),
+            handshakes_refused: counter!(HANDSHAKES_REFUSED, "listener" => l.clone()),
             refused: counter!(CONNECTIONS_REFUSED, "listener" => l.clone()),
             accept_errors: counter!(ACCEPT_ERRORS, "listener" => l),
         }
@@ -258,6 +281,17 @@ impl NodeMetrics {
     }
 }
 
+/// Count one refusal by a per-client cap (`kind`: `connections` or `tunnels`).
+pub fn client_capped(kind: &'static str) {
+    counter!(CLIENT_CAPPED, "kind" => kind).increment(1);
+}
+
+/// Count one write that made no progress in time (`side`: `client` or `node`; `phase`:
+/// `tunnel` or `upgrade`).
+pub fn write_timeout(side: &'static str, phase: &'static str) {
+    counter!(WRITE_TIMEOUTS, "side" => side, "phase" => phase).increment(1);
+}
+
 /// Count one response by status (responses hyper writes itself, such as 400 and 431 on
 /// unparseable requests, are not seen here).
 pub fn request(status: u16) {
@@ -276,6 +310,7 @@ fn status_label(s: u16) -> &'static str {
         401 => "401",
         403 => "403",
         404 => "404",
+        408 => "408",
         429 => "429",
         431 => "431",
         500 => "500",

@@ -215,6 +215,7 @@ impl Snapshot {
                     tls,
                     conn_limit,
                     handshake_limit,
+                    max_waiting_handshakes_per_client: l.max_waiting_handshakes_per_client,
                 },
             );
         }
@@ -438,8 +439,10 @@ pub struct ListenerRt {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Per-listener connection cap (`max_connections`); kept across reloads while unchanged.
     pub conn_limit: Option<Arc<tokio::sync::Semaphore>>,
-    /// TLS handshake rate limit (`handshakes_per_second`), checked before accepting.
+    /// TLS handshake rate limit (`handshakes_per_second`), charged at the ClientHello.
     pub handshake_limit: Option<Arc<herdgate_core::admission::HandshakeLimiter>>,
+    /// Handshakes one client may have waiting for a token of `handshake_limit`.
+    pub max_waiting_handshakes_per_client: usize,
 }
 
 /// Slow start begins at this fraction of the rate.

@@ -35,6 +35,8 @@ pub struct Shared {
     pub tunnels: Arc<Registry>,
     /// The process-wide connection cap (`limits.max_connections`), resizable by reload.
     pub conns: ConnLimit,
+    /// Per-client caps on open connections and tunnels.
+    pub clients: crate::conn::ClientCaps,
     /// Active checks and passive failure counting; marks nodes down and up.
     pub health: Arc<Health>,
     /// Stop signals and the count of HTTP connections shutdown waits for.
@@ -63,6 +65,7 @@ impl Shared {
             nodes,
             tunnels: Registry::new(),
             conns: ConnLimit::new(max_connections),
+            clients: crate::conn::ClientCaps::default(),
             health,
             lifecycle: Lifecycle {
                 stop_http: CancellationToken::new(),

@@ -78,6 +78,11 @@ bind = "{admin}"
 [timeouts]
 idle_tunnel = "0ms"
 
+# Every bench client comes from 127.0.0.1: the per-client caps would count them as one.
+[limits]
+max_connections_per_client = 10000000
+max_tunnels_per_client = 10000000
+
 [[listener]]
 name = "ws"
 bind = "{ws}"

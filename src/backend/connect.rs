@@ -1,6 +1,5 @@
 //! Connecting to nodes: raw TCP for tunnels, a pooled keep-alive client for plain HTTP.
 
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -75,7 +74,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
 }
 
 /// The pooled client used for plain-HTTP forwarding; one per snapshot, see [`http_client`].
-pub type HttpClient = Client<HttpConnector, Incoming>;
+pub type HttpClient = Client<HttpConnector, super::request_body::TimedBody>;
 
 /// A keep-alive client for plain HTTP forwarding; its pool is keyed by node address.
 pub fn http_client(connect_timeout: Duration) -> HttpClient {

@@ -3,6 +3,7 @@
 pub mod connect;
 mod failure;
 pub mod health;
+pub mod request_body;
 
 pub use failure::NodeFailure;
 

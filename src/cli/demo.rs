@@ -261,6 +261,11 @@ bind = "{admin}"
 [timeouts]
 close = "2s"
 
+# Every simulated client comes from 127.0.0.1: the per-client caps would count them as one.
+[limits]
+max_connections_per_client = 1000000
+max_tunnels_per_client = 1000000
+
 [shutdown]
 spread = "2s"
 timeout = "5s"

@@ -135,6 +135,12 @@ pub struct Timeouts {
     pub idle_tunnel: HumanDuration,
     /// How long a WebSocket close handshake may take before the TCP connections are cut.
     pub close: HumanDuration,
+    /// A forwarded request body that brings no new byte for this long is cut off: the
+    /// client gets 408 and the node is not blamed.
+    pub request_body: HumanDuration,
+    /// A write towards a client or a node that makes no progress for this long is aborted:
+    /// a tunnel is closed, and the join after a 101 gives up (the 101 never went out).
+    pub write: HumanDuration,
 }
 
 impl Default for Timeouts {
@@ -145,6 +151,8 @@ impl Default for Timeouts {
             backend_response: HumanDuration::secs(30),
             idle_tunnel: HumanDuration::secs(600),
             close: HumanDuration::secs(5),
+            request_body: HumanDuration::secs(30),
+            write: HumanDuration::secs(30),
         }
     }
 }
@@ -157,6 +165,12 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request head accepted; beyond it the client gets 431.
     pub max_header_bytes: usize,
+    /// Open connections per client (its address, IPv6 by /64), tunnels and connections
+    /// turned away with a 1013 close included; one over it is closed at once.
+    pub max_connections_per_client: usize,
+    /// Open WebSocket tunnels per client; an upgrade over it is refused (429, or a 1013
+    /// close on `reject = "websocket-close"` routes).
+    pub max_tunnels_per_client: usize,
 }
 
 impl Default for Limits {
@@ -164,6 +178,8 @@ impl Default for Limits {
         Limits {
             max_connections: 100_000,
             max_header_bytes: 16 * 1024,
+            max_connections_per_client: 2_000,
+            max_tunnels_per_client: 1_000,
         }
     }
 }
@@ -229,9 +245,17 @@ pub struct ListenerConfig {
     /// rounded up, at least 1.
     #[serde(default)]
     pub handshake_burst: Option<u32>,
+    /// TLS handshakes one client (address, IPv6 by /64) may have waiting for a token of
+    /// `handshakes_per_second`; more are closed. Default 64.
+    #[serde(default = "default_handshake_waiting")]
+    pub max_waiting_handshakes_per_client: usize,
     /// `listen(2)` backlog: where connections wait while the caps are reached. Default 4096.
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+}
+
+fn default_handshake_waiting() -> usize {
+    64
 }
 
 fn default_backlog() -> u32 {

@@ -41,6 +41,20 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
     if cfg.limits.max_connections == 0 {
         r.at("limits.max_connections".into(), none, "must be > 0, got 0");
     }
+    for (key, v) in [
+        (
+            "limits.max_connections_per_client",
+            cfg.limits.max_connections_per_client,
+        ),
+        (
+            "limits.max_tunnels_per_client",
+            cfg.limits.max_tunnels_per_client,
+        ),
+    ] {
+        if v == 0 {
+            r.at(key.into(), none, "must be > 0, got 0");
+        }
+    }
     if cfg.limits.max_header_bytes < 8192 {
         r.at(
             "limits.max_header_bytes".into(),
@@ -56,6 +70,8 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
         ("timeouts.backend_connect", cfg.timeouts.backend_connect),
         ("timeouts.backend_response", cfg.timeouts.backend_response),
         ("timeouts.close", cfg.timeouts.close),
+        ("timeouts.request_body", cfg.timeouts.request_body),
+        ("timeouts.write", cfg.timeouts.write),
     ] {
         if d.0.is_zero() {
             r.at(key.into(), none, "must be > 0");
@@ -136,6 +152,13 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
                     format!("must be > 0, got {hps}"),
                 );
             }
+        }
+        if l.max_waiting_handshakes_per_client == 0 {
+            r.at(
+                format!("{key}.max_waiting_handshakes_per_client"),
+                Some(&l.name),
+                "must be > 0, got 0",
+            );
         }
         if l.max_connections == Some(0) {
             r.at(

@@ -1,5 +1,7 @@
 //! Listeners: accept loop, connection caps, TLS handshake under a deadline, then hyper.
 
+mod handshake;
+
 use crate::conn::{ClientIo, ConnGuard, ConnInfo};
 use crate::metrics::ListenerMetrics;
 use crate::proxy;
@@ -39,6 +41,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let metrics = ListenerMetrics::new(&name);
+    let gate = handshake::HandshakeGate::new();
     let mut backoff = Duration::from_millis(5);
     loop {
         let snap = shared.load();
@@ -57,15 +60,8 @@ pub async fn serve(
             },
             None => None,
         };
-        if let (Some(hl), true) = (&lrt.handshake_limit, lrt.tls.is_some()) {
-            if !hl.try_acquire() {
-                metrics.deferred.increment(1);
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = hl.until_ready_with(tokio::time::sleep) => {}
-                }
-            }
-        }
+        // The TLS handshake cap is charged later, once a ClientHello is in
+        // (`handshake::accept`): a connect that sends nothing must not take a token.
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
@@ -108,10 +104,11 @@ pub async fn serve(
         let shared = shared.clone();
         let name = name.clone();
         let m = metrics.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
             m.open.increment(1.0);
             let guard = ConnGuard::new(permit, listener_permit, m.open.clone());
-            handle_conn(stream, peer, name, lrt, shared, &m, guard).await;
+            handle_conn(stream, peer, name, lrt, shared, &m, guard, &gate).await;
         });
     }
 }
@@ -126,6 +123,7 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle_conn(
     stream: TcpStream,
     peer: SocketAddr,
@@ -133,7 +131,8 @@ async fn handle_conn(
     lrt: ListenerRt,
     shared: Arc<Shared>,
     metrics: &ListenerMetrics,
-    guard: ConnGuard,
+    mut guard: ConnGuard,
+    gate: &Arc<handshake::HandshakeGate>,
 ) {
     let _ = stream.set_nodelay(true);
     let _active = shared.lifecycle.http_active.enter();
@@ -142,38 +141,51 @@ async fn handle_conn(
     let deadline = Instant::now() + timeouts.handshake.0;
     // The accept loop read `lrt` before it waited in accept(): a reload since then (new
     // certificates, a new SNI set) must apply to this connection already.
-    let tls = match snap.listener(&name) {
+    let now_rt = snap.listener(&name);
+    let tls = match now_rt {
         Some(now) => now.tls.clone(),
-        None => lrt.tls,
+        None => lrt.tls.clone(),
     };
-    let io = match &tls {
-        None => ClientIo::Plain(stream),
-        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-            Ok(Ok(s)) => ClientIo::Tls(Box::new(s)),
-            Ok(Err(e)) => {
-                metrics.tls_failures.increment(1);
-                tracing::debug!(listener = %name, %peer, "TLS handshake failed: {e}");
-                return;
-            }
-            Err(_) => {
-                metrics.handshake_timeouts.increment(1);
-                metrics.tls_failures.increment(1);
-                tracing::debug!(listener = %name, %peer, "TLS handshake timed out");
-                return;
-            }
-        },
-    };
-    // The rest of the one deadline covers the first request head (hyper-util's own
-    // protocol detection has no timeout, so we use hyper's http1 connection directly).
-    let remaining = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
     let info = ConnInfo {
         listener: name,
         peer,
         client: peer.ip().to_canonical(),
         tls: tls.is_some(),
     };
+    // The per-client cap, before any TLS work: a connection over it is closed at once.
+    let limits = &snap.config.limits;
+    match shared
+        .clients
+        .conns
+        .try_acquire(info.client_id(), limits.max_connections_per_client)
+    {
+        Some(slot) => guard.hold_client(slot),
+        None => {
+            crate::metrics::client_capped("connections");
+            tracing::debug!(listener = %info.listener, %peer, "connection over the per-client cap");
+            return;
+        }
+    }
+    let io = match &tls {
+        None => ClientIo::Plain(stream),
+        Some(acceptor) => {
+            let rt = now_rt.unwrap_or(&lrt);
+            let cap = rt.handshake_limit.as_ref().map(|limiter| handshake::Cap {
+                gate,
+                limiter,
+                per_source: rt.max_waiting_handshakes_per_client,
+            });
+            match handshake::accept(stream, acceptor, cap, &info, deadline, metrics).await {
+                Some(s) => ClientIo::Tls(Box::new(s)),
+                None => return,
+            }
+        }
+    };
+    // The rest of the one deadline covers the first request head (hyper-util's own
+    // protocol detection has no timeout, so we use hyper's http1 connection directly).
+    let remaining = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
     let ctx = Arc::new(proxy::ConnCtx::new(
         shared.clone(),
         snap.clone(),

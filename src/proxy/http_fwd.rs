@@ -5,6 +5,7 @@ use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::respond::ProxyError;
 use super::ConnCtx;
 use crate::backend::connect::{classify_client_error, ClientFailure};
+use crate::backend::request_body::{BodyWatch, TimedBody};
 use crate::backend::{Node, NodeFailure};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -24,9 +25,19 @@ pub async fn forward(
     parts.uri = Uri::try_from(format!("http://{}{}", node.key.addr, target))
         .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
     parts.version = http::Version::HTTP_11;
+    let timeouts = &ctx.snap.config.timeouts;
+    // Whose fault a failed exchange is: a client that stalls or breaks its body gets 408,
+    // and the node is not blamed for it.
+    let watch = BodyWatch::new();
+    let body = TimedBody::new(body, timeouts.request_body.0, watch.clone());
     let req = Request::from_parts(parts, body);
-    let timeout = ctx.snap.config.timeouts.backend_response.0;
+    let timeout = timeouts.backend_response.0;
     let resp = match tokio::time::timeout(timeout, ctx.snap.http.request(req)).await {
+        Err(_) | Ok(Err(_)) if watch.client_fault() => {
+            return Err(ProxyError::RequestBody);
+        }
+        // Still waiting on the client's body when the answer's time ran out.
+        Err(_) if watch.waiting_on_client() => return Err(ProxyError::RequestBody),
         Err(elapsed) => return Err(super::node_failed(ctx, node, NodeFailure::Timeout, elapsed)),
         Ok(Err(e)) => {
             let kind = match classify_client_error(&e) {

@@ -73,11 +73,13 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
     let (parts, body) = req.into_parts();
     let (key, cookie) = routing::session_key(route, &parts, ctx.info.client, ctx.info.tls);
     let browser_close = ws && route.cfg.reject == RejectStyle::WebsocketClose;
-    // A rejection turns a browser away readably (a 101 closed with 1013) on such routes.
+    // A rejection turns a browser away readably (a 101 closed with 1013) on such routes;
+    // the connection keeps its places under the caps until that socket is closed.
     let turn_away = |rej: Rejection| {
         let close = browser_close
-            .then(|| BrowserClose::prepare(&parts, ctx.snap.config.timeouts.close.0))
-            .flatten();
+            .then(|| BrowserClose::prepare(&parts, &ctx.snap.config.timeouts))
+            .flatten()
+            .map(|c| c.holding(ctx.take_guard()));
         ProxyError::Rejected(Box::new(rej.closing(close).over_tls(ctx.info.tls)))
     };
 
@@ -91,6 +93,25 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
             return Err(turn_away(Rejection::client_limited(retry_after)));
         }
     }
+
+    // The per-client tunnel cap, before admission (a capped upgrade costs no token).
+    let tunnel_slot = if ws {
+        let max = ctx.snap.config.limits.max_tunnels_per_client;
+        match ctx
+            .shared
+            .clients
+            .tunnels
+            .try_acquire(ctx.info.client_id(), max)
+        {
+            Some(slot) => Some(slot),
+            None => {
+                crate::metrics::client_capped("tunnels");
+                return Err(turn_away(Rejection::client_capped()));
+            }
+        }
+    } else {
+        None
+    };
 
     // A valid ticket names the node that holds the client's reserved token: go there
     // (while it is eligible), whatever the key says, or the reservation would be wasted.
@@ -122,7 +143,7 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
 
     let req = Request::from_parts(parts, body);
     let mut resp = if ws {
-        upgrade::forward(req, node, ctx, choice.key_hash).await?
+        upgrade::forward(req, node, ctx, choice.key_hash, tunnel_slot).await?
     } else {
         let r = http_fwd::forward(req, node, ctx, host.as_deref()).await?;
         // Like a 101 for a tunnel: only an answer the node served may be learned.

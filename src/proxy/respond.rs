@@ -5,6 +5,8 @@
 //! stay in the error's `source()` chain, for the log.
 
 use super::body::Body;
+use crate::config::Timeouts;
+use crate::conn::ConnGuard;
 use crate::websocket::frame::{write_close_frame, Direction, FrameTracker, CLOSE_FRAME_MAX_LEN};
 use crate::websocket::handshake::{accept_key, HandshakeError};
 use herdgate_wire::{
@@ -31,6 +33,10 @@ pub enum ProxyError {
     /// A WebSocket upgrade that breaks RFC 6455 §4.2.1 (400).
     #[error("bad WebSocket upgrade: {0}")]
     BadUpgrade(#[from] HandshakeError),
+    /// The client stalled or broke its request body on the way to the node (408); never
+    /// the node's failure.
+    #[error("request body: the client stalled or broke it")]
+    RequestBody,
     /// No route matches the host and path (404).
     #[error("no route for this host and path")]
     NoRoute,
@@ -60,6 +66,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::RequestBody => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoNode(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Node { kind, .. } => kind.status(),
             ProxyError::Rejected(r) => r.status,
@@ -73,6 +80,7 @@ pub fn response(e: ProxyError) -> Response<Body> {
         ProxyError::BadRequest(why) => why,
         ProxyError::BadUpgrade(HandshakeError(why)) => why,
         ProxyError::NoRoute => "no route",
+        ProxyError::RequestBody => "request body timeout",
         ProxyError::NoNode(_) => "no backend available",
         ProxyError::Node { .. } if e.status() == StatusCode::GATEWAY_TIMEOUT => "gateway timeout",
         ProxyError::Node { .. } => "bad gateway",
@@ -80,6 +88,13 @@ pub fn response(e: ProxyError) -> Response<Body> {
     };
     match e {
         ProxyError::Rejected(rej) => reject(*rej),
+        ProxyError::RequestBody => {
+            // The rest of the body may still come: the connection cannot be reused.
+            let mut r = plain(e.status(), text);
+            r.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
         e => plain(e.status(), text),
     }
 }
@@ -153,6 +168,20 @@ impl Rejection {
         }
     }
 
+    /// The client has `limits.max_tunnels_per_client` tunnels open already.
+    pub fn client_capped() -> Self {
+        Rejection {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            retry_after: CAPPED_RETRY_AFTER,
+            ticket: None,
+            reason: "client_tunnels",
+            rate: None,
+            claim_window: Duration::ZERO,
+            close: None,
+            secure: false,
+        }
+    }
+
     /// Answer a browser's upgrade with a 101 and a 1013 close (when it can be completed).
     pub fn closing(mut self, close: Option<BrowserClose>) -> Self {
         self.close = close;
@@ -181,26 +210,50 @@ impl Rejection {
     }
 }
 
+/// When a client over its tunnel cap should try again: a tunnel of its own must close
+/// first, which nothing here can predict.
+pub const CAPPED_RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// What it takes to complete a browser's upgrade ourselves and close it at once.
-#[derive(Debug)]
 pub struct BrowserClose {
     on_upgrade: OnUpgrade,
     accept: HeaderValue,
     close_timeout: Duration,
+    write_timeout: Duration,
+    /// The connection's places under the caps, held until the socket is closed: a client
+    /// turned away this way still holds a connection while it keeps it open.
+    guard: Option<ConnGuard>,
+}
+
+impl std::fmt::Debug for BrowserClose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrowserClose")
+            .field("close_timeout", &self.close_timeout)
+            .field("holds_guard", &self.guard.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl BrowserClose {
     /// `None` when the request cannot be upgraded here (no key, no upgrade handle): the
     /// client then gets the HTTP answer.
-    pub fn prepare(parts: &http::request::Parts, close_timeout: Duration) -> Option<Self> {
+    pub fn prepare(parts: &http::request::Parts, timeouts: &Timeouts) -> Option<Self> {
         let key = parts.headers.get("sec-websocket-key")?;
         let on_upgrade = parts.extensions.get::<OnUpgrade>()?.clone();
         let accept = HeaderValue::from_str(&accept_key(key.as_bytes())).ok()?;
         Some(BrowserClose {
             on_upgrade,
             accept,
-            close_timeout,
+            close_timeout: timeouts.close.0,
+            write_timeout: timeouts.write.0,
+            guard: None,
         })
+    }
+
+    /// Keep the connection's cap places until the closed socket is dropped.
+    pub fn holding(mut self, guard: Option<ConnGuard>) -> Self {
+        self.guard = guard;
+        self
     }
 }
 
@@ -257,14 +310,35 @@ fn close_1013(close: BrowserClose, rej: &Rejection) -> Response<Body> {
         on_upgrade,
         accept,
         close_timeout,
+        write_timeout,
+        guard,
     } = close;
     tokio::spawn(async move {
-        let Ok(up) = on_upgrade.await else { return };
+        // Dropped with the socket, at the end of this task.
+        let _guard = guard;
+        // The 101 goes out before the upgrade resolves: a client that does not read
+        // holds it back, so the join is bounded like any write.
+        let up = match tokio::time::timeout(write_timeout, on_upgrade).await {
+            Ok(Ok(up)) => up,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                crate::metrics::write_timeout("client", "upgrade");
+                return;
+            }
+        };
         let mut io = TokioIo::new(up);
-        if io.write_all(&frame[..len]).await.is_err() {
-            return;
+        let write = async {
+            io.write_all(&frame[..len]).await?;
+            io.flush().await
+        };
+        match tokio::time::timeout(write_timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                crate::metrics::write_timeout("client", "tunnel");
+                return;
+            }
         }
-        let _ = io.flush().await;
         // Wait for the client's Close (or EOF) so the close handshake completes cleanly;
         // once it is in, the server closes TCP first (RFC 6455 §7.1.1) rather than wait
         // for a FIN the client may not send until it drops its socket.
@@ -283,7 +357,7 @@ fn close_1013(close: BrowserClose, rej: &Rejection) -> Response<Body> {
             }
         })
         .await;
-        let _ = io.shutdown().await;
+        let _ = tokio::time::timeout(write_timeout, io.shutdown()).await;
     });
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

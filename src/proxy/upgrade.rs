@@ -6,7 +6,7 @@ use super::respond::ProxyError;
 use super::ConnCtx;
 use crate::backend::connect::{connect, ConnectError};
 use crate::backend::{Node, NodeFailure};
-use crate::conn::ClientIo;
+use crate::conn::{ClientIo, ClientSlot};
 use crate::websocket::side::Side;
 use crate::websocket::tunnel::{relay, TunnelSettings};
 use http::{Request, Response, StatusCode, Uri};
@@ -22,6 +22,7 @@ pub async fn forward(
     node: &Arc<Node>,
     ctx: &ConnCtx,
     key_hash: Option<u64>,
+    tunnel_slot: Option<ClientSlot>,
 ) -> Result<Response<Body>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     let host = super::headers::request_host(&req)?;
@@ -135,6 +136,7 @@ pub async fn forward(
     let settings = TunnelSettings {
         idle: Some(timeouts.idle_tunnel.0).filter(|d| !d.is_zero()),
         close_timeout: timeouts.close.0,
+        write: timeouts.write.0,
     };
     // The node accepted the session: only now may its key take room in the sticky table.
     crate::routing::learn(&ctx.snap, node, key_hash, ctx.info.client_id());
@@ -146,6 +148,7 @@ pub async fn forward(
         key_hash,
         wants_ticket,
         settings,
+        tunnel_slot,
     );
     Ok(Response::from_parts(parts, Body::empty()))
 }
@@ -169,6 +172,7 @@ fn check_node_101(h: &http::HeaderMap, key: &[u8]) -> Result<(), &'static str> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn_tunnel(
     client: OnUpgrade,
     node_side: OnUpgrade,
@@ -177,16 +181,27 @@ fn spawn_tunnel(
     key_hash: Option<u64>,
     wants_ticket: bool,
     settings: TunnelSettings,
+    tunnel_slot: Option<ClientSlot>,
 ) {
     let shared = ctx.shared.clone();
     // The tunnel keeps the connection's slot under the connection caps.
     let conn_guard = ctx.take_guard();
     tokio::spawn(async move {
         let _conn_guard = conn_guard;
-        let (c, b) = match tokio::join!(client, node_side) {
-            (Ok(c), Ok(b)) => (c, b),
-            (Err(e), _) | (_, Err(e)) => {
+        let _tunnel_slot = tunnel_slot;
+        // The client's side resolves once the 101 is written to it: a client that does
+        // not read holds it back, so the join is bounded like any write.
+        let joined =
+            tokio::time::timeout(settings.write, async { tokio::join!(client, node_side) }).await;
+        let (c, b) = match joined {
+            Ok((Ok(c), Ok(b))) => (c, b),
+            Ok((Err(e), _) | (_, Err(e))) => {
                 tracing::debug!(node = %node.key, "upgrade failed: {e}");
+                return;
+            }
+            Err(_) => {
+                crate::metrics::write_timeout("client", "upgrade");
+                tracing::debug!(node = %node.key, "upgrade: the 101 was not taken in time");
                 return;
             }
         };

@@ -32,6 +32,9 @@ pub struct TunnelSettings {
     pub idle: Option<Duration>,
     /// Bound on a close handshake and on a half-closed tunnel.
     pub close_timeout: Duration,
+    /// A write towards either side that makes no progress for this long closes the tunnel
+    /// (a peer that does not read cannot hold herdgate's buffers and the other side).
+    pub write: Duration,
 }
 
 /// How a tunnel ended (for logs and tests).
@@ -47,6 +50,38 @@ pub enum TunnelEnd {
     Idle,
     /// A close handshake or half-close did not finish within close_timeout.
     TimedOut,
+    /// A side took none of what was written to it for `write`.
+    WriteTimeout,
+}
+
+/// How long bytes have been waiting for one destination without any being taken.
+#[derive(Default)]
+struct Stall {
+    /// Waiting without progress since then (`None`: nothing waiting).
+    since: Option<Instant>,
+    /// Bytes waiting when last looked at; fewer now is progress.
+    backlog: usize,
+}
+
+impl Stall {
+    /// Look again at what is waiting; true when a (new) stall starts now.
+    fn note(&mut self, waiting: bool, backlog: usize, now: Instant) -> bool {
+        if !waiting {
+            self.since = None;
+            return false;
+        }
+        let progress = backlog < self.backlog;
+        self.backlog = backlog;
+        if self.since.is_none() || progress {
+            self.since = Some(now);
+            return true;
+        }
+        false
+    }
+
+    fn deadline(&self, write: Duration) -> Option<Instant> {
+        self.since.map(|s| s + write)
+    }
 }
 
 struct Dir {
@@ -296,7 +331,9 @@ pub async fn relay(
     let mut end = TunnelEnd::Closed;
     let mut last_activity = Instant::now();
     let mut half_closed_deadline: Option<Instant> = None;
-    let timer = tokio::time::sleep_until(next_timer(settings, last_activity, None, None));
+    let mut to_client = Stall::default();
+    let mut to_node = Stall::default();
+    let timer = tokio::time::sleep_until(next_timer(settings, last_activity, None, None, None));
     tokio::pin!(timer);
     let mut again = !c2s.pending.is_empty() || !s2c.pending.is_empty();
 
@@ -347,6 +384,7 @@ pub async fn relay(
                 last_activity,
                 phase.closing().map(|c| c.deadline),
                 half_closed_deadline,
+                stall_deadline(&to_client, &to_node, settings.write),
             ));
         }
 
@@ -459,6 +497,35 @@ pub async fn relay(
         if half_closed_deadline.is_some_and(|d| now >= d) {
             return TunnelEnd::TimedOut;
         }
+        // Writes that make no progress: a peer that does not read is cut off.
+        let client_new = to_client.note(
+            !s2c.pending.is_empty() || client.has_pending_output(),
+            s2c.pending.len(),
+            now,
+        );
+        let node_new = to_node.note(
+            !c2s.pending.is_empty() || backend.has_pending_output(),
+            c2s.pending.len(),
+            now,
+        );
+        for (stall, side) in [(&to_client, "client"), (&to_node, "node")] {
+            if stall.deadline(settings.write).is_some_and(|d| now >= d) {
+                m::write_timeout(side, "tunnel");
+                tracing::debug!(
+                    "tunnel {}: the {side} took nothing for {:?}",
+                    ctl.id,
+                    settings.write
+                );
+                return TunnelEnd::WriteTimeout;
+            }
+        }
+        if client_new || node_new {
+            if let Some(d) = stall_deadline(&to_client, &to_node, settings.write) {
+                if d < timer.deadline() {
+                    timer.as_mut().reset(d);
+                }
+            }
+        }
         if let Some(idle) = settings.idle {
             if matches!(phase, Phase::Open) && now.duration_since(last_activity) >= idle {
                 phase = Phase::CloseQueued(Closing {
@@ -475,8 +542,16 @@ pub async fn relay(
                 last_activity,
                 phase.closing().map(|c| c.deadline),
                 half_closed_deadline,
+                stall_deadline(&to_client, &to_node, settings.write),
             ));
         }
+    }
+}
+
+fn stall_deadline(a: &Stall, b: &Stall, write: Duration) -> Option<Instant> {
+    match (a.deadline(write), b.deadline(write)) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
     }
 }
 
@@ -485,10 +560,11 @@ fn next_timer(
     last_activity: Instant,
     closing: Option<Instant>,
     half_closed: Option<Instant>,
+    stall: Option<Instant>,
 ) -> Instant {
     let far = last_activity + Duration::from_secs(86400 * 365);
     let idle = settings.idle.map_or(far, |d| last_activity + d);
-    [Some(idle), closing, half_closed]
+    [Some(idle), closing, half_closed, stall]
         .into_iter()
         .flatten()
         .min()

@@ -753,11 +753,15 @@ async fn reload_under_load() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let p = |rate: &str| pool("p", &fleet, &[0, 1], "").replace("admit_rate = 100000.0", rate);
     let mut a = Cfg::new(STICKY_ROUTE, &p("admit_rate = 1000000.0"));
-    a.top = "[limits]\nmax_connections = 100000\n".into();
+    // Every tunnel comes from 127.0.0.1: lift the per-client caps.
+    let per_client = "max_connections_per_client = 100000\nmax_tunnels_per_client = 100000\n";
+    a.top = format!("[limits]\nmax_connections = 100000\n{per_client}");
     // B: other rates, limits and timeouts, a new route to a new pool, new sticky settings
     // (a fresh learned table).
     let mut b = a.clone();
-    b.top = "[limits]\nmax_connections = 90000\n[timeouts]\nidle_tunnel = \"30m\"\n".into();
+    b.top = format!(
+        "[limits]\nmax_connections = 90000\n{per_client}[timeouts]\nidle_tunnel = \"30m\"\n"
+    );
     b.routes = "[[route]]\npath_prefix = \"/b\"\npool = \"q\"\n\
                 [[route]]\npool = \"p\"\nsticky = { header = \"x-session\", ttl = \"30m\" }\n"
         .into();

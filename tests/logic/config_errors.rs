@@ -171,3 +171,50 @@ fn check_command_prints_ok_or_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn caps_and_timeouts_are_validated_by_key() {
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            format!("{GOOD}[limits]\nmax_connections_per_client = 0\n"),
+            vec!["limits.max_connections_per_client", "must be > 0"],
+        ),
+        (
+            format!("{GOOD}[limits]\nmax_tunnels_per_client = 0\n"),
+            vec!["limits.max_tunnels_per_client", "must be > 0"],
+        ),
+        (
+            format!("{GOOD}[timeouts]\nrequest_body = \"0ms\"\n"),
+            vec!["timeouts.request_body", "must be > 0"],
+        ),
+        (
+            format!("{GOOD}[timeouts]\nwrite = \"0s\"\n"),
+            vec!["timeouts.write", "must be > 0"],
+        ),
+        (
+            GOOD.replace(
+                "name = \"public\"",
+                "name = \"public\"\nmax_waiting_handshakes_per_client = 0",
+            ),
+            vec![
+                "listener[0].max_waiting_handshakes_per_client",
+                "must be > 0",
+            ],
+        ),
+    ];
+    for (text, want) in cases {
+        let msg = errors(&text);
+        for w in want {
+            assert!(msg.contains(w), "message lacks {w:?}:\n{msg}");
+        }
+    }
+    let c = Config::parse(GOOD, "good.toml", Path::new(".")).unwrap();
+    assert_eq!(c.limits.max_connections_per_client, 2_000);
+    assert_eq!(c.limits.max_tunnels_per_client, 1_000);
+    assert_eq!(
+        c.timeouts.request_body.0,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(c.timeouts.write.0, std::time::Duration::from_secs(30));
+    assert_eq!(c.listeners[0].max_waiting_handshakes_per_client, 64);
+}

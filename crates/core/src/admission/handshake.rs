@@ -1,9 +1,11 @@
 //! Listener-level cap on TLS handshakes per second.
 //!
 //! Over TLS a limiter that acts after the handshake still pays a full handshake per retry;
-//! in a storm that alone saturates the CPU (measured against nginx and HAProxy in benches/STORM.md). The listener asks this
-//! limiter before it calls `accept`: while it waits, new connections stay in the kernel's
-//! listen backlog, costing nothing, and the SYN queue pushes back on clients.
+//! in a storm that alone saturates the CPU (measured against nginx and HAProxy in benches/STORM.md).
+//! The listener charges it once a ClientHello has been read and before the expensive part
+//! of the handshake (key exchange, signature): a bare TCP connect that never sends a
+//! ClientHello takes no token. When tokens are short, waiters are served in round robin
+//! by source ([`super::FairQueue`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use governor::RateLimiter;
 use super::client_limit::quota;
 use super::AdmissionError;
 
-/// Handshakes-per-second gate in front of `accept`.
+/// Handshakes-per-second gate, charged at the ClientHello.
 pub struct HandshakeLimiter<C = DefaultClock>
 where
     C: GovernorClock,

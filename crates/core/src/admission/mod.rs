@@ -9,7 +9,8 @@
 //! - [`TicketSigner`] / [`TicketKey`] (ticket.rs): compact HMAC tickets that fit in a
 //!   WebSocket close reason, and [`node_id`], the stable id they name a node by.
 //! - [`ClientLimiter`] (client_limit.rs): per-client new-connection limit.
-//! - [`HandshakeLimiter`] (handshake.rs): TLS handshakes per second, before `accept`.
+//! - [`HandshakeLimiter`] (handshake.rs): TLS handshakes per second, charged at the
+//!   ClientHello; [`FairQueue`] (fair.rs) serves the waiters in round robin by source.
 //! - [`Clock`] (clock.rs): unix-aligned nanoseconds; [`ManualClock`] drives tests and
 //!   simulators.
 //!
@@ -21,6 +22,7 @@ mod bucket;
 mod client_limit;
 mod clock;
 mod decision;
+mod fair;
 mod handshake;
 mod lanes;
 mod owners;
@@ -37,6 +39,7 @@ pub use clock::{
     duration_to_nanos, Clock, ManualClock, MonotonicClock, Nanos, NANOS_PER_MILLI, NANOS_PER_SEC,
 };
 pub use decision::{AdmissionStats, AdmitInput, AdmitVia, Decision, StateSizes};
+pub use fair::{FairQueue, SourceFull, WaiterId};
 pub use handshake::HandshakeLimiter;
 pub use params::AdmissionParams;
 pub use ticket::{
