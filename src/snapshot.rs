@@ -204,6 +204,10 @@ impl Snapshot {
                     tls,
                     conn_limit,
                     handshake_limit,
+                    identity: ListenerIdentity {
+                        proxy_protocol: l.proxy_protocol,
+                        trusted_proxies: Arc::from(l.trusted_proxies.as_slice()),
+                    },
                 },
             );
         }
@@ -425,6 +429,17 @@ pub struct ListenerRt {
     pub conn_limit: Option<Arc<tokio::sync::Semaphore>>,
     /// TLS handshake rate limit (`handshakes_per_second`), checked before accepting.
     pub handshake_limit: Option<Arc<herdgate_core::admission::HandshakeLimiter>>,
+    /// Who the client is on this listener: PROXY protocol and trusted proxies.
+    pub identity: ListenerIdentity,
+}
+
+/// A listener's settings for finding the client behind load balancers.
+#[derive(Clone, Debug, Default)]
+pub struct ListenerIdentity {
+    /// Connections start with a PROXY protocol header (`proxy_protocol`).
+    pub proxy_protocol: bool,
+    /// Peers whose PROXY header and `X-Forwarded-For` are believed (`trusted_proxies`).
+    pub trusted_proxies: Arc<[herdgate_core::client_addr::Cidr]>,
 }
 
 /// Slow start begins at this fraction of the rate.

@@ -1,4 +1,7 @@
-//! Listeners: accept loop, connection caps, TLS handshake under a deadline, then hyper.
+//! Listeners: accept loop, connection caps, PROXY header, TLS handshake under a deadline,
+//! then hyper.
+
+mod proxy_header;
 
 use crate::conn::{ClientIo, ConnGuard, ConnInfo};
 use crate::metrics::ListenerMetrics;
@@ -127,7 +130,7 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
 }
 
 async fn handle_conn(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     name: Arc<str>,
     lrt: ListenerRt,
@@ -145,6 +148,12 @@ async fn handle_conn(
     let tls = match snap.listener(&name) {
         Some(now) => now.tls.clone(),
         None => lrt.tls,
+    };
+    // The client behind a trusted load balancer's PROXY header, before TLS, under the
+    // same deadline; an untrusted peer or a bad header ends the connection here.
+    let ident = snap.listener(&name).map_or(&lrt.identity, |l| &l.identity);
+    let Some(client) = proxy_header::client(&mut stream, peer, &name, ident, deadline).await else {
+        return;
     };
     let io = match &tls {
         None => ClientIo::Plain(stream),
@@ -171,7 +180,7 @@ async fn handle_conn(
     let info = ConnInfo {
         listener: name,
         peer,
-        client: peer.ip().to_canonical(),
+        client,
         tls: tls.is_some(),
     };
     let ctx = Arc::new(proxy::ConnCtx::new(

@@ -21,6 +21,7 @@ mod core_ws;
 mod drain;
 mod drain_ticket;
 mod health;
+mod proxy_protocol;
 mod reload;
 mod shutdown;
 mod sticky;

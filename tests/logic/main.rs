@@ -12,3 +12,4 @@
 mod support;
 
 mod config_errors;
+mod identity_config;
