@@ -97,13 +97,19 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, HeaderError> {
 
 fn parse_v1(buf: &[u8]) -> Result<Parsed, HeaderError> {
     let window = &buf[..buf.len().min(MAX_V1)];
-    let Some(end) = window.windows(2).position(|w| w == b"\r\n") else {
-        // A bare LF, or a CR followed by anything but LF, can never become a valid line.
-        if let Some(i) = window.iter().position(|&b| b == b'\n' || b == b'\r') {
-            if window[i] == b'\n' || i + 1 < window.len() {
-                return Err(HeaderError::V1Malformed("stray CR or LF"));
-            }
-        }
+    let stray = HeaderError::V1Malformed("stray CR or LF");
+    // The first CR or LF decides: CRLF ends the line; a bare LF, or a CR followed by
+    // anything but LF, can never become a valid line.
+    let end = match window.iter().position(|&b| b == b'\r' || b == b'\n') {
+        Some(i) if window[i] == b'\n' => return Err(stray),
+        Some(i) => match window.get(i + 1) {
+            Some(b'\n') => Some(i),
+            Some(_) => return Err(stray),
+            None => None,
+        },
+        None => None,
+    };
+    let Some(end) = end else {
         return if buf.len() >= MAX_V1 {
             Err(HeaderError::V1TooLong)
         } else {
@@ -337,6 +343,10 @@ mod tests {
             b"PROXY TCP4 1.2.3.4\n",
             b"PROXY TCP4 1.2\r3",
             b"PROXY TCP4 \xff.2.3.4 5.6.7.8 1 2\r\n",
+            // Found by the fuzz target: a bare LF before a CRLF is the error, whatever
+            // comes after it.
+            b"PROXY \0\x88\n\r\n\0",
+            b"PROXY \0\x88\n",
         ] {
             assert!(
                 matches!(parse(bad), Err(HeaderError::V1Malformed(_))),
