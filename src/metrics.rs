@@ -39,6 +39,14 @@ pub const REQUEST_BODY_TIMEOUTS: &str = "herdgate_request_body_timeouts_total";
 /// `node`) and `phase` (`tunnel`: the tunnel was closed; `upgrade`: the join after the
 /// 101 gave up).
 pub const WRITE_TIMEOUTS: &str = "herdgate_write_timeouts_total";
+/// Counter: connections closed on a `proxy_protocol` listener before any TLS or HTTP, by
+/// `listener` and `reason`: `untrusted` (peer not in `trusted_proxies`), `invalid` (not a
+/// valid PROXY header), `timeout` (no whole header by the handshake deadline), `closed`
+/// (the peer closed or the read failed first).
+pub const PROXY_PROTOCOL_REFUSED: &str = "herdgate_proxy_protocol_refused_total";
+/// Counter: requests from a trusted proxy whose `X-Forwarded-For` could not be used (an
+/// entry that is not an IP address); the TCP peer stands for the client instead.
+pub const FORWARDED_FOR_IGNORED: &str = "herdgate_forwarded_for_ignored_total";
 /// Counter: responses sent, by `status` (common codes exact, others as `1xx`..`5xx`).
 pub const REQUESTS: &str = "herdgate_requests_total";
 /// Gauge: WebSocket tunnels currently open, by `pool` and `node`.

@@ -216,6 +216,10 @@ impl Snapshot {
                     conn_limit,
                     handshake_limit,
                     max_waiting_handshakes_per_client: l.max_waiting_handshakes_per_client,
+                    identity: ListenerIdentity {
+                        proxy_protocol: l.proxy_protocol,
+                        trusted_proxies: Arc::from(l.trusted_proxies.as_slice()),
+                    },
                 },
             );
         }
@@ -443,6 +447,17 @@ pub struct ListenerRt {
     pub handshake_limit: Option<Arc<herdgate_core::admission::HandshakeLimiter>>,
     /// Handshakes one client may have waiting for a token of `handshake_limit`.
     pub max_waiting_handshakes_per_client: usize,
+    /// Who the client is on this listener: PROXY protocol and trusted proxies.
+    pub identity: ListenerIdentity,
+}
+
+/// A listener's settings for finding the client behind load balancers.
+#[derive(Clone, Debug, Default)]
+pub struct ListenerIdentity {
+    /// Connections start with a PROXY protocol header (`proxy_protocol`).
+    pub proxy_protocol: bool,
+    /// Peers whose PROXY header and `X-Forwarded-For` are believed (`trusted_proxies`).
+    pub trusted_proxies: Arc<[herdgate_core::client_addr::Cidr]>,
 }
 
 /// Slow start begins at this fraction of the rate.

@@ -252,6 +252,16 @@ pub struct ListenerConfig {
     /// `listen(2)` backlog: where connections wait while the caps are reached. Default 4096.
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) naming the client,
+    /// read before TLS; only peers in `trusted_proxies` may connect, anyone else is
+    /// refused. Default `false`.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// CIDRs of the load balancers in front of this listener (e.g. `["10.0.0.0/8"]`):
+    /// their PROXY headers and `X-Forwarded-For` name the client. Default: none, so the
+    /// client is always the TCP peer.
+    #[serde(default)]
+    pub trusted_proxies: Vec<herdgate_core::client_addr::Cidr>,
 }
 
 fn default_handshake_waiting() -> usize {

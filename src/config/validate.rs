@@ -160,6 +160,14 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
                 "must be > 0, got 0",
             );
         }
+        if l.proxy_protocol && l.trusted_proxies.is_empty() {
+            r.at(
+                format!("{key}.trusted_proxies"),
+                Some(&l.name),
+                "proxy_protocol = true needs the load balancers' CIDRs here, \
+                 e.g. trusted_proxies = [\"10.0.0.0/8\"]; without them every connection is refused",
+            );
+        }
         if l.max_connections == Some(0) {
             r.at(
                 format!("{key}.max_connections"),

@@ -1,4 +1,7 @@
-//! Listeners: accept loop, connection caps, TLS handshake under a deadline, then hyper.
+//! Listeners: accept loop, connection caps, PROXY header, TLS handshake under a deadline,
+//! then hyper.
+
+mod proxy_header;
 
 mod handshake;
 
@@ -125,7 +128,7 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
 
 #[allow(clippy::too_many_arguments)]
 async fn handle_conn(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     name: Arc<str>,
     lrt: ListenerRt,
@@ -146,10 +149,16 @@ async fn handle_conn(
         Some(now) => now.tls.clone(),
         None => lrt.tls.clone(),
     };
+    // The client behind a trusted load balancer's PROXY header, before TLS, under the
+    // same deadline; an untrusted peer or a bad header ends the connection here.
+    let ident = snap.listener(&name).map_or(&lrt.identity, |l| &l.identity);
+    let Some(client) = proxy_header::client(&mut stream, peer, &name, ident, deadline).await else {
+        return;
+    };
     let info = ConnInfo {
         listener: name,
         peer,
-        client: peer.ip().to_canonical(),
+        client,
         tls: tls.is_some(),
     };
     // The per-client cap, before any TLS work: a connection over it is closed at once.

@@ -83,8 +83,12 @@ pub fn node_target(path_and_query: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Add X-Forwarded-For (appended to what the client sent, as nginx's
-/// `$proxy_add_x_forwarded_for` does), X-Forwarded-Proto and X-Forwarded-Host.
+/// Add X-Forwarded-For (appended to what the request carries, as nginx's
+/// `$proxy_add_x_forwarded_for` does), X-Forwarded-Proto and X-Forwarded-Host. `peer` is
+/// the connection's client (the TCP peer, or the client a trusted PROXY header named).
+/// An X-Forwarded-For that no trusted proxy vouches for never gets here: the pipeline
+/// removes it first (`client_addr::request_client`), so from an untrusted peer the node
+/// sees only `peer`, and from a trusted one the list it sent plus `peer`.
 pub fn add_forwarded(h: &mut HeaderMap, peer: IpAddr, tls: bool, host: Option<&str>) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let prior: Vec<String> = h

@@ -1,6 +1,7 @@
 //! The request pipeline: route ─► pick a node ─► admit ─► forward (HTTP or tunnel).
 
 pub mod body;
+mod client_addr;
 pub mod headers;
 mod http_fwd;
 pub mod respond;
@@ -62,7 +63,11 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<Body>
     resp
 }
 
-async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body>, ProxyError> {
+async fn pipeline(mut req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body>, ProxyError> {
+    // Who the client is for this request: behind a trusted proxy, its X-Forwarded-For.
+    let client = client_addr::request_client(ctx, req.headers_mut());
+    // What per-client caps and slots count by: the address, IPv6 by its /64.
+    let client_id = herdgate_core::admission::client_prefix(client);
     let host = headers::request_host(&req)?;
     let route = ctx
         .snap
@@ -71,7 +76,7 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
     let pool = &ctx.snap.pools[route.pool];
     let ws = crate::websocket::handshake::check_upgrade(&req)?;
     let (parts, body) = req.into_parts();
-    let (key, cookie) = routing::session_key(route, &parts, ctx.info.client, ctx.info.tls);
+    let (key, cookie) = routing::session_key(route, &parts, client, ctx.info.tls);
     let browser_close = ws && route.cfg.reject == RejectStyle::WebsocketClose;
     // A rejection turns a browser away readably (a 101 closed with 1013) on such routes;
     // the connection keeps its places under the caps until that socket is closed.
@@ -86,7 +91,7 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
     if let Some(limiter) = &route.client_limiter {
         let ck = match (route.cfg.client_limit.as_ref().map(|c| c.by), key) {
             (Some(ClientLimitKey::StickyKey), Some(h)) => ClientKey::Id(format!("{h:x}").into()),
-            _ => ClientKey::Ip(ctx.info.client_id()),
+            _ => ClientKey::Ip(client_id),
         };
         if let Err(retry_after) = limiter.check(&ck) {
             metrics::counter!(crate::metrics::CLIENT_LIMITED).increment(1);
@@ -101,7 +106,7 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
             .shared
             .clients
             .tunnels
-            .try_acquire(ctx.info.client_id(), max)
+            .try_acquire(client_id, max)
         {
             Some(slot) => Some(slot),
             None => {
@@ -135,7 +140,7 @@ async fn pipeline(req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body
     let node = choice.node;
 
     if ws || route.cfg.admit_http {
-        let owner = crate::admission::gate::owner_of(ctx.info.client_id());
+        let owner = crate::admission::gate::owner_of(client_id);
         if let Some(rej) = admit(node, route, pool, &parts, owner).await {
             return Err(turn_away(rej));
         }

@@ -14,3 +14,4 @@ mod support;
 mod admin_config;
 mod config_errors;
 mod config_limits;
+mod identity_config;

@@ -9,6 +9,8 @@
 //!   sticky table, sticky-key extraction from a request head.
 //! - [`frame`]: the WebSocket frame-boundary tracker and close-frame codec used by the
 //!   tunnel.
+//! - [`proxy_protocol`]: the PROXY protocol (v1, v2) header parser; [`client_addr`]:
+//!   trusted-proxy CIDRs and the `X-Forwarded-For` walk.
 //!
 //! The runtime (`herdgate`'s `server`, `proxy`, `tunnel`, ...) composes them; nothing here
 //! imports from it. See ARCHITECTURE.md at the repository root.
@@ -16,5 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod admission;
+pub mod client_addr;
 pub mod frame;
+pub mod proxy_protocol;
 pub mod routing;
