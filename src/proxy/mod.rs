@@ -102,12 +102,7 @@ async fn pipeline(mut req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<
     // The per-client tunnel cap, before admission (a capped upgrade costs no token).
     let tunnel_slot = if ws {
         let max = ctx.snap.config.limits.max_tunnels_per_client;
-        match ctx
-            .shared
-            .clients
-            .tunnels
-            .try_acquire(client_id, max)
-        {
+        match ctx.shared.clients.tunnels.try_acquire(client_id, max) {
             Some(slot) => Some(slot),
             None => {
                 crate::metrics::client_capped("tunnels");
