@@ -59,6 +59,47 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Turn a client's upgrade request (already passed by
+/// [`crate::websocket::handshake::check_upgrade`]) into the one herdgate sends the node,
+/// built from its validated fields: hop-by-hop fields gone (the handshake fields survive
+/// whatever `Connection` names), exactly one `Upgrade: websocket`, `Connection: upgrade`,
+/// the one validated `Sec-WebSocket-Key` and `Sec-WebSocket-Version: 13`, no body
+/// framing, the forwarding headers, and herdgate's own query parameters removed from the
+/// target. Returns the key, to check the node's `Sec-WebSocket-Accept` against.
+pub fn upgrade_for_node(
+    parts: &mut http::request::Parts,
+    client: IpAddr,
+    tls: bool,
+    host: Option<&str>,
+) -> Result<HeaderValue, ProxyError> {
+    use http::header::{CONTENT_LENGTH, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
+    let key = parts
+        .headers
+        .get(SEC_WEBSOCKET_KEY)
+        .cloned()
+        .ok_or(ProxyError::BadRequest("missing Sec-WebSocket-Key"))?;
+    strip_hop_by_hop(&mut parts.headers, true);
+    parts
+        .headers
+        .insert(UPGRADE, HeaderValue::from_static("websocket"));
+    parts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.headers.insert(SEC_WEBSOCKET_KEY, key.clone());
+    parts
+        .headers
+        .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    parts.headers.remove(CONTENT_LENGTH);
+    add_forwarded(&mut parts.headers, client, tls, host);
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = node_target(pq);
+    parts.uri = http::Uri::try_from(target.as_ref())
+        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    parts.method = http::Method::GET;
+    parts.version = http::Version::HTTP_11;
+    Ok(key)
+}
+
 /// The request target to send the node: herdgate's own query parameters (the ticket and
 /// the ticket-capable flag, wire contract) removed, since they are for herdgate alone and
 /// a ticket is a bearer credential the node has no use for. Everything else is kept as

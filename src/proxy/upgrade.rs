@@ -1,7 +1,7 @@
 //! WebSocket upgrades: forward the handshake to the node, and on its 101 join both sides.
 
 use super::body::Body;
-use super::headers::{add_forwarded, strip_hop_by_hop};
+use super::headers::strip_hop_by_hop;
 use super::respond::ProxyError;
 use super::ConnCtx;
 use crate::backend::connect::{connect, ConnectError};
@@ -9,7 +9,7 @@ use crate::backend::{Node, NodeFailure};
 use crate::conn::{ClientIo, ClientSlot};
 use crate::websocket::side::Side;
 use crate::websocket::tunnel::{relay, TunnelSettings};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -52,25 +52,14 @@ pub async fn forward(
     let mut conn_done = false;
 
     let (mut parts, _body) = req.into_parts();
-    // `check_upgrade` let the request through, so it has exactly this key.
-    let client_key = parts
-        .headers
-        .get(http::header::SEC_WEBSOCKET_KEY)
-        .map(|v| v.as_bytes().to_vec())
-        .unwrap_or_default();
     // Remembered for the tunnel's life: a drain hint for this client comes with a ticket.
     let wants_ticket = crate::admission::gate::ticket_info(&parts).wants;
-    strip_hop_by_hop(&mut parts.headers, true);
-    add_forwarded(
-        &mut parts.headers,
+    let client_key = super::headers::upgrade_for_node(
+        &mut parts,
         ctx.info.client,
         ctx.info.tls,
         host.as_deref(),
-    );
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let target = super::headers::node_target(pq);
-    parts.uri = Uri::try_from(target.as_ref())
-        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    )?;
     let breq = Request::from_parts(parts, Body::empty());
 
     let send = tokio::time::timeout(timeouts.backend_response.0, sender.send_request(breq));
@@ -120,7 +109,7 @@ pub async fn forward(
     // A 101 is joined only if it completes the handshake herdgate sent: `Upgrade:
     // websocket` and the accept value for the key. Anything else would join a client to a
     // stream it cannot read.
-    if let Err(why) = check_node_101(resp.headers(), &client_key) {
+    if let Err(why) = check_node_101(resp.headers(), client_key.as_bytes()) {
         return Err(super::node_failed(
             ctx,
             node,
