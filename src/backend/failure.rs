@@ -93,3 +93,35 @@ impl NodeFailure {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn herdgates_own_exhaustion_is_not_the_nodes_failure() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EADDRNOTAVAIL,
+        ] {
+            let e = std::io::Error::from_raw_os_error(errno);
+            assert!(NodeFailure::is_local_resource(&e), "{e}");
+        }
+        for errno in [
+            libc::ECONNREFUSED,
+            libc::ECONNRESET,
+            libc::EHOSTUNREACH,
+            libc::ETIMEDOUT,
+        ] {
+            let e = std::io::Error::from_raw_os_error(errno);
+            assert!(!NodeFailure::is_local_resource(&e), "{e}");
+        }
+        assert_eq!(
+            NodeFailure::LocalResource.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

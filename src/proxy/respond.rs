@@ -83,6 +83,9 @@ pub fn response(e: ProxyError) -> Response<Body> {
         ProxyError::RequestBody => "request body timeout",
         ProxyError::NoNode(_) => "no backend available",
         ProxyError::Node { .. } if e.status() == StatusCode::GATEWAY_TIMEOUT => "gateway timeout",
+        ProxyError::Node { .. } if e.status() == StatusCode::SERVICE_UNAVAILABLE => {
+            "service unavailable"
+        }
         ProxyError::Node { .. } => "bad gateway",
         ProxyError::Rejected(_) => "",
     };
