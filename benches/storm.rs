@@ -255,6 +255,11 @@ close = "2s"
 spread = "1s"
 timeout = "2s"
 
+# Every bench client comes from 127.0.0.1: the per-client caps would count them as one.
+[limits]
+max_connections_per_client = 10000000
+max_tunnels_per_client = 10000000
+
 [[listener]]
 name = "edge"
 bind = "{edge}"
@@ -284,6 +289,7 @@ name = "storm"
 admit_rate = {rate}
 admit_burst = {burst}
 max_retry_after = "60s"
+max_slots_per_client = 10000000
 "#
     ));
     for (i, n) in nodes.iter().enumerate() {

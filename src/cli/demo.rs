@@ -295,6 +295,8 @@ name = "demo"
 admit_rate = {rate}
 admit_burst = 10
 max_retry_after = "60s"
+# The same for the per-client cap on retry slots (default: half a second of the rate).
+max_slots_per_client = 1000000
 "#,
         admin = args.admin,
         ws = args.ws,
