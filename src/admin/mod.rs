@@ -2,7 +2,7 @@
 //! `POST /admin/nodes/{pool}/{node}/drain` and `.../undrain` (bearer token).
 //!
 //! Every request must name the listener in `Host` (421 otherwise: DNS rebinding, see
-//! [`host`]). Writes need the bearer token of `admin.token_file`, reads too with
+//! `host.rs`). Writes need the bearer token of `admin.token_file`, reads too with
 //! `admin.protect_reads`; `/healthz` never does (liveness probes). The token is the one
 //! read into the snapshot at start or at the last reload. At most `admin.max_connections`
 //! connections are served at once (the rest are closed at once), and each gives its slot
