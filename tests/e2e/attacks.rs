@@ -1,4 +1,4 @@
-//! Hostile clients beside an honest herd (issue 9), over real sockets. 600 honest clients,
+//! Hostile clients beside an honest herd (issue 9), over real sockets. 900 honest clients,
 //! each from its own loopback address, hold tunnels over three echo nodes: a third are
 //! reference clients with tickets, a third reference clients without, a third read only
 //! `Retry-After` and send no key or cookie. Node n1 is killed; while its clients come back
@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
-const PER_KIND: usize = 200;
+const PER_KIND: usize = 300;
 const RATE: f64 = 10.0;
 
 fn config(fleet: &Fleet, rate: f64) -> String {
