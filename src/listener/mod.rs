@@ -210,6 +210,9 @@ async fn handle_conn(
         .header_read_timeout(remaining)
         .max_buf_size(snap.config.limits.max_header_bytes)
         .keep_alive(true);
+    // A client that stops reading its response cannot hold the connection: writes that
+    // make no progress for `timeouts.write` end it.
+    let io = crate::io::WriteDeadline::new(io, snap.config.timeouts.write.0);
     let conn = b
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
@@ -221,6 +224,8 @@ async fn handle_conn(
             if let Err(e) = r {
                 if e.is_timeout() {
                     metrics.handshake_timeouts.increment(1);
+                } else if write_timed_out(&e) {
+                    crate::metrics::write_timeout("client", "http");
                 }
                 tracing::debug!(%peer, "connection ended: {e}");
             }
@@ -231,6 +236,20 @@ async fn handle_conn(
             let _ = conn.await;
         }
     }
+}
+
+/// Did hyper end the connection because a write to the client made no progress?
+fn write_timed_out(e: &hyper::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if s.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 /// Start serving `sock` as listener `name` (configured as `bind`), replacing a running

@@ -194,7 +194,7 @@ fn spawn_tunnel(
                 return;
             }
         };
-        let Ok(c) = c.downcast::<TokioIo<ClientIo>>() else {
+        let Ok(c) = c.downcast::<TokioIo<crate::io::WriteDeadline<ClientIo>>>() else {
             tracing::error!("client connection of an unexpected type");
             return;
         };
@@ -202,7 +202,7 @@ fn spawn_tunnel(
             tracing::error!("node connection of an unexpected type");
             return;
         };
-        let client_side = match c.io.into_inner() {
+        let client_side = match c.io.into_inner().into_inner() {
             ClientIo::Plain(s) => Side::Plain(s),
             ClientIo::Tls(t) => {
                 let (tcp, conn) = t.into_inner();

@@ -284,3 +284,70 @@ async fn a_tunnel_whose_node_never_reads_is_closed_after_the_write_timeout() {
     .await;
     echo_text(&mut honest, "unharmed").await;
 }
+
+/// A plain HTTP node whose every answer is a 64 MiB body.
+async fn big_body_node() -> SocketAddr {
+    use crate::support::http1::read_head;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = read_head(&mut s).await;
+                let chunk = vec![0x5a; 64 << 10];
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                    1024 * chunk.len()
+                );
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for _ in 0..1024 {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_http_response_is_cut_after_the_write_timeout() {
+    let nodes = echo_nodes(1).await;
+    let big = big_body_node().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[timeouts]\nwrite = \"300ms\"\n\n\
+         [[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"\n\n\
+         [[route]]\npath_prefix = \"/big\"\npool = \"big\"\n\n\
+         [[route]]\npool = \"ws\"\n\n{}\n{}",
+        fast_pool("ws", &[nodes[0].addr]),
+        fast_pool("big", &[big])
+    );
+    let proxy = start(parse(&toml, dir.path())).await;
+    let addr = proxy.addr("plain");
+    let (mut honest, _) = ws_try(Some(ip(3)), addr, "/", &[]).await.unwrap();
+    echo_text(&mut honest, "before").await;
+
+    // The slow reader asks for the big body and never reads it.
+    let mut slow = small_window_tcp(ip(2), addr).await;
+    slow.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    metric_reaches(
+        &proxy,
+        "herdgate_write_timeouts_total",
+        &["side=\"client\"", "phase=\"http\""],
+        |v| v >= 1.0,
+    )
+    .await;
+    echo_text(&mut honest, "after").await;
+    assert_eq!(
+        metric(&proxy.metrics().await, "herdgate_backend_errors_total", &[]),
+        0.0,
+        "the client's slowness is not the node's failure"
+    );
+    drop(slow);
+}
