@@ -303,6 +303,10 @@ async fn storm_under_attack(attack: &'static str) {
     let n = back.len() as f64;
     let busiest = arrived.iter().copied().max().unwrap() as f64;
     let bound = 1.2 * busiest / RATE;
+    eprintln!(
+        "{n} displaced; 1.2 x N / sum(rate) = {:.2} s; per busiest node {bound:.2} s",
+        1.2 * n / (2.0 * RATE)
+    );
     let worst = back.iter().map(|b| b.1).fold(0.0, f64::max);
     for kind in [Kind::Tickets, Kind::NoTickets, Kind::RetryAfterOnly] {
         let w = back
