@@ -234,7 +234,7 @@ pub struct NodeMetrics {
     /// [`REJECTED`] with `reason="overflow"`.
     pub rejected_overflow: Counter,
     /// [`REJECTED`] with `reason="client_slots"`: the client already held its cap of
-    /// slots and was told its latest one again.
+    /// slots and was given a place in its own queue (nothing booked).
     pub rejected_capped: Counter,
     /// [`REJECTED`] with `reason="reasked"`: an early ticket, answered with itself.
     pub rejected_reasked: Counter,

@@ -24,8 +24,8 @@ pub struct PoolConfig {
     #[serde(default = "default_max_retry_after")]
     pub max_retry_after: HumanDuration,
     /// Most retry slots one client (its address, /64 for IPv6) may hold on a node at once;
-    /// 0 (default): half a second of the node's rate, at least 8. A client at its cap is told
-    /// its latest slot again.
+    /// 0 (default): half a second of the node's rate, at least 4. A client at its cap is told
+    /// a place in its own queue (after its slots, nothing booked).
     #[serde(default)]
     pub max_slots_per_client: u32,
     /// Share of each node's rate never booked for returning clients, kept for fresh

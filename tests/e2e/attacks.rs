@@ -320,10 +320,12 @@ async fn storm_under_attack(attack: &'static str) {
         worst <= bound,
         "a displaced client was told to wait {worst:.2} s in all (bound {bound:.2} s, N = {n}, split {arrived:?})"
     );
-    // Each survivor's backlog within its honest arrivals / rate + 1 s.
+    // Each survivor's backlog within its honest arrivals / rate + 1 s, where the rate is
+    // the one the schedule runs at: the node's less the fresh share (2 %) that is never
+    // booked (it is kept for clients that hold no slot).
     for k in 0..2 {
         assert!(
-            deepest[k] <= arrived[k] as f64 / RATE + 1.0,
+            deepest[k] <= arrived[k] as f64 / (RATE * 0.98) + 1.0,
             "n{} backlog reached {:.2} s for {} arrivals",
             k + 2,
             deepest[k],

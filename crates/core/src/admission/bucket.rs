@@ -27,8 +27,8 @@
 //!
 //! No client can book the schedule for others (issue 9):
 //! - every slot is held by its client (the *owner*, a hash of its address), and one owner
-//!   holds at most `slots_per_client` at once; at the cap it is told its latest slot again
-//!   and nothing is booked. An early ticket presented again gets itself back;
+//!   holds at most `slots_per_client` at once; past the cap it gets places in a queue of
+//!   its own (after its slots, one interval apart) and nothing is booked. An early ticket presented again gets itself back;
 //! - a reservation not claimed `T + RESERVATION_GRACE` after its slot is released as a public
 //!   credit; an owned promise is its owner's until `T + PROMISE_GRACE` after its slot (whole-
 //!   second `Retry-After` readers come back up to a second late), then public;
@@ -257,16 +257,19 @@ impl NodeAdmission {
             return st.forward(now, shape, AdmitVia::Fresh, check);
         }
 
-        // d. A client at its cap of slots is told one of them again, and nothing is booked.
-        // Its latest: a client asking again finds its own promise there, and clients
-        // sharing an address (a NAT) come back once the owner's earlier slots are claimed
-        // and it may book again, instead of bouncing at every slot.
+        // d. A client at its cap of slots gets a place in a queue of its own, after its
+        // slots, one interval apart, and nothing is booked: asking again pushes back only
+        // the asker, and clients sharing an address (a NAT) come back spaced as if each
+        // had a slot, and book one then.
         if let Some(o) = input.owner {
             if holds >= st.params.slots_per_client() {
-                let latest = st.owners.latest(o, now).unwrap_or(now);
                 st.stats.rejected += 1;
                 st.stats.capped += 1;
-                let retry_after = st.slot_hint(now, latest.max(now), shape.t_main);
+                let horizon = duration_to_nanos(st.params.max_retry_after);
+                let retry_after = match st.owners.queue_place(o, now, shape.t_main, horizon) {
+                    Some(place) => st.slot_hint(now, place, shape.t_main),
+                    None => st.overflow_hint(),
+                };
                 return Decision::Reject {
                     retry_after,
                     ticket: None,

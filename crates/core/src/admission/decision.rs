@@ -116,8 +116,8 @@ pub enum Decision {
         ticket: Option<String>,
         /// Nothing was reserved, so the caller can count and log overload apart.
         overflow: bool,
-        /// The client already holds its cap of slots on this node: it was told its
-        /// latest one again and nothing was booked.
+        /// The client already holds its cap of slots on this node: it was given a place
+        /// in its own queue and nothing was booked.
         capped: bool,
         /// What checking the presented ticket found (metrics, logs).
         ticket_check: TicketCheck,
@@ -172,8 +172,8 @@ pub struct AdmissionStats {
     pub foreign_tickets: u64,
     /// Admissions from the share of the rate kept for fresh arrivals.
     pub admitted_fresh: u64,
-    /// Rejections of a client already holding its cap of slots: told its latest slot
-    /// again, nothing booked.
+    /// Rejections of a client already holding its cap of slots: a place in its own queue,
+    /// nothing booked.
     pub capped: u64,
     /// Early tickets presented again: the same ticket back, nothing booked.
     pub reasked: u64,

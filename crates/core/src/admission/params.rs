@@ -25,9 +25,10 @@ pub struct AdmissionParams {
     /// Fraction of the rate a node starts at in slow start, in (0, 1].
     pub slow_start_floor: f64,
     /// Most slots one client (owner) may hold on this node at once, promises and
-    /// reservations together; 0 = half a second of the rate (at least 8, so that a browser
-    /// opening a few sockets at once on a slow node is not capped), so one client can push
-    /// the schedule back by at most about half a second at any real rate.
+    /// reservations together; 0 = half a second of the rate (at least 4), so one client
+    /// can push the schedule back by at most about half a second. Past the cap its requests
+    /// queue behind its own slots (see owners.rs), so clients sharing an address still
+    /// come back spaced at the rate.
     pub max_slots_per_client: u32,
     /// Share of the rate, in [0, 0.5], that is never booked for returning clients and
     /// stays with fresh arrivals (clients holding no slot).
@@ -111,7 +112,7 @@ impl AdmissionParams {
     /// The slot cap in force (see [`AdmissionParams::max_slots_per_client`]).
     pub fn slots_per_client(&self) -> usize {
         match self.max_slots_per_client {
-            0 => ((self.rate / 2.0).ceil() as usize).max(8),
+            0 => ((self.rate / 2.0).ceil() as usize).max(4),
             n => n as usize,
         }
     }

@@ -41,7 +41,7 @@ fn hint(d: &Decision) -> Duration {
 }
 
 #[test]
-fn a_client_at_its_cap_gets_its_latest_slot_back_and_books_nothing() {
+fn past_its_cap_a_client_queues_behind_itself_and_books_nothing() {
     let node = node(slow(3, 0.0));
     assert!(node.check(T0, &ticketless(A)).is_admit(), "the burst");
     // Someone else holds T and 2T; A takes three slots: 3T, 4T, 5T.
@@ -53,12 +53,17 @@ fn a_client_at_its_cap_gets_its_latest_slot_back_and_books_nothing() {
         assert!(h >= Duration::from_nanos(k * T) && h < Duration::from_nanos((k + 1) * T));
     }
     let backlog = node.backlog(T0);
-    // A hundred more asks: each told its latest slot again, nothing booked.
-    for _ in 0..100 {
+    // A hundred more asks: each a place in A's own queue, one interval after the last,
+    // and nothing booked.
+    for i in 1..=100u64 {
         let d = node.check(T0, &ticketless(A));
         assert!(matches!(d, Decision::Reject { capped: true, .. }), "{d:?}");
         let h = hint(&d);
-        assert!(h >= Duration::from_nanos(5 * T) && h < Duration::from_nanos(6 * T));
+        let place = (5 + i) * T;
+        assert!(
+            h >= Duration::from_nanos(place) && h < Duration::from_nanos(place + T),
+            "ask {i}: {h:?}"
+        );
     }
     assert_eq!(node.backlog(T0), backlog, "the schedule did not move");
     assert_eq!(node.stats().capped, 100);
