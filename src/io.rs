@@ -6,8 +6,10 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 /// A TCP stream that is plain or TLS-wrapped (`T`), read and written the same way.
 #[derive(Debug)]
@@ -76,54 +78,64 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
     }
 }
 
-/// A stream whose writes give up when they make no progress for `limit`: a client that
-/// stops reading cannot hold a connection (and the node response it is being sent)
-/// forever. Reads are untouched (their deadlines are the protocol's: the header read
-/// timeout, the request body timeout). A zero `limit` never gives up.
+/// A stream whose writes fail with `TimedOut` once one has made no progress for `limit`:
+/// a client that stops reading cannot hold a connection (nor the node response being sent
+/// to it) forever. Reads pass through: their deadlines are the protocol's (the header read
+/// timeout, the request body timeout). A zero `limit` never gives up. Used around every
+/// client connection and every admin connection.
 #[derive(Debug)]
-pub struct WriteDeadline<T> {
-    inner: T,
-    limit: std::time::Duration,
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+pub struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
-impl<T> WriteDeadline<T> {
+impl<S> WriteDeadline<S> {
     /// Wrap `inner`.
-    pub fn new(inner: T, limit: std::time::Duration) -> Self {
+    pub fn new(inner: S, limit: Duration) -> Self {
         WriteDeadline {
             inner,
             limit,
-            stall: None,
+            stalled: None,
         }
     }
 
     /// The stream inside.
-    pub fn into_inner(self) -> T {
+    pub fn into_inner(self) -> S {
         self.inner
     }
 
-    /// A write, flush or shutdown of `inner` gave `r`: progress clears the stall; a
-    /// `Pending` starts the stall clock (or checks it).
-    fn watch<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
-        if r.is_ready() || self.limit.is_zero() {
-            self.stall = None;
-            return r;
+    /// After the inner stream said "not now": pending until `limit` has passed since the
+    /// first such answer in a row, then an error.
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if self.limit.is_zero() {
+            return Poll::Pending;
         }
         let limit = self.limit;
-        let stall = self
-            .stall
+        let sleep = self
+            .stalled
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match stall.as_mut().poll(cx) {
+        match sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "write made no progress within timeouts.write",
+                "the peer does not read: a write made no progress within its deadline",
             ))),
             Poll::Pending => Poll::Pending,
         }
     }
+
+    fn track<T>(&mut self, cx: &mut Context<'_>, p: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match p {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.pending(cx),
+        }
+    }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for WriteDeadline<T> {
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -133,26 +145,65 @@ impl<T: AsyncRead + Unpin> AsyncRead for WriteDeadline<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.watch(cx, r)
+        let p = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.track(cx, p)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let p = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.track(cx, p)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_flush(cx);
-        this.watch(cx, r)
+        let p = Pin::new(&mut this.inner).poll_flush(cx);
+        this.track(cx, p)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_shutdown(cx);
-        this.watch(cx, r)
+        let p = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.track(cx, p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_write_nobody_reads_fails_and_a_read_one_does_not() {
+        // A pipe that holds 16 bytes: writing more stalls until the other end reads.
+        let (near, mut far) = tokio::io::duplex(16);
+        let mut w = WriteDeadline::new(near, Duration::from_secs(1));
+        let big = vec![7u8; 64];
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; 64];
+            far.read_exact(&mut got).await.unwrap();
+            far
+        });
+        w.write_all(&big)
+            .await
+            .expect("a reader keeps the writes moving");
+        let _far = reader.await.unwrap();
+        let e = w.write_all(&big).await.expect_err("nobody reads any more");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
     }
 }

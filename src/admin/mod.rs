@@ -11,9 +11,10 @@
 mod conn;
 mod host;
 
-use crate::admin::conn::{Slots, WriteDeadline};
+use crate::admin::conn::Slots;
 use crate::admin::host::HostCheck;
 use crate::drain::Undrain;
+use crate::io::WriteDeadline;
 use crate::metrics as m;
 use crate::proxy::body::Body;
 use crate::state::Shared;
