@@ -55,7 +55,11 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let format = match &cli.cmd {
+        Cmd::Run { config, .. } => log_format(config),
+        _ => herdgate::config::LogFormat::Text,
+    };
+    init_tracing(format);
     match cli.cmd {
         Cmd::Check { config } => match Config::load(&config) {
             Ok(_) => {
@@ -85,14 +89,37 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// `[log] format` of the config file, read before anything else so that every line,
+/// including the config's own errors, comes in that format. A file that cannot be read or
+/// parsed gives the default here; `run` then reports why.
+fn log_format(path: &Path) -> herdgate::config::LogFormat {
+    #[derive(serde::Deserialize)]
+    struct LogOnly {
+        #[serde(default)]
+        log: herdgate::config::LogConfig,
+    }
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| toml::from_str::<LogOnly>(&text).ok())
+        .map(|l| l.log.format)
+        .unwrap_or_default()
+}
+
+/// The log goes to stderr: colours only when it is a terminal (never escape codes in a
+/// file or journald), or one JSON object per line with `[log] format = "json"`.
+fn init_tracing(format: herdgate::config::LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERDGATE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        herdgate::config::LogFormat::Text => fmt.init(),
+        herdgate::config::LogFormat::Json => fmt.json().init(),
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -105,6 +105,9 @@ pub struct Config {
     /// `[shutdown]`: how SIGTERM closes the open tunnels.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// `[log]`: how herdgate writes its log (read at start).
+    #[serde(default)]
+    pub log: LogConfig,
     /// `[[listener]]`: the sockets clients connect to.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
@@ -202,6 +205,26 @@ impl Default for TicketsConfig {
             claim_window: HumanDuration::secs(2),
         }
     }
+}
+
+/// `[log]`: the log's format. Read at start only (a reload does not change it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `"text"` (default; colours only when stderr is a terminal) or `"json"` (one object
+    /// per line, journald-friendly).
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[shutdown]`: what SIGTERM does.

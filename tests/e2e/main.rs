@@ -27,6 +27,7 @@ mod drain;
 mod drain_ticket;
 mod health;
 mod health_hostile;
+mod logs;
 mod proxy_protocol;
 mod reload;
 mod reload_bad_values;

@@ -1,0 +1,66 @@
+//! The log of the real binary, written to a file (not a terminal): plain text without
+//! colour escape codes by default, one JSON object per line with `[log] format = "json"`,
+//! the config's own errors included.
+
+use crate::support::net::free_addr;
+use crate::support::nodes::echo_nodes;
+use crate::support::process::{bin, Herdgate};
+use crate::support::ws::{echo_text, ws_connect};
+
+fn config(format: &str, node: std::net::SocketAddr) -> (String, std::net::SocketAddr) {
+    let (listen, admin) = (free_addr(), free_addr());
+    let text = format!(
+        "{format}\n[admin]\nbind = \"{admin}\"\n\n[[listener]]\nname = \"plain\"\nbind = \"{listen}\"\n\n\
+         [[route]]\npool = \"p\"\n\n[[pool]]\nname = \"p\"\n[[pool.node]]\nname = \"n\"\naddr = \"{node}\"\n"
+    );
+    (text, listen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_to_a_file_carry_no_colour_codes() {
+    let nodes = echo_nodes(1).await;
+    let (text, listen) = config("", nodes[0].addr);
+    let h = Herdgate::start(&text).await;
+    let mut ws = ws_connect(listen, "/").await;
+    echo_text(&mut ws, "hello").await;
+    let log = h.log();
+    assert!(log.contains("listening on"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a redirected log:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let nodes = echo_nodes(1).await;
+    let (text, listen) = config("[log]\nformat = \"json\"\n", nodes[0].addr);
+    let h = Herdgate::start(&text).await;
+    let mut ws = ws_connect(listen, "/").await;
+    echo_text(&mut ws, "hello").await;
+    let log = h.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+    assert!(lines.iter().any(|l| l.contains("listening on")), "{log}");
+}
+
+#[test]
+fn a_bad_log_format_is_an_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let (text, _) = config("[log]\nformat = \"xml\"\n", "127.0.0.1:9".parse().unwrap());
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("log.format"), "{err}");
+}
