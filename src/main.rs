@@ -51,6 +51,20 @@ enum Cmd {
     },
     /// The embedded default: echo nodes, herdgate and simulated clients in one process.
     Demo(cli::demo::DemoArgs),
+    /// Drain a node through the admin API (address and token from the config file).
+    Drain {
+        /// The node, as POOL/NODE.
+        target: String,
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Undo an admin drain (address and token from the config file).
+    Undrain {
+        /// The node, as POOL/NODE.
+        target: String,
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +93,8 @@ fn main() -> ExitCode {
             let inherited = herdgate::systemd::listen_fds();
             runtime().block_on(run(config, pidfile, inherited))
         }
+        Cmd::Drain { target, config } => admin(cli::admin_cmd::Action::Drain, &target, &config),
+        Cmd::Undrain { target, config } => admin(cli::admin_cmd::Action::Undrain, &target, &config),
         Cmd::Demo(args) => match runtime().block_on(cli::demo::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -131,6 +147,25 @@ fn runtime() -> tokio::runtime::Runtime {
         Err(e) => {
             eprintln!("herdgate: cannot start the runtime: {e}");
             std::process::exit(EXIT_RUNTIME as i32);
+        }
+    }
+}
+
+/// `herdgate drain` / `undrain`: print the admin listener's answer; exit 2 for a bad
+/// target or config, 1 when the request fails or is refused.
+fn admin(action: cli::admin_cmd::Action, target: &str, config: &Path) -> ExitCode {
+    match cli::admin_cmd::run(action, target, config) {
+        Ok(answer) => {
+            println!("{}", answer.trim());
+            ExitCode::SUCCESS
+        }
+        Err(cli::admin_cmd::Failure::Usage(e)) => {
+            eprintln!("herdgate: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(cli::admin_cmd::Failure::Request(e)) => {
+            eprintln!("herdgate: {e}");
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }

@@ -116,6 +116,11 @@ impl AdminToken {
         Ok(AdminToken(token.into()))
     }
 
+    /// The token itself, for a client that must send it (`herdgate drain`).
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Whether `given` is the token, compared without an early exit so the time taken
     /// says nothing about the token.
     pub fn matches(&self, given: &[u8]) -> bool {
