@@ -1,6 +1,7 @@
 //! The log of the real binary, written to a file (not a terminal): plain text without
-//! colour escape codes by default, one JSON object per line with `[log] format = "json"`,
-//! the config's own errors included.
+//! colour escape codes by default, one JSON object per line with `[log] format = "json"`
+//! (a client sending junk and control bytes beside an honest one cannot break a line), and
+//! a bad format named by key.
 
 use crate::support::net::free_addr;
 use crate::support::nodes::echo_nodes;
@@ -16,11 +17,25 @@ fn config(format: &str, node: std::net::SocketAddr) -> (String, std::net::Socket
     (text, listen)
 }
 
+/// A hostile client: junk, control bytes, an escape sequence and a quote in its request,
+/// so that nothing it sends can colour or break a line of the log. Returns once herdgate
+/// has answered and closed.
+async fn send_junk(listen: std::net::SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut junk = tokio::net::TcpStream::connect(listen).await.unwrap();
+    junk.write_all(b"GET /\"\x00\x1b[31m HTTP/1.1\r\nHost: a\"\nb\r\n\r\n")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = crate::support::within(junk.read_to_end(&mut sink)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_to_a_file_carry_no_colour_codes() {
     let nodes = echo_nodes(1).await;
     let (text, listen) = config("", nodes[0].addr);
     let h = Herdgate::start(&text).await;
+    send_junk(listen).await;
     let mut ws = ws_connect(listen, "/").await;
     echo_text(&mut ws, "hello").await;
     let log = h.log();
@@ -36,6 +51,7 @@ async fn json_logs_are_one_object_per_line() {
     let nodes = echo_nodes(1).await;
     let (text, listen) = config("[log]\nformat = \"json\"\n", nodes[0].addr);
     let h = Herdgate::start(&text).await;
+    send_junk(listen).await;
     let mut ws = ws_connect(listen, "/").await;
     echo_text(&mut ws, "hello").await;
     let log = h.log();
