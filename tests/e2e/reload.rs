@@ -647,13 +647,7 @@ async fn the_binary_reloads_on_sighup_from_herdgate_reload() {
             show_log()
         );
     };
-    let names = || async {
-        admin_nodes(admin)
-            .await
-            .into_iter()
-            .map(|n| n.node)
-            .collect::<Vec<_>>()
-    };
+    let names = || crate::support::proxy::admin_node_names(admin);
     assert_eq!(names().await, ["n1", "n2"]);
 
     std::fs::write(&path, cfg(&[0, 1, 2])).unwrap();

@@ -8,7 +8,6 @@ use crate::support::metrics::metric;
 use crate::support::net::free_addr;
 use crate::support::nodes::{land_ws, Fleet};
 use crate::support::process::Herdgate;
-use crate::support::proxy::admin_nodes;
 use crate::support::ws::{echo_text, ws_connect};
 use crate::support::{eventually, within};
 use std::net::SocketAddr;
@@ -49,13 +48,7 @@ async fn a_reload_with_a_panicking_value_fails_cleanly_and_the_next_one_works() 
     let (admin, listen) = (free_addr(), free_addr());
     let child = Herdgate::start(&config(admin, listen, &fleet, &[0, 1], "")).await;
     let path = child.config_path();
-    let names = || async {
-        admin_nodes(admin)
-            .await
-            .into_iter()
-            .map(|n| n.node)
-            .collect::<Vec<_>>()
-    };
+    let names = || crate::support::proxy::admin_node_names(admin);
     assert_eq!(names().await, ["n1", "n2"]);
     let mut open = ws_connect(listen, "/").await;
     echo_text(&mut open, "before").await;

@@ -117,6 +117,15 @@ pub async fn admin_nodes(admin: SocketAddr) -> Vec<NodeReport> {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad /admin/nodes JSON {e}: {body}"))
 }
 
+/// The node names `/admin/nodes` lists, in its order.
+pub async fn admin_node_names(admin: SocketAddr) -> Vec<String> {
+    admin_nodes(admin)
+        .await
+        .into_iter()
+        .map(|n| n.node)
+        .collect()
+}
+
 pub async fn admin_node(admin: SocketAddr, node: &str) -> NodeReport {
     admin_nodes(admin)
         .await
