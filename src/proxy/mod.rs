@@ -129,8 +129,13 @@ async fn pipeline(mut req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<
             key_hash: key,
             set_cookie: cookie,
         },
-        None => routing::choose(pool, key, cookie)
-            .ok_or_else(|| ProxyError::NoNode(pool.name.clone()))?,
+        None => routing::choose(
+            pool,
+            key,
+            cookie,
+            crate::admission::gate::owner_of(client_id),
+        )
+        .ok_or_else(|| ProxyError::NoNode(pool.name.clone()))?,
     };
     let node = choice.node;
 
@@ -204,9 +209,18 @@ async fn admit(
             // Hold the request until its slot. If the client goes away meanwhile hyper
             // drops this future: the guard gives the token back as a promise credit.
             let _waiting = QueueGuard::new(node, slot);
-            let now = crate::admission::gate::now();
-            let wait = std::time::Duration::from_nanos(until.saturating_sub(now));
-            tokio::time::sleep(wait).await;
+            let mut until = until;
+            loop {
+                let now = crate::admission::gate::now();
+                tokio::time::sleep(std::time::Duration::from_nanos(until.saturating_sub(now)))
+                    .await;
+                // Woken late (a loaded machine), it is paced again: held requests woken
+                // together must not reach the node as a bunch.
+                match node.admission.release(until, crate::admission::gate::now()) {
+                    Ok(()) => break,
+                    Err(next) => until = next,
+                }
+            }
             _waiting.served();
             crate::admission::gate::count_forwarded(node, via);
             None
@@ -215,14 +229,18 @@ async fn admit(
             retry_after,
             ticket,
             overflow,
+            early_hold,
             ..
-        } => Some(Rejection::busy(
-            retry_after,
-            ticket,
-            overflow,
-            node.admission.params().rate,
-            node.admission.params().claim_window,
-        )),
+        } => Some(
+            Rejection::busy(
+                retry_after,
+                ticket,
+                overflow,
+                node.admission.params().rate,
+                node.admission.params().claim_window,
+            )
+            .held_early(early_hold),
+        ),
     }
 }
 
