@@ -337,6 +337,7 @@ async fn type_sizes() -> Result<String> {
         bytes::Bytes::new(),
         ctl,
         settings,
+        None,
     );
     let relay_size = std::mem::size_of_val(&fut);
     drop(fut);

@@ -72,6 +72,28 @@ impl Health {
         }
     }
 
+    /// A tunnel's node ended it without a WebSocket close (or reset it): connect to the
+    /// node once, within [`CONFIRM_TIMEOUT`]. Refused is the node's death (no client can
+    /// cause a refused connect): marked down at once, before the tunnel's client (and the
+    /// node's other clients) learn and reconnect. Anything else changes nothing; a node
+    /// already down is not asked.
+    pub async fn confirm_alive(&self, node: &Arc<Node>) {
+        if !node.is_healthy() {
+            return;
+        }
+        let connect = tokio::net::TcpStream::connect(node.key.addr);
+        if let Ok(Err(e)) = tokio::time::timeout(CONFIRM_TIMEOUT, connect).await {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                node.metrics.backend_refused.increment(1);
+                self.mark(
+                    node,
+                    false,
+                    "a tunnel ended and the node refuses connections",
+                );
+            }
+        }
+    }
+
     /// A request succeeded, or a WebSocket reached its 101.
     pub fn passive_success(&self, node: &Arc<Node>) {
         if node.soft_failures.load(Ordering::Relaxed) != 0 {
@@ -221,6 +243,9 @@ impl Health {
         }
     }
 }
+
+/// How long [`Health::confirm_alive`] waits for a connect.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Connect within `timeout`; a completed connect is a pass.
 pub async fn tcp_check(addr: SocketAddr, timeout: Duration) -> bool {

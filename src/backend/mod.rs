@@ -73,6 +73,19 @@ pub struct Node {
     pub admission: NodeAdmission,
     /// Requests waiting in queue mode.
     pub queue_len: AtomicU64,
+    /// Requests routed here and not finished yet (admission, connect, the node's answer):
+    /// routing counts them with the open tunnels, or a rush would all see the same least
+    /// loaded node before any of its tunnels opened.
+    pub in_flight: AtomicU64,
+}
+
+/// One request counted in [`Node::in_flight`] until dropped.
+pub struct InFlight<'a>(&'a Node);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Node {
@@ -94,7 +107,19 @@ impl Node {
             probing: AtomicBool::new(false),
             admission,
             queue_len: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
         }
+    }
+
+    /// Count a request routed here until the guard drops.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+
+    /// What routing balances on: open tunnels and requests in flight.
+    pub fn load(&self) -> u64 {
+        self.open_tunnels.load(Ordering::Relaxed) + self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Health checks count it up (a new node starts up).

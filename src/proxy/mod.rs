@@ -138,6 +138,7 @@ async fn pipeline(mut req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<
         .ok_or_else(|| ProxyError::NoNode(pool.name.clone()))?,
     };
     let node = choice.node;
+    let _in_flight = node.in_flight();
 
     if ws || route.cfg.admit_http {
         let owner = crate::admission::gate::owner_of(client_id);
@@ -204,21 +205,28 @@ async fn admit(
     match decide(node, &input) {
         Decision::Admit { .. } => None,
         Decision::Queue {
-            until, slot, via, ..
+            until,
+            slot,
+            via,
+            paced,
+            ..
         } => {
             // Hold the request until its slot. If the client goes away meanwhile hyper
             // drops this future: the guard gives the token back as a promise credit.
             let _waiting = QueueGuard::new(node, slot);
-            let mut until = until;
+            let (mut until, mut paced) = (until, paced);
             loop {
                 let now = crate::admission::gate::now();
                 tokio::time::sleep(std::time::Duration::from_nanos(until.saturating_sub(now)))
                     .await;
                 // Woken late (a loaded machine), it is paced again: held requests woken
                 // together must not reach the node as a bunch.
-                match node.admission.release(until, crate::admission::gate::now()) {
+                match node
+                    .admission
+                    .release(until, paced, crate::admission::gate::now())
+                {
                     Ok(()) => break,
-                    Err(next) => until = next,
+                    Err(next) => (until, paced) = (next, true),
                 }
             }
             _waiting.served();

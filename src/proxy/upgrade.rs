@@ -223,6 +223,7 @@ fn spawn_tunnel(
             b.read_buf,
             guard.ctl().clone(),
             settings,
+            Some(&shared.health),
         )
         .await;
         node.open_tunnels.fetch_sub(1, Ordering::Relaxed);

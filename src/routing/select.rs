@@ -8,7 +8,6 @@ use crate::snapshot::{Pool, Route, Snapshot};
 use crate::state::Shared;
 use http::HeaderValue;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -86,8 +85,8 @@ pub fn choose<'a>(
 ///    node's clients then spread over the survivors in proportion to their rates, whatever
 ///    the file order or the weights, and each rejected client's slot is the earliest in
 ///    the pool;
-/// 3. ties (several nodes free now) go to the fewest open tunnels per unit of rate, then
-///    round robin.
+/// 3. ties (several nodes free now) go to the fewest open tunnels (and requests in flight)
+///    per unit of rate, then round robin.
 ///
 /// [`NodeAdmission::free_at`]: herdgate_core::admission::NodeAdmission::free_at
 pub fn by_admission(pool: &Pool, owner: Option<u64>) -> Option<&Arc<Node>> {
@@ -111,7 +110,7 @@ pub fn by_admission(pool: &Pool, owner: Option<u64>) -> Option<&Arc<Node>> {
             continue;
         }
         let free = node.admission.free_at().max(now);
-        let load = node.open_tunnels.load(Ordering::Relaxed) as f64 / node.admission.rate();
+        let load = node.load() as f64 / node.admission.rate();
         match best {
             Some((_, f, l)) if free > f || (free == f && load >= l) => {}
             _ => best = Some((node, free, load)),

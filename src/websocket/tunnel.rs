@@ -14,6 +14,7 @@
 
 use super::frame::{write_close_frame, Direction, FrameTracker};
 use super::side::{ReadOutcome, Side};
+use crate::backend::health::Health;
 use crate::metrics as m;
 use crate::registry::{TunnelCtl, TunnelState};
 use bytes::Bytes;
@@ -316,6 +317,7 @@ pub async fn relay(
     backend_pre: Bytes,
     ctl: Arc<TunnelCtl>,
     settings: TunnelSettings,
+    health: Option<&Health>,
 ) -> TunnelEnd {
     let c2s_bytes = m::bytes_counter(m::Dir::ClientToNode);
     let s2c_bytes = m::bytes_counter(m::Dir::NodeToClient);
@@ -336,6 +338,7 @@ pub async fn relay(
     let timer = tokio::time::sleep_until(next_timer(settings, last_activity, None, None, None));
     tokio::pin!(timer);
     let mut again = !c2s.pending.is_empty() || !s2c.pending.is_empty();
+    let mut node_checked = false;
 
     loop {
         // Closing: put the close towards the client as soon as the node's stream is at a
@@ -403,7 +406,7 @@ pub async fn relay(
                 _ = ctl.changed() => Ev::Command,
                 _ = &mut timer => Ev::Timer,
                 r = client.tcp().readable(), if can_read_client => match r { Ok(()) => Ev::ClientReadable, Err(_) => return TunnelEnd::Error },
-                r = backend.tcp().readable(), if can_read_backend => match r { Ok(()) => Ev::BackendReadable, Err(_) => return TunnelEnd::Error },
+                r = backend.tcp().readable(), if can_read_backend => match r { Ok(()) => Ev::BackendReadable, Err(_) => { node_gone(health, &ctl).await; return TunnelEnd::Error } },
                 r = client.tcp().writable(), if !s2c.pending.is_empty() || client.has_pending_output() => match r { Ok(()) => Ev::ClientWritable, Err(_) => return TunnelEnd::Error },
                 r = backend.tcp().writable(), if !c2s.pending.is_empty() => match r { Ok(()) => Ev::BackendWritable, Err(_) => return TunnelEnd::Error },
             }
@@ -475,7 +478,15 @@ pub async fn relay(
         })();
         if let Err(e) = res {
             tracing::debug!("tunnel {}: {e}", ctl.id);
+            node_gone(health, &ctl).await;
             return TunnelEnd::Error;
+        }
+        // The node ended its TCP stream without a WebSocket close: it may have died. Ask
+        // before the client learns (its FIN goes out on the next turn), so that its
+        // reconnect, and its neighbours', never meet a dead node still marked up.
+        if !s2c.open && !s2c.tracker.close_seen() && !node_checked {
+            node_checked = true;
+            node_gone(health, &ctl).await;
         }
 
         let now = Instant::now();
@@ -569,4 +580,12 @@ fn next_timer(
         .flatten()
         .min()
         .unwrap_or(far)
+}
+
+/// A tunnel's node went away without a close: check at once whether the node still
+/// accepts connections ([`Health::confirm_alive`]).
+async fn node_gone(health: Option<&Health>, ctl: &TunnelCtl) {
+    if let Some(h) = health {
+        h.confirm_alive(&ctl.node).await;
+    }
 }

@@ -13,6 +13,7 @@ use crate::support::proxy::{
 };
 use crate::support::ws::{echo_text, ws_connect_with, ws_status};
 use crate::support::{eventually, now, within};
+use futures_util::StreamExt;
 use herdgate::server::Handle;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -57,6 +58,10 @@ async fn active_tcp_check_follows_a_node_that_dies_and_returns() {
         assert_eq!(land_ws(&fleet, addr, "/", &[("x-session", k)]).await, n1);
     }
 
+    // No tunnel open (a tunnel's end would have n1 confirmed down at once, see
+    // `a_tunnel_ended_by_a_dead_node_marks_it_down_before_its_client_learns`): the active
+    // check finds it.
+    wait_no_tunnels(h).await;
     fleet.kill(n1).await;
     wait_health(admin, "n1", false).await;
     // Down: its keys fail over to a survivor (the one that can admit soonest), and
@@ -156,6 +161,65 @@ async fn active_http_check_follows_healthz_and_a_down_node_gets_nothing() {
     proxy.shutdown().await;
 }
 
+/// A node that dies holding tunnels: the first tunnel to see the node's stream end
+/// without a close asks the node (one connect), and the refused connect marks it down
+/// before that tunnel's client is told, so no reconnect meets a dead node marked up.
+/// A client that closes its own tunnel marks nothing down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_ended_by_a_dead_node_marks_it_down_before_its_client_learns() {
+    let mut fleet = Fleet::start(&["n1", "n2"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = start(parse(
+        &config(&fleet.nodes_toml(&fleet.all()), "", STICKY),
+        dir.path(),
+    ))
+    .await;
+    let (addr, admin, h) = (proxy.addr("plain"), proxy.admin.unwrap(), &proxy.handle);
+    let (n1, n2) = (fleet.index("n1"), fleet.index("n2"));
+    let k1 = key_for(h, "p", "n1", "a");
+    let k2 = key_for(h, "p", "n2", "b");
+    // The misbehaving client first: it opens a tunnel to n2 and drops it with no close.
+    let (ws, _) = ws_connect_with(addr, "/", &[("x-session", &k2)]).await;
+    drop(ws);
+    let (mut on_n1, _) = ws_connect_with(addr, "/", &[("x-session", &k1)]).await;
+    echo_text(&mut on_n1, "hi").await;
+    eventually("both nodes counted their client", || async {
+        fleet.accepted()[n1] == 1 && fleet.accepted()[n2] == 1
+    })
+    .await;
+    assert!(admin_node(admin, "n2").await.healthy);
+
+    fleet.kill(n1).await;
+    // The tunnel ends for its client...
+    loop {
+        match within(on_n1.next()).await {
+            Some(Ok(_)) => continue,
+            _ => break,
+        }
+    }
+    // ...and by then n1 is down already: no waiting on any check.
+    assert!(!admin_node(admin, "n1").await.healthy);
+    assert!(admin_node(admin, "n2").await.healthy);
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "herdgate_backend_errors_total",
+            &["node=\"n1\"", "kind=\"refused\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "herdgate_backend_errors_total",
+            &["node=\"n2\"", "kind=\"refused\""]
+        ),
+        0.0
+    );
+    proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connect_marks_down_at_once_and_the_probe_brings_it_back() {
     let mut fleet = Fleet::start(&["n1", "n2", "n3"]).await;
@@ -174,6 +238,8 @@ async fn refused_connect_marks_down_at_once_and_the_probe_brings_it_back() {
     let n1 = fleet.index("n1");
     let k = key_for(h, "p", "n1", "k");
     assert_eq!(land_ws(&fleet, addr, "/", &[("x-session", &k)]).await, n1);
+    // No tunnel left to see the node die: the first request finds out.
+    wait_no_tunnels(h).await;
 
     fleet.kill(n1).await;
     assert!(

@@ -35,4 +35,5 @@ mod reload_bad_values;
 mod shutdown;
 mod sticky;
 mod sticky_hostile;
+mod storm_keyless;
 mod ticket_window;

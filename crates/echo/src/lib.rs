@@ -30,6 +30,45 @@ pub struct EchoStats {
     pub last_target: Mutex<Option<String>>,
     /// Close frames received (code), most recent last.
     pub closes: Mutex<Vec<u16>>,
+    /// Handshakes in the busiest 1 s sliding window (see [`PeakWindow`]).
+    pub peak: PeakWindow,
+}
+
+/// The most handshake requests seen in any sliding 1 s window: how the node's load is
+/// judged (a node that buckles above its rate buckles on this number). Memory is bounded by
+/// the peak itself.
+#[derive(Default)]
+pub struct PeakWindow {
+    inner: Mutex<(std::collections::VecDeque<std::time::Instant>, u64)>,
+}
+
+impl PeakWindow {
+    /// One handshake request at `at`.
+    pub fn record(&self, at: std::time::Instant) {
+        if let Ok(mut g) = self.inner.lock() {
+            let (window, peak) = &mut *g;
+            while window.front().is_some_and(|&t| {
+                at.saturating_duration_since(t) >= std::time::Duration::from_secs(1)
+            }) {
+                window.pop_front();
+            }
+            window.push_back(at);
+            *peak = (*peak).max(window.len() as u64);
+        }
+    }
+
+    /// The peak so far.
+    pub fn peak(&self) -> u64 {
+        self.inner.lock().map_or(0, |g| g.1)
+    }
+
+    /// Forget the window and the peak (to measure one phase of a run).
+    pub fn reset(&self) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.0.clear();
+            g.1 = 0;
+        }
+    }
 }
 
 /// A running echo node; dropping it (or `stop`) closes the listener and every socket.
@@ -93,6 +132,7 @@ async fn accept_loop(listener: TcpListener, stats: Arc<EchoStats>, stop: Cancell
             let st = stats.clone();
             #[allow(clippy::result_large_err)] // tungstenite's callback signature
             let cb = move |req: &Request, mut resp: Response| {
+                st.peak.record(std::time::Instant::now());
                 if let Ok(mut g) = st.last_headers.lock() {
                     *g = Some(req.headers().clone());
                 }

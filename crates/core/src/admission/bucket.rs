@@ -46,8 +46,7 @@
 //! the caller holds the request for a few milliseconds instead of rejecting a client that
 //! did nothing wrong (over TLS, each retry costs a handshake).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::clock::{duration_to_nanos, Nanos, NANOS_PER_MILLI};
@@ -58,6 +57,9 @@ use super::params::AdmissionParams;
 use super::schedule::{ForeignClaims, LedgerClaim, PromiseQueue, ReservationLedger};
 use super::ticket::{TicketCheck, TicketClaims, TicketSigner};
 use super::AdmissionError;
+
+mod outlook;
+use outlook::{Locked, Outlook};
 
 /// Most live reservations one node tracks (its anti-replay window). Memory is used only as
 /// reservations are made (16 bytes each); past the cap, ticket-capable clients get promises.
@@ -92,51 +94,6 @@ pub struct NodeAdmission {
     /// Read without the lock by routing (see [`NodeAdmission::free_at`]); written whenever
     /// the lock is released.
     outlook: Outlook,
-}
-
-/// What routing reads of a node without taking its lock, refreshed on every unlock.
-#[derive(Debug, Default)]
-struct Outlook {
-    /// The earliest instant a client holding no slot could be admitted.
-    free_at: AtomicU64,
-    /// Clients holding slots (0: no need to ask who holds what).
-    owners: AtomicUsize,
-    /// The rate in force (f64 bits), for routing's load per unit of rate.
-    rate: AtomicU64,
-}
-
-/// The state under its lock; publishes the [`Outlook`] when released.
-struct Locked<'a> {
-    guard: MutexGuard<'a, State>,
-    outlook: &'a Outlook,
-}
-
-impl std::ops::Deref for Locked<'_> {
-    type Target = State;
-    fn deref(&self) -> &State {
-        &self.guard
-    }
-}
-
-impl std::ops::DerefMut for Locked<'_> {
-    fn deref_mut(&mut self) -> &mut State {
-        &mut self.guard
-    }
-}
-
-impl Drop for Locked<'_> {
-    fn drop(&mut self) {
-        let st = &*self.guard;
-        let bucket = st.tat.saturating_sub(st.base.tau_main);
-        let free = st.promises.first_public().map_or(bucket, |p| p.min(bucket));
-        self.outlook.free_at.store(free, Ordering::Relaxed);
-        self.outlook
-            .owners
-            .store(st.owners.len(), Ordering::Relaxed);
-        self.outlook
-            .rate
-            .store(st.params.rate.to_bits(), Ordering::Relaxed);
-    }
 }
 
 /// Builds a [`NodeAdmission`]; see [`NodeAdmission::builder`].
@@ -238,50 +195,6 @@ impl NodeAdmission {
         }
     }
 
-    /// The earliest instant (on the admission clock) this node could admit a client that
-    /// holds no slot: now or earlier when a token or a public credit is free, else when the
-    /// schedule's next token comes. Lock-free (as of the last decision); routing compares
-    /// nodes by it.
-    pub fn free_at(&self) -> Nanos {
-        self.outlook.free_at.load(Ordering::Relaxed)
-    }
-
-    /// The configured rate (admissions per second), lock-free.
-    pub fn rate(&self) -> f64 {
-        f64::from_bits(self.outlook.rate.load(Ordering::Relaxed))
-    }
-
-    /// The slot of the earliest promise `owner` holds on this node, if any. Lock-free
-    /// `None` when nobody holds anything here.
-    pub fn owner_promise(&self, owner: u64, now: Nanos) -> Option<Nanos> {
-        if self.outlook.owners.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        self.lock().owners.earliest_promise(owner, now)
-    }
-
-    /// A held request ([`Decision::Queue`]) woke at `now` for its instant `until`: `Ok` to
-    /// forward it, or `Err(instant)` to wait again. On time (within one emission interval,
-    /// at least [`RELEASE_SLACK`]) it goes; a late wake (a stalled runtime, a loaded machine)
-    /// is paced again at the instant it actually goes, so that held requests woken
-    /// together never reach the node as a bunch: forwards stay within `rate * W + burst`
-    /// (plus one) in any window `W`, counted when they are released.
-    pub fn release(&self, until: Nanos, now: Nanos) -> Result<(), Nanos> {
-        let mut st = self.lock();
-        let shape = st.shape(now);
-        let slack = shape.t.max(duration_to_nanos(RELEASE_SLACK));
-        if now <= until.saturating_add(slack) {
-            return Ok(());
-        }
-        st.stats.repaced += 1;
-        let at = st.pace(now, shape);
-        if at <= now {
-            Ok(())
-        } else {
-            Err(at)
-        }
-    }
-
     /// Decides one admission request at `now`.
     pub fn check(&self, now: Nanos, input: &AdmitInput<'_>) -> Decision {
         // The MAC needs no state: compute it before taking the lock.
@@ -350,6 +263,7 @@ impl NodeAdmission {
                         until: slot,
                         slot,
                         via: AdmitVia::Promise,
+                        paced: false,
                         ticket_check: check,
                     };
                 }
@@ -433,6 +347,7 @@ impl NodeAdmission {
                     until: slot,
                     slot,
                     via: AdmitVia::Queue,
+                    paced: false,
                     ticket_check: check,
                 };
             }

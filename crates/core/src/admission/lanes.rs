@@ -118,6 +118,7 @@ impl State {
             until: at,
             slot: at,
             via,
+            paced: true,
             ticket_check: check,
         }
     }

@@ -122,6 +122,7 @@ fn a_client_back_early_for_its_promise_is_held_until_it_and_still_capped() {
             until: T0 + 2 * T,
             slot: T0 + 2 * T,
             via: AdmitVia::Promise,
+            paced: false,
             ticket_check: TicketCheck::None
         }
     );
@@ -158,16 +159,22 @@ fn a_client_back_early_for_its_promise_is_held_until_it_and_still_capped() {
 }
 
 #[test]
-fn a_held_request_woken_late_is_paced_again() {
+fn every_release_passes_the_pacer_at_the_instant_it_goes() {
     let node = node(slow(0, 0.0));
-    // On time (within the slack) it goes; late, it is paced at the instant it goes: the
-    // first late wake conforms, the next ones a burst later are spaced one interval apart.
-    assert_eq!(node.release(T0, T0 + NANOS_PER_MILLI), Ok(()));
+    // A booked instant woken on time goes; late, it is paced again at the instant it
+    // goes: the first late wake conforms, the next one is spaced one interval after it.
+    assert_eq!(node.release(T0, true, T0 + NANOS_PER_MILLI), Ok(()));
     let late = T0 + 10 * T;
-    assert_eq!(node.release(T0, late), Ok(()));
-    let next = node.release(T0 + T, late).unwrap_err();
+    assert_eq!(node.release(T0, true, late), Ok(()));
+    let next = node.release(T0 + T, true, late).unwrap_err();
     assert_eq!(next, late + T);
-    assert_eq!(node.release(next, next), Ok(()));
+    assert_eq!(node.release(next, true, next), Ok(()));
+    assert_eq!(node.stats().repaced, 2);
+    // An unbooked release (a client held for its promise, queue mode) is booked when it
+    // goes: right after a paced forward, it waits one interval.
+    let at = next + T / 2;
+    assert_eq!(node.release(at, false, at), Err(next + T));
+    assert_eq!(node.release(next + T, true, next + T), Ok(()));
     assert_eq!(node.stats().repaced, 2);
 }
 

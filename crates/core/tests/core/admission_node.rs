@@ -100,6 +100,7 @@ fn ticket_window_early_and_late() {
             until: slot,
             slot,
             via: AdmitVia::Ticket,
+            paced: true,
             ticket_check: TicketCheck::Valid
         }
     );

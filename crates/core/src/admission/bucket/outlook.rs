@@ -1,0 +1,107 @@
+//! What routing reads of a node without its lock (the outlook, published whenever the
+//! lock is released), and the release of held requests through the pacer.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::MutexGuard;
+
+use super::super::clock::{duration_to_nanos, Nanos};
+use super::super::lanes::State;
+use super::{NodeAdmission, RELEASE_SLACK};
+
+/// What routing reads of a node without taking its lock, refreshed on every unlock.
+#[derive(Debug, Default)]
+pub(super) struct Outlook {
+    /// The earliest instant a client holding no slot could be admitted.
+    free_at: AtomicU64,
+    /// Clients holding slots (0: no need to ask who holds what).
+    owners: AtomicUsize,
+    /// The rate in force (f64 bits), for routing's load per unit of rate.
+    rate: AtomicU64,
+}
+
+/// The state under its lock; publishes the [`Outlook`] when released.
+pub(super) struct Locked<'a> {
+    pub(super) guard: MutexGuard<'a, State>,
+    pub(super) outlook: &'a Outlook,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let st = &*self.guard;
+        let bucket = st.tat.saturating_sub(st.base.tau_main);
+        let free = st.promises.first_public().map_or(bucket, |p| p.min(bucket));
+        self.outlook.free_at.store(free, Ordering::Relaxed);
+        self.outlook
+            .owners
+            .store(st.owners.len(), Ordering::Relaxed);
+        self.outlook
+            .rate
+            .store(st.params.rate.to_bits(), Ordering::Relaxed);
+    }
+}
+
+impl NodeAdmission {
+    /// The earliest instant (on the admission clock) this node could admit a client that
+    /// holds no slot: now or earlier when a token or a public credit is free, else when the
+    /// schedule's next token comes. Lock-free (as of the last decision); routing compares
+    /// nodes by it.
+    pub fn free_at(&self) -> Nanos {
+        self.outlook.free_at.load(Ordering::Relaxed)
+    }
+
+    /// The configured rate (admissions per second), lock-free.
+    pub fn rate(&self) -> f64 {
+        f64::from_bits(self.outlook.rate.load(Ordering::Relaxed))
+    }
+
+    /// The slot of the earliest promise `owner` holds on this node, if any. Lock-free
+    /// `None` when nobody holds anything here.
+    pub fn owner_promise(&self, owner: u64, now: Nanos) -> Option<Nanos> {
+        if self.outlook.owners.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.lock().owners.earliest_promise(owner, now)
+    }
+
+    /// A held request ([`Decision::Queue`]) woke at `now` for its instant `until`; `paced`:
+    /// `until` is booked on the pacer already (the decision's `paced`, or an earlier
+    /// `Err` of this call). `Ok` to forward it, or `Err(instant)`: booked, wait until then
+    /// and call again with `paced = true`.
+    ///
+    /// Every forward passes the pacer, counted at the instant it goes: a booked instant
+    /// woken on time (within one emission interval, at least [`RELEASE_SLACK`]) goes; a late
+    /// wake (a stalled runtime, a loaded machine) or an unbooked release (queue mode, a
+    /// client held for its promise) is paced at the instant it goes, so that held requests
+    /// woken together never reach the node as a bunch: forwards stay within
+    /// `rate * W + burst` (plus one) in any window `W`.
+    pub fn release(&self, until: Nanos, paced: bool, now: Nanos) -> Result<(), Nanos> {
+        let mut st = self.lock();
+        let shape = st.shape(now);
+        let slack = shape.t.max(duration_to_nanos(RELEASE_SLACK));
+        if paced && now <= until.saturating_add(slack) {
+            return Ok(());
+        }
+        if paced {
+            st.stats.repaced += 1;
+        }
+        let at = st.pace(now, shape);
+        if at <= now {
+            Ok(())
+        } else {
+            Err(at)
+        }
+    }
+}
