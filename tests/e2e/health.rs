@@ -191,12 +191,7 @@ async fn a_tunnel_ended_by_a_dead_node_marks_it_down_before_its_client_learns() 
 
     fleet.kill(n1).await;
     // The tunnel ends for its client...
-    loop {
-        match within(on_n1.next()).await {
-            Some(Ok(_)) => continue,
-            _ => break,
-        }
-    }
+    while let Some(Ok(_)) = within(on_n1.next()).await {}
     // ...and by then n1 is down already: no waiting on any check.
     assert!(!admin_node(admin, "n1").await.healthy);
     assert!(admin_node(admin, "n2").await.healthy);
