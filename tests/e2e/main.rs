@@ -13,6 +13,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod access_log;
 mod admin_cli;
 mod admin_security;
 mod admission;
