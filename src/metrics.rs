@@ -119,6 +119,10 @@ pub const STICKY_CLIENT_QUOTA: &str = "herdgate_sticky_client_quota_total";
 /// Counter: learned sticky entries evicted because the table was at `max_entries`.
 pub const STICKY_EVICTIONS: &str = "herdgate_sticky_evictions_total";
 
+/// Counter: warning lines dropped by the per-call-site limit of `lograte::warn_limited!`
+/// (at most `lograte::PER_SECOND` lines per site and second).
+pub const LOG_SUPPRESSED: &str = "herdgate_log_suppressed_total";
+
 /// Install the process-wide recorder (once) and return the handle that renders it.
 pub fn install() -> PrometheusHandle {
     static H: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -134,7 +138,11 @@ pub fn install() -> PrometheusHandle {
             )
             .unwrap_or_else(|_| PrometheusBuilder::new());
         match builder.install_recorder() {
-            Ok(h) => h,
+            Ok(h) => {
+                // Registered at zero, so a scrape shows it before the first drop.
+                let _ = counter!(LOG_SUPPRESSED);
+                h
+            }
             // Another recorder is installed (embedding application): render ours anyway.
             Err(_) => PrometheusBuilder::new().build_recorder().handle(),
         }

@@ -29,6 +29,7 @@ mod drain;
 mod drain_ticket;
 mod health;
 mod health_hostile;
+mod log_flood;
 mod logs;
 mod proxy_protocol;
 mod reload;
