@@ -139,8 +139,7 @@ pub fn install() -> PrometheusHandle {
             .unwrap_or_else(|_| PrometheusBuilder::new());
         match builder.install_recorder() {
             Ok(h) => {
-                // Registered at zero, so a scrape shows it before the first drop.
-                let _ = counter!(LOG_SUPPRESSED);
+                register_at_zero();
                 h
             }
             // Another recorder is installed (embedding application): render ours anyway.
@@ -148,6 +147,20 @@ pub fn install() -> PrometheusHandle {
         }
     })
     .clone()
+}
+
+/// Process-wide series that only move on rare events, registered at start so that a
+/// scrape (a dashboard's `rate`, an alert) finds them before the first event. The config
+/// that started the process loaded, so the last load succeeded.
+fn register_at_zero() {
+    for c in [LOG_SUPPRESSED, CLIENT_LIMITED, RELOADS, RELOAD_FAILURES] {
+        let _ = counter!(c);
+    }
+    for kind in ["connections", "tunnels"] {
+        let _ = counter!(CLIENT_CAPPED, "kind" => kind);
+    }
+    gauge!(DRAINING_TUNNELS).set(0.0);
+    gauge!(LAST_RELOAD_SUCCESS).set(1.0);
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -25,6 +25,7 @@ mod core_http;
 mod core_robustness;
 mod core_tls;
 mod core_ws;
+mod dashboard;
 mod drain;
 mod drain_ticket;
 mod health;
