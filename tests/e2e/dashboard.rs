@@ -153,12 +153,9 @@ async fn dashboard_and_alerts_query_only_exported_metrics() {
     assert!(admin_node(admin, "n").await.draining);
     h.signal("HUP");
     let mut have = BTreeSet::new();
-    eventually("the reload counted", || {
-        let admin = admin;
-        async move {
-            let (_, m) = http_get(admin, "/metrics").await;
-            m.contains("herdgate_config_reloads_total")
-        }
+    eventually("the reload counted", || async move {
+        let (_, m) = http_get(admin, "/metrics").await;
+        crate::support::metrics::metric(&m, "herdgate_config_reloads_total", &[]) == 1.0
     })
     .await;
     let (_, metrics) = http_get(admin, "/metrics").await;

@@ -36,6 +36,7 @@ mod proxy_protocol;
 mod reload;
 mod reload_bad_values;
 mod shutdown;
+mod status_cli;
 mod sticky;
 mod sticky_hostile;
 mod ticket_window;
