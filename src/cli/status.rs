@@ -251,6 +251,47 @@ fn rows(now: &Sample, before: Option<&Sample>) -> Vec<Row> {
         .collect()
 }
 
+/// Admitted and rejected totals of each node of the herdgate running in this process, in
+/// table order: what [`live_rows`] makes rates of (the demo's live view).
+pub fn live_totals(h: &herdgate::server::Handle) -> Vec<(u64, u64)> {
+    let snap = h.snapshot();
+    let totals = snap.pools.iter().flat_map(|p| p.nodes.iter()).map(|n| {
+        let s = n.admission.stats();
+        let admitted = s.admitted_bucket + s.admitted_promise + s.admitted_ticket;
+        (admitted + s.admitted_fresh, s.rejected)
+    });
+    totals.collect()
+}
+
+/// The table's rows for the herdgate running in this process, with rates against
+/// `before` ([`live_totals`] `secs` seconds ago).
+pub fn live_rows(h: &herdgate::server::Handle, before: &[(u64, u64)], secs: f64) -> Vec<Row> {
+    let snap = h.snapshot();
+    let now = live_totals(h);
+    let per_s = |a: u64, b: Option<u64>| {
+        b.filter(|_| secs > 0.0)
+            .map(|b| a.saturating_sub(b) as f64 / secs)
+    };
+    let nodes = snap.pools.iter().flat_map(|p| p.nodes.iter());
+    nodes
+        .zip(now)
+        .enumerate()
+        .map(|(i, (n, (admitted, rejected)))| {
+            let (rate, backlog) = herdgate::admission::node_rate_backlog(n);
+            Row {
+                node: format!("{}/{}", n.key.pool, n.key.name),
+                healthy: n.is_healthy(),
+                draining: n.is_draining(),
+                tunnels: n.open_tunnels.load(std::sync::atomic::Ordering::Relaxed),
+                admitted_per_s: per_s(admitted, before.get(i).map(|b| b.0)),
+                rejected_per_s: per_s(rejected, before.get(i).map(|b| b.1)),
+                backlog_s: backlog.as_secs_f64(),
+                rate,
+            }
+        })
+        .collect()
+}
+
 /// Run `herdgate status`.
 pub fn run(url: Option<&str>, config: Option<&Path>, watch: bool) -> Result<(), Failure> {
     let a = admin(url, config)?;
