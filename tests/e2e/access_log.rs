@@ -223,3 +223,28 @@ async fn no_access_log_by_default() {
     .await;
     assert!(!h.log().contains("herdgate::access"), "{}", h.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_turns_the_access_log_on_for_new_connections() {
+    let nodes = echo_nodes(1).await;
+    let web = HttpNode::start("w1").await;
+    let (text, listen, _) = config("", nodes[0].addr, web.addr);
+    let h = Herdgate::start(&text).await;
+    let (status, _) = http_get(listen, "/api/before").await;
+    assert_eq!(status, 200);
+    std::fs::write(
+        h.config_path(),
+        text.replace("[log]\n", "[log]\naccess = true\n"),
+    )
+    .unwrap();
+    h.signal("HUP");
+    eventually("the reload", || async {
+        h.log().contains("configuration reloaded")
+    })
+    .await;
+    let (status, _) = http_get(listen, "/api/after").await;
+    assert_eq!(status, 200);
+    let lines = access_lines(&h.log());
+    assert_eq!(lines.len(), 1, "{}", h.log());
+    assert_eq!(lines[0]["path"], "/api/after");
+}
