@@ -158,7 +158,15 @@ async fn pipeline(
 
     let req = Request::from_parts(parts, body);
     let mut resp = if ws {
-        upgrade::forward(req, node, ctx, choice.key_hash, tunnel_slot, note.clone()).await?
+        upgrade::forward(
+            req,
+            node,
+            ctx,
+            choice.key_hash,
+            tunnel_slot,
+            note.clone().map(Box::new),
+        )
+        .await?
     } else {
         let r = http_fwd::forward(req, node, ctx, host.as_deref()).await?;
         // Like a 101 for a tunnel: only an answer the node served may be learned.

@@ -23,7 +23,7 @@ pub async fn forward(
     ctx: &ConnCtx,
     key_hash: Option<u64>,
     tunnel_slot: Option<ClientSlot>,
-    note: Option<super::access::Note>,
+    note: Option<Box<super::access::Note>>,
 ) -> Result<Response<Body>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     let host = super::headers::request_host(&req)?;
@@ -173,7 +173,7 @@ fn spawn_tunnel(
     wants_ticket: bool,
     settings: TunnelSettings,
     tunnel_slot: Option<ClientSlot>,
-    note: Option<super::access::Note>,
+    note: Option<Box<super::access::Note>>,
 ) {
     let shared = ctx.shared.clone();
     // The tunnel keeps the connection's slot under the connection caps.
