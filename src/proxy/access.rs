@@ -96,10 +96,21 @@ pub(crate) fn admitted(note: &mut Option<Note>, via: AdmitVia) {
     }
 }
 
-/// What an error says for the log: a rejection's kind and retry-after.
+/// The node's gate turned the request away; `capped`: the client already held its cap of
+/// slots on the node (it got a place in its own queue, nothing booked).
+pub(crate) fn rejected(note: &mut Option<Note>, capped: bool) {
+    if let (Some(n), true) = (note, capped) {
+        n.admission = "slots";
+    }
+}
+
+/// What an error says for the log: a rejection's kind (unless already named) and its
+/// retry-after.
 pub(crate) fn failed(note: &mut Option<Note>, e: &super::respond::ProxyError) {
     if let (Some(n), super::respond::ProxyError::Rejected(r)) = (note, e) {
-        n.admission = admission_of(r.reason);
+        if n.admission == "-" {
+            n.admission = admission_of(r.reason);
+        }
         n.retry_after_ms = Some(r.retry_after_ms());
     }
 }

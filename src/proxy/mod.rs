@@ -152,7 +152,10 @@ async fn pipeline(
         let owner = crate::admission::gate::owner_of(client_id);
         match admit(node, route, pool, &parts, owner).await {
             Ok(via) => access::admitted(note, via),
-            Err(rej) => return Err(turn_away(rej)),
+            Err((rej, capped)) => {
+                access::rejected(note, capped);
+                return Err(turn_away(rej));
+            }
         }
     }
 
@@ -198,15 +201,16 @@ pub(crate) fn node_failed(
     }
 }
 
-/// Admission of one request to `node`: how it was let through, or how to turn it away.
-/// In queue mode the request may wait here for its slot.
+/// Admission of one request to `node`: how it was let through, or how to turn it away
+/// (and whether the client was at its cap of slots on the node). In queue mode the
+/// request may wait here for its slot.
 async fn admit(
     node: &Arc<Node>,
     _route: &Route,
     pool: &crate::snapshot::Pool,
     parts: &http::request::Parts,
     owner: u64,
-) -> Result<crate::admission::AdmitVia, Rejection> {
+) -> Result<crate::admission::AdmitVia, (Rejection, bool)> {
     let ti = ticket_info(parts);
     let queue = pool
         .cfg
@@ -238,13 +242,17 @@ async fn admit(
             retry_after,
             ticket,
             overflow,
+            capped,
             ..
-        } => Err(Rejection::busy(
-            retry_after,
-            ticket,
-            overflow,
-            node.admission.params().rate,
-            node.admission.params().claim_window,
+        } => Err((
+            Rejection::busy(
+                retry_after,
+                ticket,
+                overflow,
+                node.admission.params().rate,
+                node.admission.params().claim_window,
+            ),
+            capped,
         )),
     }
 }

@@ -19,6 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
 use tokio_tungstenite::tungstenite::Message;
 
+/// Attempts the rejected client makes after its first.
+const HAMMER: usize = 5;
+
 fn config(access: &str, echo: SocketAddr, web: SocketAddr) -> (String, SocketAddr, SocketAddr) {
     let (listen, admin) = (free_addr(), free_addr());
     let text = format!(
@@ -94,6 +97,12 @@ async fn run(format: &str) {
     // A second one right behind it: the bucket (rate 1, burst 1) is empty: 503.
     let refused = ws_try(ip("127.0.0.4"), listen, "/chat", &[]).await;
     assert_eq!(refused.err().as_deref(), Some("HTTP 503"));
+    // It hammers on, ignoring the hint: past its cap of slots on the node (4 at this
+    // rate) it is told so, and nothing more is booked for it.
+    for _ in 0..HAMMER {
+        let again = ws_try(ip("127.0.0.4"), listen, "/chat", &[]).await;
+        assert_eq!(again.err().as_deref(), Some("HTTP 503"));
+    }
 
     // Plain HTTP from behind the trusted proxy 127.0.0.3, for client 203.0.113.7.
     let mut tcp = crate::support::net::tcp_from(ip("127.0.0.3"), listen)
@@ -164,6 +173,12 @@ async fn run(format: &str) {
     assert_eq!(tunnel["bytes_in"], "22", "{tunnel:?}");
     assert_eq!(tunnel["bytes_out"], "14", "{tunnel:?}");
 
+    let hammered: Vec<_> = lines.iter().filter(|l| l["status"] == "503").collect();
+    assert_eq!(hammered.len(), 1 + HAMMER);
+    assert!(
+        hammered.iter().any(|l| l["admission"] == "slots"),
+        "{hammered:?}"
+    );
     let rejected = find(&lines, &[("status", "503")]).unwrap();
     assert_eq!(rejected["client"], "127.0.0.4");
     assert_eq!(rejected["admission"], "rejected");
@@ -202,8 +217,10 @@ async fn run(format: &str) {
     );
     assert_eq!(
         metric(&metrics, "herdgate_requests_total", &["status=\"503\""]),
-        1.0
+        (1 + HAMMER) as f64
     );
+    let capped = &["reason=\"client_slots\""];
+    assert!(metric(&metrics, "herdgate_admission_rejected_total", capped) >= 1.0);
     assert_eq!(
         metric(&metrics, "herdgate_requests_total", &["status=\"200\""]),
         1.0
