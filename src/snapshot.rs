@@ -91,16 +91,9 @@ impl Pool {
         self.nodes.iter().find(|n| n.admission.node_id() == id)
     }
 
-    /// Round robin over eligible nodes (the fallback when a route has no sticky key).
-    pub fn next_rr(&self) -> Option<&Arc<Node>> {
-        let n = self.nodes.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| &self.nodes[(start + i) % n])
-            .find(|node| node.is_eligible())
+    /// A rotating start index for scans over the nodes (ties go round robin).
+    pub fn rr_start(&self) -> usize {
+        self.rr.fetch_add(1, Ordering::Relaxed)
     }
 }
 

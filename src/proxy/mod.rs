@@ -142,8 +142,13 @@ async fn pipeline(
             key_hash: key,
             set_cookie: cookie,
         },
-        None => routing::choose(pool, key, cookie)
-            .ok_or_else(|| ProxyError::NoNode(pool.name.clone()))?,
+        None => routing::choose(
+            pool,
+            key,
+            cookie,
+            crate::admission::gate::owner_of(client_id),
+        )
+        .ok_or_else(|| ProxyError::NoNode(pool.name.clone()))?,
     };
     let node = choice.node;
     access::node(note, node);
@@ -231,9 +236,18 @@ async fn admit(
             // Hold the request until its slot. If the client goes away meanwhile hyper
             // drops this future: the guard gives the token back as a promise credit.
             let _waiting = QueueGuard::new(node, slot);
-            let now = crate::admission::gate::now();
-            let wait = std::time::Duration::from_nanos(until.saturating_sub(now));
-            tokio::time::sleep(wait).await;
+            let mut until = until;
+            loop {
+                let now = crate::admission::gate::now();
+                tokio::time::sleep(std::time::Duration::from_nanos(until.saturating_sub(now)))
+                    .await;
+                // Woken late (a loaded machine), it is paced again: held requests woken
+                // together must not reach the node as a bunch.
+                match node.admission.release(until, crate::admission::gate::now()) {
+                    Ok(()) => break,
+                    Err(next) => until = next,
+                }
+            }
             _waiting.served();
             crate::admission::gate::count_forwarded(node, via);
             Ok(via)
@@ -243,6 +257,7 @@ async fn admit(
             ticket,
             overflow,
             capped,
+            early_hold,
             ..
         } => Err((
             Rejection::busy(
@@ -251,7 +266,8 @@ async fn admit(
                 overflow,
                 node.admission.params().rate,
                 node.admission.params().claim_window,
-            ),
+            )
+            .held_early(early_hold),
             capped,
         )),
     }

@@ -10,8 +10,8 @@ use crate::conn::ConnGuard;
 use crate::websocket::frame::{write_close_frame, Direction, FrameTracker, CLOSE_FRAME_MAX_LEN};
 use crate::websocket::handshake::{accept_key, HandshakeError};
 use herdgate_wire::{
-    reason_json, retry_after_ms, retry_after_secs, CLOSE_TRY_AGAIN_LATER, RETRY_AFTER_MS_HEADER,
-    TICKET_COOKIE, TICKET_HEADER,
+    reason_json, retry_after_ms, retry_after_secs, retry_after_secs_held, CLOSE_TRY_AGAIN_LATER,
+    RETRY_AFTER_MS_HEADER, TICKET_COOKIE, TICKET_HEADER,
 };
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER, UPGRADE};
 use http::{Response, StatusCode};
@@ -134,6 +134,9 @@ pub struct Rejection {
     /// The client came over TLS: the ticket cookie is `Secure` (RFC 6265 §4.1.2.5), so a
     /// browser never sends it over a plain connection.
     pub secure: bool,
+    /// The node holds the client's promise for it up to a second early
+    /// ([`herdgate_core::admission::EARLY_HOLD`]): `Retry-After` rounds down, not up.
+    pub early_hold: bool,
 }
 
 impl Rejection {
@@ -154,6 +157,7 @@ impl Rejection {
             claim_window,
             close: None,
             secure: false,
+            early_hold: false,
         }
     }
 
@@ -168,6 +172,7 @@ impl Rejection {
             claim_window: Duration::ZERO,
             close: None,
             secure: false,
+            early_hold: false,
         }
     }
 
@@ -182,7 +187,15 @@ impl Rejection {
             claim_window: Duration::ZERO,
             close: None,
             secure: false,
+            early_hold: false,
         }
+    }
+
+    /// The node holds the client's promise for it if it comes back early: `Retry-After`
+    /// rounds down.
+    pub fn held_early(mut self, on: bool) -> Self {
+        self.early_hold = on;
+        self
     }
 
     /// Answer a browser's upgrade with a 101 and a 1013 close (when it can be completed).
@@ -274,7 +287,12 @@ fn reject(mut rej: Rejection) -> Response<Body> {
     *r.status_mut() = rej.status;
     let h = r.headers_mut();
     // RFC 9110 §10.2.3 allows only whole seconds; the exact value goes beside it.
-    h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(ms)));
+    let secs = if rej.early_hold {
+        retry_after_secs_held(ms)
+    } else {
+        retry_after_secs(ms)
+    };
+    h.insert(RETRY_AFTER, HeaderValue::from(secs));
     h.insert(RETRY_AFTER_MS_HEADER, HeaderValue::from(ms));
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CONNECTION, HeaderValue::from_static("close"));
@@ -285,7 +303,7 @@ fn reject(mut rej: Rejection) -> Response<Body> {
         if let Ok(v) = HeaderValue::from_str(&format!("\"node\";q={q};w=1")) {
             h.insert("ratelimit-policy", v);
         }
-        if let Ok(v) = HeaderValue::from_str(&format!("\"node\";r=0;t={}", retry_after_secs(ms))) {
+        if let Ok(v) = HeaderValue::from_str(&format!("\"node\";r=0;t={secs}")) {
             h.insert("ratelimit", v);
         }
     }

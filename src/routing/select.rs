@@ -8,6 +8,7 @@ use crate::snapshot::{Pool, Route, Snapshot};
 use crate::state::Shared;
 use http::HeaderValue;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,40 +46,78 @@ pub fn session_key(
     }
 }
 
-/// Pick the node: learned entry if its node is eligible, else the hash's choice among the
-/// eligible nodes, else round robin when there is no key. Nothing is learned here: only a
-/// session the node accepted is ([`learn`]).
+/// Pick the node: learned entry if its node is eligible, else the hash's node if it is
+/// eligible; where routing is free (no key, or the key's node is down or draining) the node
+/// that can admit soonest ([`by_admission`]). Nothing is learned here: only a session the
+/// node accepted is ([`learn`]).
 pub fn choose<'a>(
     pool: &'a Pool,
     key_hash: Option<u64>,
     set_cookie: Option<HeaderValue>,
+    owner: u64,
 ) -> Option<Choice<'a>> {
-    let Some(h) = key_hash else {
-        return pool.next_rr().map(|node| Choice {
-            node,
-            key_hash: None,
-            set_cookie,
-        });
+    let choice = |node| Choice {
+        node,
+        key_hash,
+        set_cookie,
     };
-    let now = Instant::now();
+    let Some(h) = key_hash else {
+        return by_admission(pool, Some(owner)).map(choice);
+    };
     if let Some(table) = &pool.sticky {
-        if let Some(name) = table.get(h, now) {
+        if let Some(name) = table.get(h, Instant::now()) {
             if let Some(node) = pool.node_by_name(&name).filter(|n| n.is_eligible()) {
-                return Some(Choice {
-                    node,
-                    key_hash: Some(h),
-                    set_cookie,
-                });
+                return Some(choice(node));
             }
         }
     }
-    let idx = pool.ring.pick(h, |i| pool.nodes[i].is_eligible())?;
-    let node = &pool.nodes[idx];
-    Some(Choice {
-        node,
-        key_hash: Some(h),
-        set_cookie,
-    })
+    // The key's own node while it is eligible; failover follows admission.
+    let node = match pool.ring.pick(h, |_| true).map(|i| &pool.nodes[i]) {
+        Some(n) if n.is_eligible() => n,
+        _ => by_admission(pool, Some(owner))?,
+    };
+    Some(choice(node))
+}
+
+/// Where routing is free, the schedule decides (issue 10):
+/// 1. the node that holds this client's promise (its earliest), so that a client back
+///    at its slot, with nothing but its address, finds it;
+/// 2. else the eligible node that can admit soonest ([`NodeAdmission::free_at`]): a dead
+///    node's clients then spread over the survivors in proportion to their rates, whatever
+///    the file order or the weights, and each rejected client's slot is the earliest in
+///    the pool;
+/// 3. ties (several nodes free now) go to the fewest open tunnels per unit of rate, then
+///    round robin.
+///
+/// [`NodeAdmission::free_at`]: herdgate_core::admission::NodeAdmission::free_at
+pub fn by_admission(pool: &Pool, owner: Option<u64>) -> Option<&Arc<Node>> {
+    let now = crate::clock::now();
+    let eligible = || pool.nodes.iter().filter(|n| n.is_eligible());
+    if let Some(o) = owner {
+        let held = eligible()
+            .filter_map(|n| n.admission.owner_promise(o, now).map(|slot| (slot, n)))
+            .min_by_key(|&(slot, _)| slot);
+        if let Some((_, n)) = held {
+            return Some(n);
+        }
+    }
+    // One pass from a rotating start: among equals the first wins, so equals take turns
+    // (round robin, as HAProxy's leastconn does among servers of equal load).
+    let n = pool.nodes.len();
+    let start = pool.rr_start();
+    let mut best: Option<(&Arc<Node>, u64, f64)> = None;
+    for node in (0..n).map(|i| &pool.nodes[(start + i) % n]) {
+        if !node.is_eligible() {
+            continue;
+        }
+        let free = node.admission.free_at().max(now);
+        let load = node.open_tunnels.load(Ordering::Relaxed) as f64 / node.admission.rate();
+        match best {
+            Some((_, f, l)) if free > f || (free == f && load >= l) => {}
+            _ => best = Some((node, free, load)),
+        }
+    }
+    best.map(|(node, ..)| node)
 }
 
 /// Learn `key_hash → node` in its pool's sticky table, charged to `client` (its per-client
@@ -112,14 +151,12 @@ pub fn ticket_steers(node: &Node, claims: &herdgate_core::admission::TicketClaim
     claims.in_window(crate::clock::now(), p.rate, p.claim_window)
 }
 
-/// Where a client with this key would land now (drain hints).
+/// Where a client with this key would land now (drain hints): as [`choose`] would send it,
+/// less the learned table and the client's own promises.
 pub fn landing(pool: &Pool, key_hash: Option<u64>) -> Option<&Arc<Node>> {
-    match key_hash {
-        Some(h) => pool
-            .ring
-            .pick(h, |i| pool.nodes[i].is_eligible())
-            .map(|i| &pool.nodes[i]),
-        None => pool.nodes.iter().find(|n| n.is_eligible()),
+    match key_hash.and_then(|h| pool.ring.pick(h, |_| true)) {
+        Some(i) if pool.nodes[i].is_eligible() => Some(&pool.nodes[i]),
+        _ => by_admission(pool, None),
     }
 }
 

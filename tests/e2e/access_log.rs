@@ -28,7 +28,7 @@ fn config(access: &str, echo: SocketAddr, web: SocketAddr) -> (String, SocketAdd
         "[log]\n{access}\n[admin]\nbind = \"{admin}\"\n\n\
          [[listener]]\nname = \"edge\"\nbind = \"{listen}\"\ntrusted_proxies = [\"127.0.0.3\"]\n\n\
          [[route]]\npool = \"ws\"\n\n[[route]]\npath_prefix = \"/api\"\npool = \"web\"\n\n\
-         [[pool]]\nname = \"ws\"\nadmit_rate = 1\nadmit_burst = 1\n\
+         [[pool]]\nname = \"ws\"\nadmit_rate = 0.1\nadmit_burst = 1\n\
          [[pool.node]]\nname = \"e1\"\naddr = \"{echo}\"\n\n\
          [[pool]]\nname = \"web\"\n[[pool.node]]\nname = \"w1\"\naddr = \"{web}\"\n"
     );
@@ -94,11 +94,13 @@ async fn run(format: &str) {
     within(ws.send(Message::Close(Some(close)))).await.unwrap();
     while let Some(Ok(_)) = within(futures_util::StreamExt::next(&mut ws)).await {}
 
-    // A second one right behind it: the bucket (rate 1, burst 1) is empty: 503.
+    // A second one right behind it: the bucket (one token per 10 s, burst 1) is empty:
+    // 503.
     let refused = ws_try(ip("127.0.0.4"), listen, "/chat", &[]).await;
     assert_eq!(refused.err().as_deref(), Some("HTTP 503"));
-    // It hammers on, ignoring the hint: past its cap of slots on the node (4 at this
-    // rate) it is told so, and nothing more is booked for it.
+    // It hammers on, ignoring the hint (far earlier than its slot, so never held for
+    // it): past its cap of slots on the node (4 at this rate) it is told so, and nothing
+    // more is booked for it.
     for _ in 0..HAMMER {
         let again = ws_try(ip("127.0.0.4"), listen, "/chat", &[]).await;
         assert_eq!(again.err().as_deref(), Some("HTTP 503"));

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 const HONEST: u8 = 20;
 const HOSTILE_TASKS: u32 = 4;
-const HOSTILE_KEYS_PER_TASK: u32 = 500;
+const HOSTILE_KEYS_PER_TASK: u32 = 100;
 const QUOTA: usize = 4;
 
 /// n3 drained or not; n2 admits slowly (the hostile client's keys all hash to n2, so that
@@ -86,18 +86,18 @@ async fn a_client_cycling_keys_cannot_evict_honest_entries() {
     let proxy = start(parse(&config(&fleet, true), dir.path())).await;
     let addr = proxy.addr("plain");
     let h = &proxy.handle;
-    let (n1, n3) = (fleet.index("n1"), fleet.index("n3"));
+    let n3 = fleet.index("n3");
 
     // Honest clients whose keys hash to n3 land on their fallback while n3 is drained,
     // and that is learned.
     let mut honest = Vec::new();
     let honest_keys = (0..).map(|k| format!("honest-{k}")).filter(|k| {
         let order = hash_order(h, "p", k);
-        order[0] == "n3" && order[1] == "n1"
+        order[0] == "n3"
     });
     for (i, key) in (0..HONEST).zip(honest_keys) {
         let node = land(&fleet, honest_ip(i), addr, &key).await;
-        assert_eq!(node, n1, "{key}: n3 is drained, n1 is next");
+        assert_ne!(node, n3, "{key}: n3 is drained");
         honest.push((i, key, node));
     }
     assert_eq!(sticky_len(h, "p"), usize::from(HONEST));

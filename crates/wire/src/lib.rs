@@ -52,6 +52,14 @@ pub fn retry_after_secs(ms: u64) -> u64 {
     ms.div_ceil(1000)
 }
 
+/// The `Retry-After` value for a delay of `ms` milliseconds when the server holds the
+/// client's slot for it if it comes back up to a second early: whole seconds rounded down,
+/// at least 1. A client reading only `Retry-After` then comes back at or before its slot
+/// (and is held until it) instead of up to a second after it.
+pub fn retry_after_secs_held(ms: u64) -> u64 {
+    (ms / 1000).max(1)
+}
+
 /// The JSON hint a proxy puts in a rejection body or a close reason:
 /// `{"retry_after_ms":N,"ticket":"…"}` with a ticket, else
 /// `{"retry_after_ms":N,"reason":"…"}` (or `{"retry_after_ms":N}` with no reason).

@@ -46,6 +46,7 @@
 //! the caller holds the request for a few milliseconds instead of rejecting a client that
 //! did nothing wrong (over TLS, each retry costs a handshake).
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -72,6 +73,14 @@ pub const RESERVATION_GRACE: Duration = Duration::from_millis(50);
 /// An owned promise is its owner's alone this long after its slot (plus one emission
 /// interval): a client that reads only `Retry-After` rounds the hint up to whole seconds.
 pub const PROMISE_GRACE: Duration = Duration::from_millis(1050);
+/// A client back this long before its promise's slot is held until the slot instead of
+/// rejected again: a whole-second `Retry-After` rounded down brings it back up to a second
+/// early (plus timer slop).
+pub const EARLY_HOLD: Duration = Duration::from_millis(1100);
+
+/// A held request that wakes this late after its instant (or one emission interval, if
+/// longer) is paced again before it goes ([`NodeAdmission::release`]).
+pub const RELEASE_SLACK: Duration = Duration::from_millis(2);
 
 /// Admission state of one backend node. `Send + Sync`; one short mutex per node, no global
 /// lock, nothing allocated on the admit path (only a rejection's ticket string).
@@ -80,6 +89,54 @@ pub struct NodeAdmission {
     node: u64,
     signer: Arc<TicketSigner>,
     state: Mutex<State>,
+    /// Read without the lock by routing (see [`NodeAdmission::free_at`]); written whenever
+    /// the lock is released.
+    outlook: Outlook,
+}
+
+/// What routing reads of a node without taking its lock, refreshed on every unlock.
+#[derive(Debug, Default)]
+struct Outlook {
+    /// The earliest instant a client holding no slot could be admitted.
+    free_at: AtomicU64,
+    /// Clients holding slots (0: no need to ask who holds what).
+    owners: AtomicUsize,
+    /// The rate in force (f64 bits), for routing's load per unit of rate.
+    rate: AtomicU64,
+}
+
+/// The state under its lock; publishes the [`Outlook`] when released.
+struct Locked<'a> {
+    guard: MutexGuard<'a, State>,
+    outlook: &'a Outlook,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let st = &*self.guard;
+        let bucket = st.tat.saturating_sub(st.base.tau_main);
+        let free = st.promises.first_public().map_or(bucket, |p| p.min(bucket));
+        self.outlook.free_at.store(free, Ordering::Relaxed);
+        self.outlook
+            .owners
+            .store(st.owners.len(), Ordering::Relaxed);
+        self.outlook
+            .rate
+            .store(st.params.rate.to_bits(), Ordering::Relaxed);
+    }
 }
 
 /// Builds a [`NodeAdmission`]; see [`NodeAdmission::builder`].
@@ -130,7 +187,10 @@ impl NodeAdmissionBuilder {
             node: self.node,
             signer: self.signer,
             state: Mutex::new(state),
+            outlook: Outlook::default(),
         };
+        // Publishes the outlook (begin_slow_start takes the lock too).
+        drop(node.lock());
         if self.slow_start {
             node.begin_slow_start(now);
         }
@@ -169,10 +229,57 @@ impl NodeAdmission {
         self.node
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> Locked<'_> {
         // No code panics while holding the lock; if one ever did, the state is still
         // consistent enough to keep admitting.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        Locked {
+            guard: self.state.lock().unwrap_or_else(PoisonError::into_inner),
+            outlook: &self.outlook,
+        }
+    }
+
+    /// The earliest instant (on the admission clock) this node could admit a client that
+    /// holds no slot: now or earlier when a token or a public credit is free, else when the
+    /// schedule's next token comes. Lock-free (as of the last decision); routing compares
+    /// nodes by it.
+    pub fn free_at(&self) -> Nanos {
+        self.outlook.free_at.load(Ordering::Relaxed)
+    }
+
+    /// The configured rate (admissions per second), lock-free.
+    pub fn rate(&self) -> f64 {
+        f64::from_bits(self.outlook.rate.load(Ordering::Relaxed))
+    }
+
+    /// The slot of the earliest promise `owner` holds on this node, if any. Lock-free
+    /// `None` when nobody holds anything here.
+    pub fn owner_promise(&self, owner: u64, now: Nanos) -> Option<Nanos> {
+        if self.outlook.owners.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.lock().owners.earliest_promise(owner, now)
+    }
+
+    /// A held request ([`Decision::Queue`]) woke at `now` for its instant `until`: `Ok` to
+    /// forward it, or `Err(instant)` to wait again. On time (within one emission interval,
+    /// at least [`RELEASE_SLACK`]) it goes; a late wake (a stalled runtime, a loaded machine)
+    /// is paced again at the instant it actually goes, so that held requests woken
+    /// together never reach the node as a bunch: forwards stay within `rate * W + burst`
+    /// (plus one) in any window `W`, counted when they are released.
+    pub fn release(&self, until: Nanos, now: Nanos) -> Result<(), Nanos> {
+        let mut st = self.lock();
+        let shape = st.shape(now);
+        let slack = shape.t.max(duration_to_nanos(RELEASE_SLACK));
+        if now <= until.saturating_add(slack) {
+            return Ok(());
+        }
+        st.stats.repaced += 1;
+        let at = st.pace(now, shape);
+        if at <= now {
+            Ok(())
+        } else {
+            Err(at)
+        }
     }
 
     /// Decides one admission request at `now`.
@@ -210,6 +317,7 @@ impl NodeAdmission {
                             ticket: Some(t.to_owned()),
                             overflow: false,
                             capped: false,
+                            early_hold: false,
                             ticket_check: TicketCheck::Early,
                         };
                     }
@@ -219,13 +327,31 @@ impl NodeAdmission {
             }
         }
 
-        // b. The client's own promise, once due.
+        // b. The client's own promise, once due; or, up to EARLY_HOLD before it, held
+        // until its slot: a client that read a whole-second Retry-After rounded down is
+        // back early, and holding it costs one waiting request where a rejection would
+        // cost it a retry (and over TLS a handshake).
         if let Some(o) = input.owner {
             if let Some(slot) = st.owners.due_promise(o, now, early) {
                 if st.promises.claim_owned(slot, o) {
                     st.owners.remove(o, slot);
                     st.stats.admitted_promise += 1;
                     return st.forward(now, shape, AdmitVia::Promise, check);
+                }
+            }
+            let hold = duration_to_nanos(EARLY_HOLD);
+            if let Some(slot) = st.owners.earliest_promise(o, now) {
+                if slot.saturating_sub(now) <= hold && st.promises.claim_owned(slot, o) {
+                    // Still counted against its cap until the slot: holding requests
+                    // never lets a client book more than its cap.
+                    st.owners.hold(o, slot);
+                    st.stats.held_early += 1;
+                    return Decision::Queue {
+                        until: slot,
+                        slot,
+                        via: AdmitVia::Promise,
+                        ticket_check: check,
+                    };
                 }
             }
         }
@@ -275,6 +401,7 @@ impl NodeAdmission {
                     ticket: None,
                     overflow: false,
                     capped: true,
+                    early_hold: false,
                     ticket_check: check,
                 };
             }
@@ -293,6 +420,7 @@ impl NodeAdmission {
                 ticket: None,
                 overflow: true,
                 capped: false,
+                early_hold: false,
                 ticket_check: check,
             };
         };
@@ -315,6 +443,7 @@ impl NodeAdmission {
         drop(st);
         Decision::Reject {
             retry_after,
+            early_hold: seq.is_none() && input.owner.is_some(),
             ticket: seq.map(|seq| self.sign(slot, seq)),
             overflow: false,
             capped: false,

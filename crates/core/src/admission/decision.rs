@@ -119,6 +119,10 @@ pub enum Decision {
         /// The client already holds its cap of slots on this node: it was given a place
         /// in its own queue and nothing was booked.
         capped: bool,
+        /// The client holds a promise that the node will also hold for it if it comes back
+        /// up to [`EARLY_HOLD`](super::EARLY_HOLD) early (a [`Decision::Queue`] until its
+        /// slot): a whole-second `Retry-After` may round down instead of up.
+        early_hold: bool,
         /// What checking the presented ticket found (metrics, logs).
         ticket_check: TicketCheck,
     },
@@ -179,6 +183,11 @@ pub struct AdmissionStats {
     pub reasked: u64,
     /// Reservations not claimed within their grace, released as public credits.
     pub released: u64,
+    /// Clients back before their promise's slot, held until it (within [`EARLY_HOLD`](super::EARLY_HOLD)).
+    pub held_early: u64,
+    /// Held requests that woke later than their instant and were paced again at release,
+    /// so that a stalled runtime never lets a bunch through.
+    pub repaced: u64,
 }
 
 /// Sizes of the bounded per-node structures (for tests, simulators and /admin).

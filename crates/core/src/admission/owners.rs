@@ -74,6 +74,16 @@ impl Owners {
             .min()
     }
 
+    /// The earliest promise `owner` holds at `now`, due or not.
+    pub(crate) fn earliest_promise(&mut self, owner: u64, now: Nanos) -> Option<Nanos> {
+        self.live(owner, now)?
+            .slots
+            .iter()
+            .filter(|&&(_, _, promise)| promise)
+            .map(|&(s, ..)| s)
+            .min()
+    }
+
     /// `owner` now holds `slot` until `until`; `promise`: a promise, else a reservation.
     pub(crate) fn add(&mut self, owner: u64, slot: Nanos, until: Nanos, promise: bool) {
         self.held
@@ -81,6 +91,16 @@ impl Owners {
             .or_default()
             .slots
             .push((slot, until, promise));
+    }
+
+    /// `owner` is being held until `slot` (it came back early for its promise): the slot
+    /// is no longer a promise it can claim, but it counts against its cap until then.
+    pub(crate) fn hold(&mut self, owner: u64, slot: Nanos) {
+        if let Some(h) = self.held.get_mut(&owner) {
+            if let Some(e) = h.slots.iter_mut().find(|e| e.0 == slot && e.2) {
+                *e = (slot, slot, false);
+            }
+        }
     }
 
     /// `owner` gave `slot` up (claimed it).

@@ -62,6 +62,11 @@ impl PromiseQueue {
         false
     }
 
+    /// The slot of the oldest public credit, due or not.
+    pub(crate) fn first_public(&self) -> Option<Nanos> {
+        self.public.front().copied()
+    }
+
     /// Takes the oldest public credit whose slot has come.
     pub(crate) fn claim(&mut self, now: Nanos) -> bool {
         match self.public.front() {

@@ -44,11 +44,12 @@ fn hint(d: &Decision) -> Duration {
 fn past_its_cap_a_client_queues_behind_itself_and_books_nothing() {
     let node = node(slow(3, 0.0));
     assert!(node.check(T0, &ticketless(A)).is_admit(), "the burst");
-    // Someone else holds T and 2T; A takes three slots: 3T, 4T, 5T.
-    for owner in [C, C + 10] {
-        let _ = hint(&node.check(T0, &ticketless(owner)));
+    // Others hold T..=12T (so that A's slots lie beyond EARLY_HOLD: asks before then are
+    // not held); A takes three slots: 13T, 14T, 15T.
+    for owner in 0..12 {
+        let _ = hint(&node.check(T0, &ticketless(C + 10 * owner)));
     }
-    for k in 3..=5u64 {
+    for k in 13..=15u64 {
         let h = hint(&node.check(T0, &ticketless(A)));
         assert!(h >= Duration::from_nanos(k * T) && h < Duration::from_nanos((k + 1) * T));
     }
@@ -59,7 +60,7 @@ fn past_its_cap_a_client_queues_behind_itself_and_books_nothing() {
         let d = node.check(T0, &ticketless(A));
         assert!(matches!(d, Decision::Reject { capped: true, .. }), "{d:?}");
         let h = hint(&d);
-        let place = (5 + i) * T;
+        let place = (15 + i) * T;
         assert!(
             h >= Duration::from_nanos(place) && h < Duration::from_nanos(place + T),
             "ask {i}: {h:?}"
@@ -67,20 +68,107 @@ fn past_its_cap_a_client_queues_behind_itself_and_books_nothing() {
     }
     assert_eq!(node.backlog(T0), backlog, "the schedule did not move");
     assert_eq!(node.stats().capped, 100);
-    // Another client is not pushed back by A's asks: its slot is the sixth.
+    // Another client is not pushed back by A's asks: its slot is the sixteenth.
     let h = hint(&node.check(T0, &ticketless(B)));
-    assert!(h >= Duration::from_nanos(6 * T) && h < Duration::from_nanos(7 * T));
+    assert!(h >= Duration::from_nanos(16 * T) && h < Duration::from_nanos(17 * T));
     // Once A claims a slot it may book again.
     assert_eq!(
-        node.check(T0 + 3 * T, &ticketless(A)),
+        node.check(T0 + 13 * T, &ticketless(A)),
         Decision::Admit {
             via: AdmitVia::Promise,
             ticket: TicketCheck::None
         }
     );
-    let d = node.check(T0 + 3 * T, &ticketless(A));
+    let d = node.check(T0 + 13 * T, &ticketless(A));
     assert!(!matches!(d, Decision::Reject { capped: true, .. }), "{d:?}");
     assert_eq!(node.stats().capped, 100);
+}
+
+#[test]
+fn a_client_back_early_for_its_promise_is_held_until_it_and_still_capped() {
+    let node = node(slow(2, 0.0));
+    assert!(node.check(T0, &ticketless(A)).is_admit(), "the burst");
+    // C holds T; A's promise: 2T; a ticket holder's reservation (3T) is not held early.
+    let _ = hint(&node.check(T0, &ticketless(C)));
+    let d = node.check(T0, &ticketless(A));
+    assert!(
+        matches!(
+            d,
+            Decision::Reject {
+                early_hold: true,
+                ticket: None,
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+    let d = node.check(T0, &AdmitInput::ticketed(None).owned_by(B));
+    assert!(
+        matches!(
+            d,
+            Decision::Reject {
+                early_hold: false,
+                ticket: Some(_),
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+    // Back early (a whole-second Retry-After rounded down): held until its slot.
+    let back = T0 + T / 2;
+    assert_eq!(
+        node.check(back, &ticketless(A)),
+        Decision::Queue {
+            until: T0 + 2 * T,
+            slot: T0 + 2 * T,
+            via: AdmitVia::Promise,
+            ticket_check: TicketCheck::None
+        }
+    );
+    assert_eq!(node.stats().held_early, 1);
+    // The held slot still counts against A's cap (2): a second promise (4T), held too
+    // when A asks again; then A is capped and the schedule does not move.
+    assert!(matches!(
+        node.check(back, &ticketless(A)),
+        Decision::Reject {
+            early_hold: true,
+            ..
+        }
+    ));
+    assert!(matches!(
+        node.check(back, &ticketless(A)),
+        Decision::Queue { until, .. } if until == T0 + 4 * T
+    ));
+    let backlog = node.backlog(back);
+    let d = node.check(back, &ticketless(A));
+    assert!(matches!(d, Decision::Reject { capped: true, .. }), "{d:?}");
+    assert_eq!(node.backlog(back), backlog);
+    // A slot further than EARLY_HOLD away is not held.
+    let far = super::admission_sim::node(slow(0, 0.0));
+    assert!(far.check(T0, &ticketless(A)).is_admit());
+    for owner in 0..15 {
+        let _ = hint(&far.check(T0, &ticketless(C + owner)));
+    }
+    let _ = hint(&far.check(T0, &ticketless(B)));
+    let d = far.check(T0, &ticketless(B));
+    assert!(
+        matches!(d, Decision::Reject { .. }),
+        "16T is beyond the hold: {d:?}"
+    );
+}
+
+#[test]
+fn a_held_request_woken_late_is_paced_again() {
+    let node = node(slow(0, 0.0));
+    // On time (within the slack) it goes; late, it is paced at the instant it goes: the
+    // first late wake conforms, the next ones a burst later are spaced one interval apart.
+    assert_eq!(node.release(T0, T0 + NANOS_PER_MILLI), Ok(()));
+    let late = T0 + 10 * T;
+    assert_eq!(node.release(T0, late), Ok(()));
+    let next = node.release(T0 + T, late).unwrap_err();
+    assert_eq!(next, late + T);
+    assert_eq!(node.release(next, next), Ok(()));
+    assert_eq!(node.stats().repaced, 2);
 }
 
 #[test]

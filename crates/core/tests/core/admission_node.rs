@@ -28,6 +28,7 @@ fn ticket_for(node: &NodeAdmission) -> (String, u64) {
             ticket: Some(t),
             overflow: false,
             capped: false,
+            early_hold: false,
             ticket_check: TicketCheck::None,
         } => {
             assert!(
