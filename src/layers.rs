@@ -15,6 +15,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("fdlimit", 0),
     ("systemd", 0),
     ("tls", 0),
+    ("lograte", 0),
     // TOML -> validated Config (pure data).
     ("config", 1),
     // Live node state, connecting to nodes, health.

@@ -33,6 +33,7 @@ pub mod fdlimit;
 pub mod io;
 pub mod layers;
 pub mod listener;
+pub mod lograte;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;

@@ -65,6 +65,20 @@ enum Cmd {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// A table of the nodes (health, draining, tunnels, admitted/s, rejected/s, backlog,
+    /// rate) from the admin API; address and token from the config file.
+    Status {
+        /// The admin listener, http://IP:PORT (default: `[admin] bind` of the config).
+        #[arg(long)]
+        admin: Option<String>,
+        /// Draw the table again every second.
+        #[arg(long)]
+        watch: bool,
+        /// The config file, for the admin address and token (default
+        /// /etc/herdgate/herdgate.toml; not read with --admin alone).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -95,6 +109,11 @@ fn main() -> ExitCode {
         }
         Cmd::Drain { target, config } => admin(cli::admin_cmd::Action::Drain, &target, &config),
         Cmd::Undrain { target, config } => admin(cli::admin_cmd::Action::Undrain, &target, &config),
+        Cmd::Status {
+            admin,
+            watch,
+            config,
+        } => status(admin.as_deref(), config.as_deref(), watch),
         Cmd::Demo(args) => match runtime().block_on(cli::demo::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -165,6 +184,22 @@ fn admin(action: cli::admin_cmd::Action, target: &str, config: &Path) -> ExitCod
         }
         Err(cli::admin_cmd::Failure::Request(e)) => {
             eprintln!("herdgate: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// `herdgate status`: exit 2 for a bad URL or config, 1 when the admin listener cannot
+/// be reached or refuses.
+fn status(admin: Option<&str>, config: Option<&Path>, watch: bool) -> ExitCode {
+    match cli::status::run(admin, config, watch) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(cli::admin_cmd::Failure::Usage(e)) => {
+            eprintln!("herdgate status: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(cli::admin_cmd::Failure::Request(e)) => {
+            eprintln!("herdgate status: {e}");
             ExitCode::from(EXIT_RUNTIME)
         }
     }

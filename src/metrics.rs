@@ -119,6 +119,10 @@ pub const STICKY_CLIENT_QUOTA: &str = "herdgate_sticky_client_quota_total";
 /// Counter: learned sticky entries evicted because the table was at `max_entries`.
 pub const STICKY_EVICTIONS: &str = "herdgate_sticky_evictions_total";
 
+/// Counter: warning lines dropped by the per-call-site limit of `lograte::warn_limited!`
+/// (at most `lograte::PER_SECOND` lines per site and second).
+pub const LOG_SUPPRESSED: &str = "herdgate_log_suppressed_total";
+
 /// Install the process-wide recorder (once) and return the handle that renders it.
 pub fn install() -> PrometheusHandle {
     static H: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -134,12 +138,29 @@ pub fn install() -> PrometheusHandle {
             )
             .unwrap_or_else(|_| PrometheusBuilder::new());
         match builder.install_recorder() {
-            Ok(h) => h,
+            Ok(h) => {
+                register_at_zero();
+                h
+            }
             // Another recorder is installed (embedding application): render ours anyway.
             Err(_) => PrometheusBuilder::new().build_recorder().handle(),
         }
     })
     .clone()
+}
+
+/// Process-wide series that only move on rare events, registered at start so that a
+/// scrape (a dashboard's `rate`, an alert) finds them before the first event. The config
+/// that started the process loaded, so the last load succeeded.
+fn register_at_zero() {
+    for c in [LOG_SUPPRESSED, CLIENT_LIMITED, RELOADS, RELOAD_FAILURES] {
+        let _ = counter!(c);
+    }
+    for kind in ["connections", "tunnels"] {
+        let _ = counter!(CLIENT_CAPPED, "kind" => kind);
+    }
+    gauge!(DRAINING_TUNNELS).set(0.0);
+    gauge!(LAST_RELOAD_SUCCESS).set(1.0);
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -45,7 +45,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!("admin accept: {e}");
+                    crate::lograte::warn_limited!("admin accept: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

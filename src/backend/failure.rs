@@ -79,7 +79,7 @@ impl NodeFailure {
             NodeFailure::LocalResource => {
                 metrics::counter!(crate::metrics::LOCAL_RESOURCE_ERRORS, "kind" => "connect")
                     .increment(1);
-                tracing::warn!(node = %node.key, "herdgate is out of local resources (descriptors, ports or memory) connecting to the node; not counted against it");
+                crate::lograte::warn_limited!(node = %node.key, "herdgate is out of local resources (descriptors, ports or memory) connecting to the node; not counted against it");
             }
         }
         match self {

@@ -85,7 +85,7 @@ fn parse_target(target: &str) -> Result<(&str, &str), String> {
 }
 
 /// Where to reach a listener bound to `bind`: the loopback address for an unspecified one.
-fn reachable(bind: SocketAddr) -> SocketAddr {
+pub(super) fn reachable(bind: SocketAddr) -> SocketAddr {
     match bind.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::new(Ipv4Addr::LOCALHOST.into(), bind.port())
@@ -98,7 +98,7 @@ fn reachable(bind: SocketAddr) -> SocketAddr {
 }
 
 /// One request, `Connection: close`: the status and the body.
-fn exchange(addr: SocketAddr, request: &[u8]) -> std::io::Result<(u16, String)> {
+pub(super) fn exchange(addr: SocketAddr, request: &[u8]) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;

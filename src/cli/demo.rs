@@ -188,6 +188,7 @@ pub async fn run_with(
     };
     let mut storm: Option<StormState> = None;
     let mut last = admitted_per_node(&handle);
+    let (mut last_table, mut last_table_at) = (super::status::live_totals(&handle), Instant::now());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     loop {
@@ -203,21 +204,17 @@ pub async fn run_with(
         last = now.clone();
         let connected = shared.connected.load(Ordering::Relaxed);
         if print {
-            let mut line = format!("t={:>4}s  tunnels:", started.elapsed().as_secs());
-            for (name, open) in open_per_node(&handle) {
-                let _ = write!(line, " {name}={open:<5}");
-            }
-            let _ = write!(line, " accepts/s:");
-            for ((name, _), r) in now.iter().zip(&per_sec) {
-                let _ = write!(line, " {name}={r:<4}");
-            }
+            // The same table as `herdgate status`, under a line of the clients' view.
             let st = shared.stats.snapshot();
-            let _ = write!(
-                line,
-                " clients {connected}/{n_clients}  rejected {}",
-                st.rejected_status + st.rejected_close
+            let secs = last_table_at.elapsed().as_secs_f64();
+            let rows = super::status::live_rows(&handle, &last_table, secs);
+            (last_table, last_table_at) = (super::status::live_totals(&handle), Instant::now());
+            println!(
+                "t={:>4}s  clients {connected}/{n_clients}  rejected {}\n{}",
+                started.elapsed().as_secs(),
+                st.rejected_status + st.rejected_close,
+                super::status::render(&rows)
             );
-            println!("{line}");
         }
         if let Some(s) = &mut storm {
             s.observe(&per_sec, connected, n_clients as u64);
@@ -324,20 +321,6 @@ fn admitted_per_node(h: &Handle) -> Vec<(String, u64)> {
             (
                 n.key.name.to_string(),
                 s.admitted_bucket + s.admitted_promise + s.admitted_ticket,
-            )
-        })
-        .collect()
-}
-
-fn open_per_node(h: &Handle) -> Vec<(String, u64)> {
-    let snap = h.snapshot();
-    snap.pools
-        .iter()
-        .flat_map(|p| p.nodes.iter())
-        .map(|n| {
-            (
-                n.key.name.to_string(),
-                n.open_tunnels.load(Ordering::Relaxed),
             )
         })
         .collect()

@@ -207,13 +207,17 @@ impl Default for TicketsConfig {
     }
 }
 
-/// `[log]`: the log's format. Read at start only (a reload does not change it).
+/// `[log]`: the log's format (read at start only) and the access log (applied on reload,
+/// to connections accepted after it).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `"text"` (default; colours only when stderr is a terminal) or `"json"` (one object
     /// per line, journald-friendly).
     pub format: LogFormat,
+    /// One line per HTTP request and one per tunnel when it ends, target
+    /// `herdgate::access` (default false).
+    pub access: bool,
 }
 
 /// How log lines are written.

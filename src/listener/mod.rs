@@ -76,7 +76,7 @@ pub async fn serve(
                     }
                     // EMFILE/ENFILE/ENOBUFS: spinning would burn the CPU the live
                     // connections need; back off and let descriptors free up.
-                    tracing::warn!(listener = %name, "accept failed: {e}; backing off {backoff:?}");
+                    crate::lograte::warn_limited!(listener = %name, "accept failed: {e}; backing off {backoff:?}");
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}

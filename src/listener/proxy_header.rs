@@ -65,7 +65,13 @@ pub async fn client(
                 "reason" => why.label(),
             )
             .increment(1);
-            tracing::debug!(%listener, %peer, reason = why.label(), "PROXY header refused");
+            // An untrusted peer or a broken header is a misconfiguration (or an attack)
+            // worth a line; a peer that closes or stalls (a balancer's TCP check) is not.
+            if matches!(why.label(), "untrusted" | "invalid") {
+                crate::lograte::warn_limited!(%listener, %peer, reason = why.label(), "PROXY header refused");
+            } else {
+                tracing::debug!(%listener, %peer, reason = why.label(), "PROXY header refused");
+            }
             None
         }
     }

@@ -41,7 +41,7 @@ pub(crate) fn request_client(ctx: &ConnCtx, headers: &mut HeaderMap) -> IpAddr {
         Ok(client) => client,
         Err(e) => {
             metrics::counter!(crate::metrics::FORWARDED_FOR_IGNORED).increment(1);
-            tracing::debug!(%peer, "{e}; the peer stands for the client");
+            crate::lograte::warn_limited!(%peer, "{e}; the peer stands for the client");
             peer
         }
     }

@@ -1,5 +1,6 @@
 //! The request pipeline: route ─► pick a node ─► admit ─► forward (HTTP or tunnel).
 
+mod access;
 pub mod body;
 mod client_addr;
 pub mod headers;
@@ -52,20 +53,32 @@ impl ConnCtx {
 
 /// hyper service entry point: never fails, every error becomes a response.
 pub async fn handle(req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<Body> {
-    let resp = match pipeline(req, &ctx).await {
+    let on = ctx.snap.config.log.access;
+    let mut note = access::Note::start(on, &req, &ctx.info.listener, ctx.info.client);
+    let resp = match pipeline(req, &ctx, &mut note).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(peer = %ctx.info.peer, error = ?e, "request failed: {e}");
+            access::failed(&mut note, &e);
             respond::response(e)
         }
     };
     crate::metrics::request(resp.status().as_u16());
+    if note.is_some() {
+        let size = http_body::Body::size_hint(resp.body()).exact();
+        access::request(note, resp.status().as_u16(), size);
+    }
     resp
 }
 
-async fn pipeline(mut req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<Body>, ProxyError> {
+async fn pipeline(
+    mut req: Request<Incoming>,
+    ctx: &ConnCtx,
+    note: &mut Option<access::Note>,
+) -> Result<Response<Body>, ProxyError> {
     // Who the client is for this request: behind a trusted proxy, its X-Forwarded-For.
     let client = client_addr::request_client(ctx, req.headers_mut());
+    access::client(note, client);
     // What per-client caps and slots count by: the address, IPv6 by its /64.
     let client_id = herdgate_core::admission::client_prefix(client);
     let host = headers::request_host(&req)?;
@@ -139,17 +152,30 @@ async fn pipeline(mut req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<
     };
     let node = choice.node;
     let _in_flight = node.in_flight();
+    access::node(note, node);
 
     if ws || route.cfg.admit_http {
         let owner = crate::admission::gate::owner_of(client_id);
-        if let Some(rej) = admit(node, route, pool, &parts, owner).await {
-            return Err(turn_away(rej));
+        match admit(node, route, pool, &parts, owner).await {
+            Ok(via) => access::admitted(note, via),
+            Err((rej, capped)) => {
+                access::rejected(note, capped);
+                return Err(turn_away(rej));
+            }
         }
     }
 
     let req = Request::from_parts(parts, body);
     let mut resp = if ws {
-        upgrade::forward(req, node, ctx, choice.key_hash, tunnel_slot).await?
+        upgrade::forward(
+            req,
+            node,
+            ctx,
+            choice.key_hash,
+            tunnel_slot,
+            note.clone().map(Box::new),
+        )
+        .await?
     } else {
         let r = http_fwd::forward(req, node, ctx, host.as_deref()).await?;
         // Like a 101 for a tunnel: only an answer the node served may be learned.
@@ -181,15 +207,16 @@ pub(crate) fn node_failed(
     }
 }
 
-/// Admission of one request to `node`: `None` to go ahead, or how to turn it away.
-/// In queue mode the request may wait here for its slot.
+/// Admission of one request to `node`: how it was let through, or how to turn it away
+/// (and whether the client was at its cap of slots on the node). In queue mode the
+/// request may wait here for its slot.
 async fn admit(
     node: &Arc<Node>,
     _route: &Route,
     pool: &crate::snapshot::Pool,
     parts: &http::request::Parts,
     owner: u64,
-) -> Option<Rejection> {
+) -> Result<crate::admission::AdmitVia, (Rejection, bool)> {
     let ti = ticket_info(parts);
     let queue = pool
         .cfg
@@ -203,7 +230,7 @@ async fn admit(
         owner: Some(owner),
     };
     match decide(node, &input) {
-        Decision::Admit { .. } => None,
+        Decision::Admit { via, .. } => Ok(via),
         Decision::Queue {
             until,
             slot,
@@ -231,15 +258,16 @@ async fn admit(
             }
             _waiting.served();
             crate::admission::gate::count_forwarded(node, via);
-            None
+            Ok(via)
         }
         Decision::Reject {
             retry_after,
             ticket,
             overflow,
+            capped,
             early_hold,
             ..
-        } => Some(
+        } => Err((
             Rejection::busy(
                 retry_after,
                 ticket,
@@ -248,7 +276,8 @@ async fn admit(
                 node.admission.params().claim_window,
             )
             .held_early(early_hold),
-        ),
+            capped,
+        )),
     }
 }
 

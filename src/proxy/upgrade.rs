@@ -23,6 +23,7 @@ pub async fn forward(
     ctx: &ConnCtx,
     key_hash: Option<u64>,
     tunnel_slot: Option<ClientSlot>,
+    note: Option<Box<super::access::Note>>,
 ) -> Result<Response<Body>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     let host = super::headers::request_host(&req)?;
@@ -138,6 +139,7 @@ pub async fn forward(
         wants_ticket,
         settings,
         tunnel_slot,
+        note,
     );
     Ok(Response::from_parts(parts, Body::empty()))
 }
@@ -171,6 +173,7 @@ fn spawn_tunnel(
     wants_ticket: bool,
     settings: TunnelSettings,
     tunnel_slot: Option<ClientSlot>,
+    note: Option<Box<super::access::Note>>,
 ) {
     let shared = ctx.shared.clone();
     // The tunnel keeps the connection's slot under the connection caps.
@@ -229,6 +232,7 @@ fn spawn_tunnel(
         node.open_tunnels.fetch_sub(1, Ordering::Relaxed);
         node.metrics.tunnels_open.decrement(1.0);
         tracing::trace!(node = %node.key, "tunnel ended: {end:?}");
+        super::access::tunnel(note, &end);
         drop(guard);
     });
 }

@@ -3,6 +3,7 @@
 
 pub mod handshake;
 pub mod side;
+mod stall;
 pub mod tunnel;
 
 pub use herdgate_core::frame;

@@ -14,6 +14,7 @@
 
 use super::frame::{write_close_frame, Direction, FrameTracker};
 use super::side::{ReadOutcome, Side};
+use super::stall::Stall;
 use crate::backend::health::Health;
 use crate::metrics as m;
 use crate::registry::{TunnelCtl, TunnelState};
@@ -38,6 +39,28 @@ pub struct TunnelSettings {
     pub write: Duration,
 }
 
+/// What a tunnel carried and how it ended (the access log).
+#[derive(Debug, Clone, Copy)]
+pub struct Relayed {
+    /// Why the relay stopped.
+    pub end: TunnelEnd,
+    /// Bytes from the client to the node, and from the node to the client.
+    pub bytes: (u64, u64),
+    /// The close code the client got (herdgate's own or the node's), else the one it sent.
+    pub close: Option<u16>,
+}
+
+fn done(end: TunnelEnd, c2s: &Dir, s2c: &Dir) -> Relayed {
+    let sent = Some(s2c.sent).filter(|&c| c != 0);
+    Relayed {
+        end,
+        bytes: (c2s.bytes, s2c.bytes),
+        close: sent
+            .or(s2c.tracker.close_code())
+            .or(c2s.tracker.close_code()),
+    }
+}
+
 /// How a tunnel ended (for logs and tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TunnelEnd {
@@ -55,36 +78,6 @@ pub enum TunnelEnd {
     WriteTimeout,
 }
 
-/// How long bytes have been waiting for one destination without any being taken.
-#[derive(Default)]
-struct Stall {
-    /// Waiting without progress since then (`None`: nothing waiting).
-    since: Option<Instant>,
-    /// Bytes waiting when last looked at; fewer now is progress.
-    backlog: usize,
-}
-
-impl Stall {
-    /// Look again at what is waiting; true when a (new) stall starts now.
-    fn note(&mut self, waiting: bool, backlog: usize, now: Instant) -> bool {
-        if !waiting {
-            self.since = None;
-            return false;
-        }
-        let progress = backlog < self.backlog;
-        self.backlog = backlog;
-        if self.since.is_none() || progress {
-            self.since = Some(now);
-            return true;
-        }
-        false
-    }
-
-    fn deadline(&self, write: Duration) -> Option<Instant> {
-        self.since.map(|s| s + write)
-    }
-}
-
 struct Dir {
     tracker: FrameTracker,
     /// False after the stream broke framing rules: we still relay, but never inject.
@@ -97,6 +90,10 @@ struct Dir {
     shut: bool,
     /// Drop what the source sends (a Close was injected towards the destination).
     discard: bool,
+    /// Bytes read from the source (the access log).
+    bytes: u64,
+    /// The code of a Close herdgate sent towards the destination (0: none).
+    sent: u16,
 }
 
 impl Dir {
@@ -108,6 +105,8 @@ impl Dir {
             open: true,
             shut: false,
             discard: false,
+            bytes: 0,
+            sent: 0,
         }
     }
 
@@ -194,6 +193,7 @@ fn pump_with(
             ReadOutcome::Data(n) => n,
         };
         counter.increment(n as u64);
+        dir.bytes += n as u64;
         if dir.discard {
             dir.track(&buf[..n], false);
             continue;
@@ -288,6 +288,9 @@ fn send_close(
     let mut frame = [0u8; 131];
     let key = mask.then(rand::random::<[u8; 4]>);
     let len = write_close_frame(&mut frame, code, reason, key);
+    if dir.sent == 0 {
+        dir.sent = code;
+    }
     if dir.pending.is_empty() {
         let w = dst.try_write(&frame[..len])?;
         dir.pending.extend_from_slice(&frame[w..len]);
@@ -318,11 +321,13 @@ pub async fn relay(
     ctl: Arc<TunnelCtl>,
     settings: TunnelSettings,
     health: Option<&Health>,
-) -> TunnelEnd {
+) -> Relayed {
     let c2s_bytes = m::bytes_counter(m::Dir::ClientToNode);
     let s2c_bytes = m::bytes_counter(m::Dir::NodeToClient);
     let mut c2s = Dir::new(Direction::ClientToServer);
     let mut s2c = Dir::new(Direction::ServerToClient);
+    c2s.bytes = client_pre.len() as u64;
+    s2c.bytes = backend_pre.len() as u64;
     c2s.track(&client_pre, false);
     c2s.pending.extend_from_slice(&client_pre);
     s2c.track(&backend_pre, false);
@@ -348,7 +353,7 @@ pub async fn relay(
                 let reason = close_reason(cl.hint_ms, ctl.ticket());
                 if let Err(e) = send_close(&mut client, &mut s2c, cl.code, &reason, false) {
                     tracing::debug!("tunnel {}: close to client failed: {e}", ctl.id);
-                    return TunnelEnd::Error;
+                    return done(TunnelEnd::Error, &c2s, &s2c);
                 }
                 phase = Phase::CloseSent(cl);
                 s2c.discard = true;
@@ -378,7 +383,7 @@ pub async fn relay(
             }
         }
         if c2s.shut && s2c.shut && !client.has_pending_output() {
-            return end;
+            return done(end, &c2s, &s2c);
         }
         if (!c2s.open || !s2c.open) && half_closed_deadline.is_none() {
             half_closed_deadline = Some(Instant::now() + settings.close_timeout);
@@ -405,10 +410,10 @@ pub async fn relay(
                 biased;
                 _ = ctl.changed() => Ev::Command,
                 _ = &mut timer => Ev::Timer,
-                r = client.tcp().readable(), if can_read_client => match r { Ok(()) => Ev::ClientReadable, Err(_) => return TunnelEnd::Error },
-                r = backend.tcp().readable(), if can_read_backend => match r { Ok(()) => Ev::BackendReadable, Err(_) => { node_gone(health, &ctl).await; return TunnelEnd::Error } },
-                r = client.tcp().writable(), if !s2c.pending.is_empty() || client.has_pending_output() => match r { Ok(()) => Ev::ClientWritable, Err(_) => return TunnelEnd::Error },
-                r = backend.tcp().writable(), if !c2s.pending.is_empty() => match r { Ok(()) => Ev::BackendWritable, Err(_) => return TunnelEnd::Error },
+                r = client.tcp().readable(), if can_read_client => match r { Ok(()) => Ev::ClientReadable, Err(_) => return done(TunnelEnd::Error, &c2s, &s2c) },
+                r = backend.tcp().readable(), if can_read_backend => match r { Ok(()) => Ev::BackendReadable, Err(_) => { node_gone(health, &ctl).await; return done(TunnelEnd::Error, &c2s, &s2c) } },
+                r = client.tcp().writable(), if !s2c.pending.is_empty() || client.has_pending_output() => match r { Ok(()) => Ev::ClientWritable, Err(_) => return done(TunnelEnd::Error, &c2s, &s2c) },
+                r = backend.tcp().writable(), if !c2s.pending.is_empty() => match r { Ok(()) => Ev::BackendWritable, Err(_) => return done(TunnelEnd::Error, &c2s, &s2c) },
             }
         };
 
@@ -479,7 +484,7 @@ pub async fn relay(
         if let Err(e) = res {
             tracing::debug!("tunnel {}: {e}", ctl.id);
             node_gone(health, &ctl).await;
-            return TunnelEnd::Error;
+            return done(TunnelEnd::Error, &c2s, &s2c);
         }
         // The node ended its TCP stream without a WebSocket close: it may have died. Ask
         // before the client learns (its FIN goes out on the next turn), so that its
@@ -498,15 +503,16 @@ pub async fn relay(
                 }
                 let _ = flush_pending(&mut backend, &mut c2s);
                 let _ = client.flush();
-                return if end == TunnelEnd::Closed {
+                let end = if end == TunnelEnd::Closed {
                     TunnelEnd::TimedOut
                 } else {
                     end
                 };
+                return done(end, &c2s, &s2c);
             }
         }
         if half_closed_deadline.is_some_and(|d| now >= d) {
-            return TunnelEnd::TimedOut;
+            return done(TunnelEnd::TimedOut, &c2s, &s2c);
         }
         // Writes that make no progress: a peer that does not read is cut off.
         let client_new = to_client.note(
@@ -527,7 +533,7 @@ pub async fn relay(
                     ctl.id,
                     settings.write
                 );
-                return TunnelEnd::WriteTimeout;
+                return done(TunnelEnd::WriteTimeout, &c2s, &s2c);
             }
         }
         if client_new || node_new {

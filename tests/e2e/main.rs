@@ -13,6 +13,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod access_log;
 mod admin_cli;
 mod admin_security;
 mod admission;
@@ -24,15 +25,18 @@ mod core_http;
 mod core_robustness;
 mod core_tls;
 mod core_ws;
+mod dashboard;
 mod drain;
 mod drain_ticket;
 mod health;
 mod health_hostile;
+mod log_flood;
 mod logs;
 mod proxy_protocol;
 mod reload;
 mod reload_bad_values;
 mod shutdown;
+mod status_cli;
 mod sticky;
 mod sticky_hostile;
 mod storm_keyless;

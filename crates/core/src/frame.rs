@@ -132,6 +132,13 @@ pub struct FrameTracker {
     msg_open: bool,
     /// A complete Close frame has passed.
     close_seen: bool,
+    /// The status code of the first complete Close frame (1005 when it carried none);
+    /// 0 before one has passed (0 is no valid code).
+    close_code: u16,
+    /// The current frame's first two masking key bytes, then XORed with its first two
+    /// payload bytes: a Close frame's code, unmasked. `code_got` payload bytes are in.
+    code_buf: [u8; 2],
+    code_got: u8,
 }
 
 impl FrameTracker {
@@ -147,6 +154,9 @@ impl FrameTracker {
             client: dir == Direction::ClientToServer,
             msg_open: false,
             close_seen: false,
+            close_code: 0,
+            code_buf: [0; 2],
+            code_got: 0,
         }
     }
 
@@ -193,6 +203,9 @@ impl FrameTracker {
                 let avail = data.len() - pos;
                 // `remaining` may exceed usize on 32-bit targets: then it exceeds `avail` too.
                 let take = usize::try_from(self.remaining).map_or(avail, |r| r.min(avail));
+                if self.b0 & 0x0F == OP_CLOSE && self.close_code == 0 {
+                    self.note_code(&data[pos..pos + take]);
+                }
                 self.remaining -= take as u64;
                 pos += take;
             } else {
@@ -231,6 +244,24 @@ impl FrameTracker {
         self.close_seen
     }
 
+    /// The status code of the first complete Close frame that passed (1005, "no status",
+    /// when its payload was empty), for the access log; `None` before one has passed.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.close_code != 0).then_some(self.close_code)
+    }
+
+    /// Keep the first two payload bytes of a Close frame, unmasked.
+    fn note_code(&mut self, payload: &[u8]) {
+        for &b in payload
+            .iter()
+            .take(2usize.saturating_sub(self.code_got as usize))
+        {
+            let i = self.code_got as usize;
+            self.code_buf[i] ^= b;
+            self.code_got += 1;
+        }
+    }
+
     /// The violation that stopped this tracker, if any.
     pub fn error(&self) -> Option<FrameError> {
         self.error
@@ -255,6 +286,8 @@ impl FrameTracker {
             0 => {
                 self.check_first_byte(byte)?;
                 self.b0 = byte;
+                self.code_buf = [0; 2];
+                self.code_got = 0;
             }
             1 => {
                 self.check_second_byte(byte)?;
@@ -272,8 +305,13 @@ impl FrameTracker {
                 // At most 8 bytes are shifted in from zero, so nothing is lost.
                 self.remaining = (self.remaining << 8) | u64::from(byte);
             }
-            // The masking key: the relay never unmasks, so it is skipped.
-            _ => {}
+            // The masking key: the relay never unmasks; kept for a Close frame's code.
+            p => {
+                let i = usize::from(p - 2 - Self::ext_len(self.b1));
+                if let Some(m) = self.code_buf.get_mut(i) {
+                    *m = byte;
+                }
+            }
         }
         self.hdr_pos += 1;
         if self.hdr_pos == 2 + Self::ext_len(self.b1) {
@@ -328,6 +366,12 @@ impl FrameTracker {
             // Control frames may sit between fragments (§5.4) and leave `msg_open` alone.
             if opcode == OP_CLOSE {
                 self.close_seen = true;
+                if self.close_code == 0 {
+                    self.close_code = match (self.code_got, u16::from_be_bytes(self.code_buf)) {
+                        (2, c) if c != 0 => c,
+                        _ => 1005,
+                    };
+                }
             }
         } else {
             self.msg_open = self.b0 & FIN_BIT == 0;
@@ -545,7 +589,8 @@ mod tests {
 
     #[test]
     fn tracker_is_small() {
-        assert!(std::mem::size_of::<FrameTracker>() <= 32);
+        // 32 until the Close code was kept for the access log (two per tunnel).
+        assert!(std::mem::size_of::<FrameTracker>() <= 40);
     }
 
     #[test]
@@ -677,6 +722,37 @@ mod tests {
             t.advance(&f[f.len() - 1..], false).unwrap();
             assert!(t.close_seen() && t.at_message_boundary());
         }
+    }
+
+    #[test]
+    fn the_first_close_code_is_read_masked_or_not_split_anywhere() {
+        for (dir, mask) in [
+            (Direction::ClientToServer, Some([0x37, 0xfa, 0x21, 0x3d])),
+            (Direction::ServerToClient, None),
+        ] {
+            let mut stream = frame(dir, FIN_BIT | OP_TEXT, 3);
+            let mut close = [0u8; CLOSE_FRAME_MAX_LEN];
+            let n = write_close_frame(&mut close, 4321, "bye", mask);
+            stream.extend_from_slice(&close[..n]);
+            let n = write_close_frame(&mut close, 1000, "", mask);
+            stream.extend_from_slice(&close[..n]);
+            for step in 1..stream.len() {
+                let mut t = FrameTracker::new(dir);
+                assert_eq!(t.close_code(), None);
+                for chunk in stream.chunks(step) {
+                    t.advance(chunk, false).unwrap();
+                }
+                assert_eq!(t.close_code(), Some(4321), "{dir:?} in chunks of {step}");
+            }
+        }
+        // An empty Close payload: no status (1005).
+        let mut t = FrameTracker::new(Direction::ServerToClient);
+        t.advance(
+            &frame(Direction::ServerToClient, FIN_BIT | OP_CLOSE, 0),
+            false,
+        )
+        .unwrap();
+        assert_eq!(t.close_code(), Some(1005));
     }
 
     #[test]
