@@ -73,24 +73,36 @@ impl Health {
     }
 
     /// A tunnel's node ended it without a WebSocket close (or reset it): connect to the
-    /// node once, within [`CONFIRM_TIMEOUT`]. Refused is the node's death (no client can
-    /// cause a refused connect): marked down at once, before the tunnel's client (and the
-    /// node's other clients) learn and reconnect. Anything else changes nothing; a node
-    /// already down is not asked.
+    /// node once. Refused, or accepted and then reset or closed within
+    /// [`CONFIRM_TIMEOUT`] (a dying process's listener still queues connects until it is
+    /// closed), is the node's death, which no client can cause: it is marked down at
+    /// once, before the tunnel's client (and the node's other clients) learn and
+    /// reconnect. A node that keeps the connection open is alive; a node already down is
+    /// not asked.
     pub async fn confirm_alive(&self, node: &Arc<Node>) {
         if !node.is_healthy() {
             return;
         }
-        let connect = tokio::net::TcpStream::connect(node.key.addr);
-        if let Ok(Err(e)) = tokio::time::timeout(CONFIRM_TIMEOUT, connect).await {
-            if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                node.metrics.backend_refused.increment(1);
-                self.mark(
-                    node,
-                    false,
-                    "a tunnel ended and the node refuses connections",
-                );
+        let gone = match tokio::time::timeout(
+            CONFIRM_TIMEOUT,
+            tokio::net::TcpStream::connect(node.key.addr),
+        )
+        .await
+        {
+            Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+            Ok(Ok(mut s)) => {
+                let mut b = [0u8; 1];
+                let read = tokio::io::AsyncReadExt::read(&mut s, &mut b);
+                matches!(
+                    tokio::time::timeout(CONFIRM_TIMEOUT, read).await,
+                    Ok(Ok(0)) | Ok(Err(_))
+                )
             }
+            Err(_) => false,
+        };
+        if gone {
+            node.metrics.backend_refused.increment(1);
+            self.mark(node, false, "a tunnel ended and the node is gone");
         }
     }
 
@@ -245,7 +257,7 @@ impl Health {
 }
 
 /// How long [`Health::confirm_alive`] waits for a connect.
-pub const CONFIRM_TIMEOUT: Duration = Duration::from_millis(200);
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// Connect within `timeout`; a completed connect is a pass.
 pub async fn tcp_check(addr: SocketAddr, timeout: Duration) -> bool {
