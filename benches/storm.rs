@@ -123,6 +123,14 @@ struct Args {
     svg_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Sockets: a route with no session key (no `[route.sticky]`): routing follows
+    /// admission. Adds the contender that reads only `Retry-After`.
+    #[arg(long)]
+    keyless: bool,
+    /// Sockets: queue mode, `[pool.queue] timeout` (e.g. "2s"; keep it below the clients'
+    /// connect timeout).
+    #[arg(long, value_parser = herdgate::config::parse_duration)]
+    queue: Option<Duration>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -159,6 +167,13 @@ fn main() -> ExitCode {
 
 fn contenders(args: &Args) -> Vec<Contender> {
     let mut all = Contender::standard();
+    if args.keyless && !args.sim {
+        all.push(Contender::new(
+            "Retry-After only, no key",
+            Strategy::RetryAfterHeader,
+            true,
+        ));
+    }
     if args.extra {
         all.extend(Contender::hint_ignorers());
     }
@@ -238,12 +253,12 @@ struct Gate {
 fn herdgate_config(
     edge: SocketAddr,
     admin: SocketAddr,
-    tls: Option<&Cert>,
-    hps: Option<f64>,
+    rc: &RoundCfg<'_>,
     rate: f64,
     burst: u32,
     nodes: &[SocketAddr],
 ) -> String {
+    let (tls, hps) = (rc.tls, rc.hps);
     let mut s = format!(
         r#"[admin]
 bind = "{admin}"
@@ -276,14 +291,17 @@ backlog = 8192
             cert.key.display()
         ));
     }
+    // Keyless: no session key, so routing is free and follows admission (issue 10).
+    let sticky = if rc.keyless {
+        ""
+    } else {
+        "[route.sticky]\nquery = \"k\"\nfallback = \"none\"\n"
+    };
     s.push_str(&format!(
         r#"
 [[route]]
 pool = "storm"
-[route.sticky]
-query = "k"
-fallback = "none"
-
+{sticky}
 [[pool]]
 name = "storm"
 admit_rate = {rate}
@@ -292,6 +310,12 @@ max_retry_after = "60s"
 max_slots_per_client = 10000000
 "#
     ));
+    if let Some(q) = rc.queue {
+        s.push_str(&format!(
+            "[pool.queue]\ntimeout = \"{}ms\"\nmax_len = 100000\n",
+            q.as_millis()
+        ));
+    }
     for (i, n) in nodes.iter().enumerate() {
         s.push_str(&format!(
             "[[pool.node]]\nname = \"echo-{i}\"\naddr = \"{n}\"\n"
@@ -310,7 +334,7 @@ async fn spawn_gate(
 ) -> Result<Gate, BoxError> {
     retry(SPAWN_TRIES, async || {
         let (addr, admin) = (free_addr()?, free_addr()?);
-        let config = herdgate_config(addr, admin, rc.tls, rc.hps, rate, burst, nodes);
+        let config = herdgate_config(addr, admin, rc, rate, burst, nodes);
         let path = dir.join(format!("herdgate-{round}.toml"));
         std::fs::write(&path, config)?;
         let launch = Launch {
@@ -534,6 +558,8 @@ struct RoundCfg<'a> {
     hps: Option<f64>,
     cache_per_client: bool,
     seed: u64,
+    keyless: bool,
+    queue: Option<Duration>,
 }
 
 async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Summary, BoxError> {
@@ -748,6 +774,8 @@ fn sockets(args: &Args, svg_dir: &Path) -> Result<(), BoxError> {
             hps: args.handshakes_per_second,
             cache_per_client: !args.tls_shared_config,
             seed: args.seed,
+            keyless: args.keyless,
+            queue: args.queue,
         };
         let mut summaries = Vec::new();
         let started = Instant::now();

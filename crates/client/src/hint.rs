@@ -46,6 +46,9 @@ pub struct Hint {
     pub ticket: Option<String>,
     /// Which field the delay came from.
     pub source: HintSource,
+    /// The standard `Retry-After` header's own delay when the response carried one,
+    /// whatever else it carried: what a client that reads only that header waits.
+    pub header: Option<Duration>,
 }
 
 impl Hint {
@@ -58,6 +61,11 @@ impl Hint {
         now: SystemTime,
     ) -> Option<Hint> {
         let ticket = ticket_from_headers(headers);
+        // The server's own Date is the reference for an HTTP-date Retry-After: a
+        // client whose clock is off still waits the interval the server meant.
+        let now = unix_secs(now);
+        let reference = first_valid(headers, "date", |v| parse_http_date(v, now)).unwrap_or(now);
+        let header = first_valid(headers, "retry-after", |v| parse_retry_after(v, reference));
         if let Some(ms) = first_valid(headers, RETRY_AFTER_MS_HEADER, parse_millis) {
             let source = if ticket.is_some() {
                 HintSource::TicketMs
@@ -68,19 +76,15 @@ impl Hint {
                 retry_after: ms,
                 ticket,
                 source,
+                header,
             });
         }
-        // The server's own Date is the reference for an HTTP-date Retry-After: a
-        // client whose clock is off still waits the interval the server meant.
-        let now = unix_secs(now);
-        let reference = first_valid(headers, "date", |v| parse_http_date(v, now)).unwrap_or(now);
-        if let Some(delay) =
-            first_valid(headers, "retry-after", |v| parse_retry_after(v, reference))
-        {
+        if let Some(delay) = header {
             return Some(Hint {
                 retry_after: delay,
                 ticket,
                 source: HintSource::RetryAfterHeader,
+                header,
             });
         }
         let ms = body.and_then(retry_after_from_body)?;
@@ -88,6 +92,7 @@ impl Hint {
             retry_after: ms,
             ticket,
             source: HintSource::RetryAfterMs,
+            header: None,
         })
     }
 
@@ -113,6 +118,7 @@ impl Hint {
             retry_after,
             ticket,
             source,
+            header: None,
         })
     }
 

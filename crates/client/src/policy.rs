@@ -151,6 +151,10 @@ pub enum Strategy {
         /// Send `herdgate-accept-ticket: 1` and echo tickets back.
         tickets: bool,
     },
+    /// What most WebSocket libraries and load generators do: obey the standard
+    /// `Retry-After` header (whole seconds) and nothing else (no `retry-after-ms`, no
+    /// ticket, no cookie, no close reason); without one, the reference jittered backoff.
+    RetryAfterHeader,
 }
 
 /// Per-client reconnect state: a strategy, its backoff, and a ticket to present next.
@@ -193,7 +197,10 @@ impl ReconnectPolicy {
 
     /// Whether this strategy obeys server hints at all.
     pub fn honours_hints(&self) -> bool {
-        matches!(self.strategy, Strategy::Herdgate { .. })
+        matches!(
+            self.strategy,
+            Strategy::Herdgate { .. } | Strategy::RetryAfterHeader
+        )
     }
 
     /// The ticket to present on the next attempt, if the last hint gave one.
@@ -247,6 +254,13 @@ impl ReconnectPolicy {
             Strategy::Immediate => self.backoff.next_attempt().map(|()| Duration::ZERO),
             Strategy::Fixed(delay) => self.backoff.next_attempt().map(|()| delay),
             Strategy::FullJitter => self.backoff.next_full_jitter(rng),
+            Strategy::RetryAfterHeader => match hint.and_then(|h| h.header) {
+                Some(delay) => {
+                    self.backoff.reset();
+                    Some(delay)
+                }
+                None => self.backoff.next_jittered(rng),
+            },
             Strategy::Herdgate { tickets } => match hint {
                 Some(hint) => {
                     self.backoff.reset();

@@ -228,6 +228,7 @@ async fn http_rejection_hints_and_ticket_round_trip() {
             retry_after: Duration::from_millis(1234),
             ticket: Some("T1_abc-XYZ".into()),
             source: HintSource::TicketMs,
+            header: Some(Duration::from_secs(2)),
         })
     );
     let first = server.seen.recv().await.unwrap();
@@ -279,6 +280,7 @@ async fn close_1013_right_after_upgrade_is_a_rejection() {
             retry_after: Duration::from_millis(850),
             ticket: Some("Zm9vYmFy".into()),
             source: HintSource::TicketMs,
+            header: None,
         })
     );
     assert_eq!(

@@ -51,6 +51,7 @@ fn full_herdgate_rejection_prefers_ticket_with_exact_ms() {
             retry_after: Duration::from_millis(1234),
             ticket: Some("AbC-_09".into()),
             source: HintSource::TicketMs,
+            header: Some(Duration::from_secs(2)),
         })
     );
 }
@@ -210,6 +211,7 @@ fn prefer_follows_source_order() {
         retry_after: Duration::from_millis(ms),
         ticket: None,
         source,
+        header: None,
     };
     let close = mk(HintSource::CloseReason, 1);
     let header = mk(HintSource::RetryAfterHeader, 2);

@@ -34,6 +34,7 @@ fn hint(ms: u64, ticket: Option<&str>) -> Hint {
         } else {
             HintSource::RetryAfterMs
         },
+        header: Some(Duration::from_secs(ms.div_ceil(1000))),
     }
 }
 
@@ -282,4 +283,29 @@ fn drain_close_hint_schedules_the_reconnect() {
     let base = p.backoff().base();
     let d = p.after_close(None, &mut rng).unwrap();
     assert!(d >= base / 2 && d <= base + base / 2);
+}
+
+#[test]
+fn a_retry_after_only_client_reads_the_whole_seconds_and_nothing_else() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut p = ReconnectPolicy::new(Strategy::RetryAfterHeader, &mut rng);
+    assert!(!p.accept_tickets());
+    // The exact ms and the ticket are ignored: the header's 2 s is what it waits.
+    let mut h = hint(1_234, Some("T1"));
+    h.header = Some(Duration::from_secs(2));
+    assert_eq!(
+        p.next_delay(&rejected(Some(h)), &mut rng),
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(p.ticket(), None);
+    // A close reason (no header) or no hint: the jittered backoff, never the close's 40 ms.
+    let mut close = hint(40, None);
+    close.header = None;
+    for outcome in [rejected(Some(close)), rejected(None)] {
+        let d = p.next_delay(&outcome, &mut rng).unwrap();
+        assert!(
+            d != Duration::from_millis(40) && d <= ceiling(BASE_MAX, 1) * 2,
+            "{d:?}"
+        );
+    }
 }

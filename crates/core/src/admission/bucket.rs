@@ -79,6 +79,11 @@ pub const PROMISE_GRACE: Duration = Duration::from_millis(1050);
 /// rejected again: a whole-second `Retry-After` rounded down brings it back up to a second
 /// early (plus timer slop).
 pub const EARLY_HOLD: Duration = Duration::from_millis(1100);
+/// ...but only once this long has passed since the promise was booked: the smallest
+/// `Retry-After` is one second, so an arrival sooner is not the client that was told to
+/// come back (it is one that ignores hints, or another client behind the same address,
+/// which must not take this one's slot).
+pub const EARLY_HOLD_AFTER: Duration = Duration::from_millis(900);
 
 /// A held request that wakes this late after its instant (or one emission interval, if
 /// longer) is paced again before it goes ([`NodeAdmission::release`]).
@@ -253,7 +258,8 @@ impl NodeAdmission {
                 }
             }
             let hold = duration_to_nanos(EARLY_HOLD);
-            if let Some(slot) = st.owners.earliest_promise(o, now) {
+            let after = duration_to_nanos(EARLY_HOLD_AFTER);
+            if let Some(slot) = st.owners.earliest_promise(o, now, after) {
                 if slot.saturating_sub(now) <= hold && st.promises.claim_owned(slot, o) {
                     // Still counted against its cap until the slot: holding requests
                     // never lets a client book more than its cap.
@@ -353,7 +359,7 @@ impl NodeAdmission {
             }
         }
         st.stats.rejected += 1;
-        let seq = st.promise_or_reserve(slot, t_slot, input.wants_ticket, input.owner);
+        let seq = st.promise_or_reserve(now, slot, t_slot, input.wants_ticket, input.owner);
         let retry_after = st.slot_hint(now, slot, t_slot);
         drop(st);
         Decision::Reject {
@@ -388,7 +394,7 @@ impl NodeAdmission {
             return (st.overflow_hint(), None);
         };
         st.stats.hinted += 1;
-        let seq = st.promise_or_reserve(slot, t_slot, wants_ticket, None);
+        let seq = st.promise_or_reserve(now, slot, t_slot, wants_ticket, None);
         let retry_after = st.slot_hint(now, slot, t_slot);
         drop(st);
         (retry_after, seq.map(|seq| self.sign(slot, seq)))

@@ -127,6 +127,7 @@ impl State {
     /// for the caller to sign. Either is held by `owner` (if known) for its grace.
     pub(super) fn promise_or_reserve(
         &mut self,
+        now: Nanos,
         slot: Nanos,
         t_slot: Nanos,
         wants_ticket: bool,
@@ -138,7 +139,8 @@ impl State {
                 self.stats.reserved += 1;
                 if let Some(o) = owner {
                     let grace = (t_slot + duration_to_nanos(RESERVATION_GRACE)).min(cw);
-                    self.owners.add(o, slot, slot.saturating_add(grace), false);
+                    self.owners
+                        .add(o, slot, slot.saturating_add(grace), false, now);
                 }
                 return Some(seq);
             }
@@ -148,7 +150,7 @@ impl State {
                 let grace = (t_slot + duration_to_nanos(PROMISE_GRACE)).min(cw);
                 let until = slot.saturating_add(grace);
                 self.promises.push_owned(slot, o, until);
-                self.owners.add(o, slot, until, true);
+                self.owners.add(o, slot, until, true, now);
             }
             None => self.promises.push(slot),
         }

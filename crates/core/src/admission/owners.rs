@@ -17,8 +17,8 @@ use super::clock::{Nanos, NANOS_PER_SEC};
 /// What one owner holds.
 #[derive(Debug, Default)]
 struct Held {
-    /// (slot, held until, is a promise): at most the cap.
-    slots: Vec<(Nanos, Nanos, bool)>,
+    /// (slot, held until, is a promise, booked at): at most the cap.
+    slots: Vec<(Nanos, Nanos, bool, Nanos)>,
     /// The last place handed out in its own queue (0: none).
     queue_end: Nanos,
 }
@@ -33,7 +33,7 @@ impl Owners {
     /// The owner's slots still held at `now` (dropping those past their grace).
     fn live(&mut self, owner: u64, now: Nanos) -> Option<&mut Held> {
         let held = self.held.get_mut(&owner)?;
-        held.slots.retain(|&(_, until, _)| until >= now);
+        held.slots.retain(|&(_, until, ..)| until >= now);
         Some(held)
     }
 
@@ -53,7 +53,7 @@ impl Owners {
         horizon: Nanos,
     ) -> Option<Nanos> {
         let held = self.held.entry(owner).or_default();
-        held.slots.retain(|&(_, until, _)| until >= now);
+        held.slots.retain(|&(_, until, ..)| until >= now);
         let latest = held.slots.iter().map(|&(s, ..)| s).max().unwrap_or(now);
         let place = held.queue_end.max(latest).max(now).saturating_add(t);
         if place.saturating_sub(now) > horizon {
@@ -69,28 +69,44 @@ impl Owners {
         self.live(owner, now)?
             .slots
             .iter()
-            .filter(|&&(s, _, promise)| promise && s.saturating_sub(early) <= now)
+            .filter(|&&(s, _, promise, _)| promise && s.saturating_sub(early) <= now)
             .map(|&(s, ..)| s)
             .min()
     }
 
-    /// The earliest promise `owner` holds at `now`, due or not.
-    pub(crate) fn earliest_promise(&mut self, owner: u64, now: Nanos) -> Option<Nanos> {
+    /// The earliest promise `owner` holds at `now`, due or not, booked at least `after`
+    /// ago (a client sent away with a whole-second hint is not back before a second has
+    /// passed: an arrival sooner is another client behind the same address, which must
+    /// not take this one's slot).
+    pub(crate) fn earliest_promise(
+        &mut self,
+        owner: u64,
+        now: Nanos,
+        after: Nanos,
+    ) -> Option<Nanos> {
         self.live(owner, now)?
             .slots
             .iter()
-            .filter(|&&(_, _, promise)| promise)
+            .filter(|&&(_, _, promise, booked)| promise && booked.saturating_add(after) <= now)
             .map(|&(s, ..)| s)
             .min()
     }
 
-    /// `owner` now holds `slot` until `until`; `promise`: a promise, else a reservation.
-    pub(crate) fn add(&mut self, owner: u64, slot: Nanos, until: Nanos, promise: bool) {
+    /// `owner` now holds `slot` until `until`, booked at `booked`; `promise`: a promise,
+    /// else a reservation.
+    pub(crate) fn add(
+        &mut self,
+        owner: u64,
+        slot: Nanos,
+        until: Nanos,
+        promise: bool,
+        booked: Nanos,
+    ) {
         self.held
             .entry(owner)
             .or_default()
             .slots
-            .push((slot, until, promise));
+            .push((slot, until, promise, booked));
     }
 
     /// `owner` is being held until `slot` (it came back early for its promise): the slot
@@ -98,7 +114,7 @@ impl Owners {
     pub(crate) fn hold(&mut self, owner: u64, slot: Nanos) {
         if let Some(h) = self.held.get_mut(&owner) {
             if let Some(e) = h.slots.iter_mut().find(|e| e.0 == slot && e.2) {
-                *e = (slot, slot, false);
+                *e = (slot, slot, false, e.3);
             }
         }
     }
@@ -120,7 +136,7 @@ impl Owners {
         }
         self.next_sweep = now.saturating_add(NANOS_PER_SEC);
         self.held.retain(|_, h| {
-            h.slots.retain(|&(_, until, _)| until >= now);
+            h.slots.retain(|&(_, until, ..)| until >= now);
             !h.slots.is_empty() || h.queue_end >= now
         });
         if self.held.capacity() > 64 && self.held.len() < self.held.capacity() / 4 {
@@ -141,10 +157,10 @@ mod tests {
     #[test]
     fn holds_until_grace_then_forgets() {
         let mut o = Owners::default();
-        o.add(7, 100, 150, true);
-        o.add(7, 200, 250, true);
-        o.add(7, 95, 140, false);
-        o.add(8, 120, 170, true);
+        o.add(7, 100, 150, true, 0);
+        o.add(7, 200, 250, true, 0);
+        o.add(7, 95, 140, false, 0);
+        o.add(8, 120, 170, true, 0);
         assert_eq!(o.count(7, 0), 3);
         assert_eq!(
             o.due_promise(7, 90, 10),
@@ -163,7 +179,7 @@ mod tests {
     #[test]
     fn the_own_queue_follows_the_slots_one_interval_apart_up_to_the_horizon() {
         let mut o = Owners::default();
-        o.add(7, 500, 10_000, true);
+        o.add(7, 500, 10_000, true, 0);
         assert_eq!(o.queue_place(7, 0, 10, 1_000), Some(510));
         assert_eq!(o.queue_place(7, 0, 10, 1_000), Some(520));
         assert_eq!(o.queue_place(7, 990, 10, 1_000), Some(1_000));

@@ -86,10 +86,18 @@ fn past_its_cap_a_client_queues_behind_itself_and_books_nothing() {
 
 #[test]
 fn a_client_back_early_for_its_promise_is_held_until_it_and_still_capped() {
-    let node = node(slow(2, 0.0));
+    const S: u64 = NANOS_PER_SEC;
+    // 2/s: slots half a second apart (and due half a second early).
+    let node = node(AdmissionParams {
+        rate: 2.0,
+        ..slow(2, 0.0)
+    });
     assert!(node.check(T0, &ticketless(A)).is_admit(), "the burst");
-    // C holds T; A's promise: 2T; a ticket holder's reservation (3T) is not held early.
-    let _ = hint(&node.check(T0, &ticketless(C)));
+    // Others hold 0.5, 1 and 1.5 s; A's promise: 2 s; a ticket holder's reservation
+    // (2.5 s) is not held early.
+    for owner in 0..3 {
+        let _ = hint(&node.check(T0, &ticketless(C + 10 * owner)));
+    }
     let d = node.check(T0, &ticketless(A));
     assert!(
         matches!(
@@ -114,47 +122,56 @@ fn a_client_back_early_for_its_promise_is_held_until_it_and_still_capped() {
         ),
         "{d:?}"
     );
-    // Back early (a whole-second Retry-After rounded down): held until its slot.
-    let back = T0 + T / 2;
+    // Half a second later, from A's address: not the client told to come back (the
+    // smallest Retry-After is a second), so it does not take A's slot: it books its own (3 s).
+    let d = node.check(T0 + S / 2, &ticketless(A));
+    assert!(
+        matches!(
+            d,
+            Decision::Reject {
+                early_hold: true,
+                ..
+            }
+        ),
+        "{d:?}"
+    );
+    assert_eq!(node.stats().held_early, 0);
+    // A second after its rejection (a whole-second Retry-After rounded down): held until
+    // its slot.
+    let back = T0 + S;
     assert_eq!(
         node.check(back, &ticketless(A)),
         Decision::Queue {
-            until: T0 + 2 * T,
-            slot: T0 + 2 * T,
+            until: T0 + 2 * S,
+            slot: T0 + 2 * S,
             via: AdmitVia::Promise,
             paced: false,
             ticket_check: TicketCheck::None
         }
     );
     assert_eq!(node.stats().held_early, 1);
-    // The held slot still counts against A's cap (2): a second promise (4T), held too
-    // when A asks again; then A is capped and the schedule does not move.
-    assert!(matches!(
-        node.check(back, &ticketless(A)),
-        Decision::Reject {
-            early_hold: true,
-            ..
-        }
-    ));
-    assert!(matches!(
-        node.check(back, &ticketless(A)),
-        Decision::Queue { until, .. } if until == T0 + 4 * T
-    ));
+    // The held slot still counts against A's cap (2): the next ask is capped and the
+    // schedule does not move.
     let backlog = node.backlog(back);
     let d = node.check(back, &ticketless(A));
     assert!(matches!(d, Decision::Reject { capped: true, .. }), "{d:?}");
     assert_eq!(node.backlog(back), backlog);
+    // The second promise (3 s), asked for well after it was booked: held too.
+    assert!(matches!(
+        node.check(T0 + 2 * S, &ticketless(A)),
+        Decision::Queue { until, .. } if until == T0 + 3 * S
+    ));
     // A slot further than EARLY_HOLD away is not held.
     let far = super::admission_sim::node(slow(0, 0.0));
     assert!(far.check(T0, &ticketless(A)).is_admit());
-    for owner in 0..15 {
+    for owner in 0..24 {
         let _ = hint(&far.check(T0, &ticketless(C + owner)));
     }
     let _ = hint(&far.check(T0, &ticketless(B)));
-    let d = far.check(T0, &ticketless(B));
+    let d = far.check(T0 + S, &ticketless(B));
     assert!(
         matches!(d, Decision::Reject { .. }),
-        "16T is beyond the hold: {d:?}"
+        "2.5 s is beyond the hold: {d:?}"
     );
 }
 

@@ -6,7 +6,7 @@ use std::sync::MutexGuard;
 
 use super::super::clock::{duration_to_nanos, Nanos};
 use super::super::lanes::State;
-use super::{NodeAdmission, RELEASE_SLACK};
+use super::{NodeAdmission, EARLY_HOLD, EARLY_HOLD_AFTER, RELEASE_SLACK, TICKET_EARLY_TOLERANCE};
 
 /// What routing reads of a node without taking its lock, refreshed on every unlock.
 #[derive(Debug, Default)]
@@ -67,13 +67,26 @@ impl NodeAdmission {
         f64::from_bits(self.outlook.rate.load(Ordering::Relaxed))
     }
 
-    /// The slot of the earliest promise `owner` holds on this node, if any. Lock-free
-    /// `None` when nobody holds anything here.
+    /// The slot of the earliest promise `owner` could take here at `now` (due, or held
+    /// for it: see [`NodeAdmission::check`], step b), if any. Lock-free `None` when nobody
+    /// holds anything here. Only a claimable promise steers routing: many clients behind
+    /// one address would otherwise all follow that address's earliest promise to one node.
     pub fn owner_promise(&self, owner: u64, now: Nanos) -> Option<Nanos> {
         if self.outlook.owners.load(Ordering::Relaxed) == 0 {
             return None;
         }
-        self.lock().owners.earliest_promise(owner, now)
+        let mut st = self.lock();
+        let early = st
+            .shape(now)
+            .t
+            .max(duration_to_nanos(TICKET_EARLY_TOLERANCE));
+        if let Some(slot) = st.owners.due_promise(owner, now, early) {
+            return Some(slot);
+        }
+        let after = duration_to_nanos(EARLY_HOLD_AFTER);
+        st.owners
+            .earliest_promise(owner, now, after)
+            .filter(|&slot| slot.saturating_sub(now) <= duration_to_nanos(EARLY_HOLD))
     }
 
     /// A held request ([`Decision::Queue`]) woke at `now` for its instant `until`; `paced`:
