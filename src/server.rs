@@ -191,6 +191,7 @@ impl Server {
         let snap = shared.load_full();
         shared.health.apply(snap.health_targets());
         crate::admission::gate::spawn_limiter_sweeper(shared.clone());
+        crate::fleet::spawn(shared.clone());
         crate::reload::apply_drain_flags(&shared, &snap);
         tracing::info!("herdgate serving (config generation 1)");
         shutdown.await;

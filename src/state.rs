@@ -45,6 +45,8 @@ pub struct Shared {
     pub signer: Arc<TicketSigner>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Fleet admission (`[fleet]`): the mode and the shares in force, set by `fleet`.
+    pub fleet: Arc<herdgate_core::fleet::FleetStatus>,
     /// Reload's own bookkeeping: generation, writer lock, running listeners.
     pub(crate) control: Control,
 }
@@ -74,6 +76,7 @@ impl Shared {
             },
             signer,
             metrics,
+            fleet: Arc::default(),
             control: Control {
                 generation: AtomicU64::new(1),
                 reload_lock: tokio::sync::Mutex::new(()),
