@@ -7,13 +7,17 @@
 -- ARGV[1]      this instance's id
 -- ARGV[2]      lease ttl (ms): how long a granted share stays reserved without renewal
 -- ARGV[3]      member ttl (ms)
--- ARGV[4..]    this instance's demand per node, in ppm of the node's rate (same order as KEYS[2..])
+-- ARGV[4]      members this instance expects (the live count it last saw): after Redis lost its
+--              state (restart, failover), members not yet back are still admitting their
+--              fallback share 1/E, so 1/E is kept aside for each until it renews
+-- ARGV[5..]    this instance's demand per node, in ppm of the node's rate (same order as KEYS[2..])
 -- Returns      { live members, granted share ppm per node... }
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local me = ARGV[1]
 local lease_ttl = tonumber(ARGV[2])
 local member_ttl = tonumber(ARGV[3])
+local expected = math.max(1, tonumber(ARGV[4]) or 1)
 local FULL = 1000000
 
 redis.call('ZADD', KEYS[1], now + member_ttl, me)
@@ -23,7 +27,7 @@ local out = { redis.call('ZCARD', KEYS[1]) }
 
 for i = 2, #KEYS do
   local key = KEYS[i]
-  local mine = math.max(0, math.floor(tonumber(ARGV[i + 2]) or 0))
+  local mine = math.max(0, math.floor(tonumber(ARGV[i + 3]) or 0))
   local flat = redis.call('HGETALL', key)
   local held = 0          -- shares held by the other live instances
   local demands = {}      -- demands of the instances that have one (me included)
@@ -43,6 +47,9 @@ for i = 2, #KEYS do
     end
   end
   local n = #demands + idle
+  if n < expected then
+    held = held + (expected - n) * math.floor(FULL / expected)
+  end
   local want
   if #demands == 0 then
     -- Nobody has demand: an equal split, ready for the next storm.

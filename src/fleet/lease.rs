@@ -93,14 +93,16 @@ impl Leaser {
     }
 
     /// Renew every node of `snap` within one lease period.
-    pub async fn renew(&mut self, snap: &Snapshot) -> Result<Grant, LeaseError> {
+    /// `expected`: the live member count last seen (see `grant.lua`).
+    pub async fn renew(&mut self, snap: &Snapshot, expected: u32) -> Result<Grant, LeaseError> {
         let t = crate::clock::now();
         let mut labels = Vec::new();
         let mut inv = self.script.prepare_invoke();
         inv.key(MEMBERS_KEY)
             .arg(&self.id)
             .arg(ms(self.lease_ttl))
-            .arg(ms(self.member_ttl));
+            .arg(ms(self.member_ttl))
+            .arg(expected.max(1));
         for pool in &snap.pools {
             for (node, cfg) in pool.nodes.iter().zip(&pool.cfg.nodes) {
                 let label = super::node_label(&pool.name, &node.key.name);
@@ -110,7 +112,11 @@ impl Leaser {
                     .entry(label.clone())
                     .or_default()
                     .sample(decisions(&node.admission.stats()), t);
-                let ppm = (per_sec / rate * PPM).clamp(0.0, MAX_DEMAND_PPM);
+                // Clients obeying hints ask rarely, so decisions alone under-state what
+                // a saturated instance needs: its booked slots count too.
+                let booked =
+                    node.admission.effective_rate(t) * node.admission.backlog(t).as_secs_f64();
+                let ppm = (per_sec.max(booked) / rate * PPM).clamp(0.0, MAX_DEMAND_PPM);
                 inv.key(format!("{NODE_KEY_PREFIX}{label}")).arg(ppm as u64);
                 labels.push(label);
             }

@@ -99,7 +99,7 @@ async fn run(shared: Arc<Shared>, mut leaser: lease::Leaser) {
             _ = tick.tick() => {}
         }
         let snap = shared.load_full();
-        let outcome = leaser.renew(&snap).await;
+        let outcome = leaser.renew(&snap, last_live.unwrap_or(1)).await;
         let mut view = shared.fleet.view();
         match outcome {
             Ok(grant) => {

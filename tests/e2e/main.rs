@@ -26,6 +26,8 @@ mod core_tls;
 mod core_ws;
 mod drain;
 mod drain_ticket;
+mod fleet;
+mod fleet_redis;
 mod health;
 mod health_hostile;
 mod logs;
