@@ -127,3 +127,80 @@ pub(super) fn check(f: &FleetConfig) -> Vec<ConfigError> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(f: &FleetConfig) -> Vec<String> {
+        check(f).into_iter().map(|e| e.key).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_static() {
+        let f = FleetConfig::default();
+        assert!(check(&f).is_empty());
+        assert_eq!(f.static_instances(), 1);
+        assert!(!f.shared());
+        assert_eq!(f.lease_ttl(), Duration::from_millis(150));
+    }
+
+    #[test]
+    fn each_bad_value_names_its_key() {
+        let bad = |f: FleetConfig, key: &str| assert_eq!(keys(&f), vec![key.to_string()], "{f:?}");
+        bad(
+            FleetConfig {
+                instances: Some(0),
+                ..Default::default()
+            },
+            "fleet.instances",
+        );
+        bad(
+            FleetConfig {
+                instances: Some(MAX_INSTANCES + 1),
+                ..Default::default()
+            },
+            "fleet.instances",
+        );
+        bad(
+            FleetConfig {
+                redis: Some("http://x".into()),
+                ..Default::default()
+            },
+            "fleet.redis",
+        );
+        bad(
+            FleetConfig {
+                redis: Some("redis://".into()),
+                ..Default::default()
+            },
+            "fleet.redis",
+        );
+        bad(
+            FleetConfig {
+                lease: HumanDuration::millis(1),
+                ..Default::default()
+            },
+            "fleet.lease",
+        );
+        bad(
+            FleetConfig {
+                member_ttl: HumanDuration::millis(100),
+                ..Default::default()
+            },
+            "fleet.member_ttl",
+        );
+        let f = FleetConfig {
+            redis: Some("redis://127.0.0.1:6379/0".into()),
+            password_file: Some("/nonexistent/herdgate-fleet-pw".into()),
+            ..Default::default()
+        };
+        assert_eq!(keys(&f), vec!["fleet.password_file".to_string()]);
+        let ok = FleetConfig {
+            instances: Some(3),
+            redis: Some("rediss://redis.example:6380/2".into()),
+            ..Default::default()
+        };
+        assert!(check(&ok).is_empty(), "{:?}", check(&ok));
+    }
+}
