@@ -121,6 +121,9 @@ pub const FLEET_MEMBERS: &str = "herdgate_fleet_members";
 /// Counter: lease renewals by `outcome` (`ok`, `error`, `timeout`): Redis calls this
 /// instance made (one script call per lease period, all nodes batched).
 pub const FLEET_RENEWALS: &str = "herdgate_fleet_renewals_total";
+/// Counter: tickets refused because another instance had already admitted them (the
+/// shared replay ledger, `[fleet] redis`).
+pub const FLEET_TICKET_REPLAYS: &str = "herdgate_fleet_ticket_replays_total";
 /// Gauge: the share of each node's rate this instance admits, by `pool` and `node`.
 pub const FLEET_SHARE: &str = "herdgate_fleet_share";
 /// Gauge: entries in the sticky-routing table.

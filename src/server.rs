@@ -176,6 +176,8 @@ impl Server {
     /// Serve until `shutdown` resolves, then shut down gracefully (see `drain`).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let shared = self.shared.clone();
+        // Fleet admission first: its view is set before the admin endpoint reports it.
+        crate::fleet::spawn(shared.clone());
         {
             // A reload (SIGHUP, Handle::reload) may already be running: serialise with it
             // so that each configured listener ends up running exactly once.
@@ -191,7 +193,6 @@ impl Server {
         let snap = shared.load_full();
         shared.health.apply(snap.health_targets());
         crate::admission::gate::spawn_limiter_sweeper(shared.clone());
-        crate::fleet::spawn(shared.clone());
         crate::reload::apply_drain_flags(&shared, &snap);
         tracing::info!("herdgate serving (config generation 1)");
         shutdown.await;

@@ -87,6 +87,11 @@ impl Leaser {
         })
     }
 
+    /// The connection the last renewal used, if it is still open.
+    pub fn connection(&self) -> Option<redis::aio::MultiplexedConnection> {
+        self.conn.clone()
+    }
+
     /// How often leases are renewed.
     pub fn period(&self) -> Duration {
         self.lease

@@ -11,6 +11,7 @@
 //!   fallback is counted and logged once, and the next answer rejoins.
 
 mod lease;
+pub mod ledger;
 
 use crate::metrics as m;
 use crate::snapshot::Snapshot;
@@ -104,6 +105,9 @@ async fn run(shared: Arc<Shared>, mut leaser: lease::Leaser) {
         match outcome {
             Ok(grant) => {
                 metrics::counter!(m::FLEET_RENEWALS, "outcome" => "ok").increment(1);
+                if let Some(c) = leaser.connection() {
+                    shared.fleet_redis.store(Some(Arc::new(c)));
+                }
                 last_live = Some(grant.live);
                 metrics::gauge!(m::FLEET_MEMBERS).set(f64::from(grant.live));
                 view.mode = FleetMode::Shared;
@@ -120,6 +124,8 @@ async fn run(shared: Arc<Shared>, mut leaser: lease::Leaser) {
                 }
             }
             Err(e) => {
+                // The ledger keeps the last connection: a call on a dead one fails fast
+                // or times out, and one slow renewal must not open a replay window.
                 metrics::counter!(m::FLEET_RENEWALS, "outcome" => e.outcome()).increment(1);
                 view.mode = FleetMode::Fallback;
                 view.instances = fallback_instances(configured, last_live);

@@ -8,7 +8,7 @@ pub mod respond;
 mod upgrade;
 
 use crate::admission::gate::{decide, ticket_info};
-use crate::admission::{AdmitInput, ClientKey, Decision};
+use crate::admission::{AdmitInput, AdmitVia, ClientKey, Decision};
 use crate::backend::{Node, NodeFailure};
 use crate::config::{ClientLimitKey, RejectStyle};
 use crate::conn::{ConnGuard, ConnInfo};
@@ -136,7 +136,7 @@ async fn pipeline(mut req: Request<Incoming>, ctx: &ConnCtx) -> Result<Response<
 
     if ws || route.cfg.admit_http {
         let owner = crate::admission::gate::owner_of(client_id);
-        if let Some(rej) = admit(node, route, pool, &parts, owner).await {
+        if let Some(rej) = admit(&ctx.shared, node, route, pool, &parts, owner).await {
             return Err(turn_away(rej));
         }
     }
@@ -178,6 +178,7 @@ pub(crate) fn node_failed(
 /// Admission of one request to `node`: `None` to go ahead, or how to turn it away.
 /// In queue mode the request may wait here for its slot.
 async fn admit(
+    shared: &Shared,
     node: &Arc<Node>,
     _route: &Route,
     pool: &crate::snapshot::Pool,
@@ -196,7 +197,29 @@ async fn admit(
         may_queue: queue.map(|q| q.timeout.0),
         owner: Some(owner),
     };
-    match decide(node, &input) {
+    let d = decide(node, &input);
+    // `[fleet] redis`: a ticket already spent on another instance is turned away.
+    let by_ticket = matches!(
+        d,
+        Decision::Admit {
+            via: AdmitVia::Ticket,
+            ..
+        } | Decision::Queue {
+            via: AdmitVia::Ticket,
+            ..
+        }
+    );
+    if by_ticket && !crate::fleet::ledger::spend(shared, ti.ticket.unwrap_or_default()).await {
+        let p = node.admission.params();
+        return Some(Rejection::busy(
+            p.claim_window,
+            None,
+            false,
+            p.rate,
+            p.claim_window,
+        ));
+    }
+    match d {
         Decision::Admit { .. } => None,
         Decision::Queue {
             until, slot, via, ..

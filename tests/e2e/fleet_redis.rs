@@ -6,11 +6,13 @@
 //! shared mode resumes.
 
 use super::fleet::{bound, fleet_metric, max_in_window, start_fleet, storm, Instance, RATE};
+use crate::support::client::{connect_once, Connected, Outcome, RejectedBy, Target};
 use crate::support::eventually;
 use crate::support::metrics::metric;
 use crate::support::nodes::echo_nodes;
 use crate::support::proxy::admin_nodes;
 use crate::support::redis::RedisServer;
+use http::{HeaderName, HeaderValue};
 use std::time::Duration;
 
 async fn wait_mode(fleet: &[Instance], mode: f64, fallbacks: f64) {
@@ -51,18 +53,21 @@ async fn a_storm_over_three_redis_instances_survives_redis_dying_and_coming_back
         })
         .await;
     }
-    // Idle, the three split the node equally.
-    let shares: f64 = {
-        let mut s = 0.0;
-        for i in &fleet {
-            s += admin_nodes(i.admin).await[0].fleet_share;
+    // Idle, the three come to split the node equally (a newcomer gets what the others
+    // give back at their next renewal); never more than the whole node.
+    let fleet_ref = &fleet;
+    eventually("idle shares split equally", || async move {
+        let mut sum = 0.0;
+        let mut each = Vec::new();
+        for i in fleet_ref {
+            let s = admin_nodes(i.admin).await[0].fleet_share;
+            sum += s;
+            each.push(s);
         }
-        s
-    };
-    assert!(
-        shares <= 1.0 + 1e-9 && shares > 0.9,
-        "idle shares sum to {shares}"
-    );
+        assert!(sum <= 1.0 + 1e-9, "shares {each:?} sum to more than 1");
+        each.iter().all(|s| (s - 1.0 / 3.0).abs() < 1e-3)
+    })
+    .await;
 
     let before = redis.commands_processed().await;
     let started = std::time::Instant::now();
@@ -139,4 +144,129 @@ async fn a_storm_over_three_redis_instances_survives_redis_dying_and_coming_back
         shared_phase.0 as f64 / shared_phase.1.as_secs_f64(),
         started.elapsed()
     );
+}
+
+/// Keys of the shared ticket ledger now in Redis.
+async fn ledger_keys(redis: &RedisServer) -> usize {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("herdgate:fleet:ticket:*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    keys.len()
+}
+
+/// A ticket from instance A, on `at`, once its slot has come.
+async fn ticket_from(a: &Instance, keep: &mut Vec<Connected>) -> String {
+    let plain = Target::new(a.url());
+    // Spend A's burst (its share: a third of 6), then ask with tickets.
+    loop {
+        match connect_once(&plain, None, true).await {
+            Outcome::Connected(c) => keep.push(c),
+            Outcome::Rejected(r) => {
+                let hint = r.hint.expect("a hint");
+                let ticket = hint.ticket.expect("a ticket");
+                // Obey the hint: the ticket is good from its slot on.
+                tokio::time::sleep(hint.retry_after).await;
+                return ticket;
+            }
+            Outcome::Failed(e) => panic!("{e}"),
+        }
+    }
+}
+
+fn with_ticket(i: &Instance, ticket: &str) -> Target {
+    Target::new(i.url()).with_header(
+        HeaderName::from_static("herdgate-ticket"),
+        HeaderValue::from_str(ticket).unwrap(),
+    )
+}
+
+/// With Redis, a ticket spent on one instance is refused on another (counted); a ticket
+/// presented first on another instance than its issuer (a client that moved) still works
+/// there, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ticket_spent_on_one_instance_is_refused_on_another() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let nodes = echo_nodes(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("ticket.key");
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    let fleet = start_fleet(
+        3,
+        nodes[0].addr,
+        &format!(
+            "redis = \"{}\"\ninstances = 3\n[tickets]\nkey_file = \"{}\"",
+            redis.url(),
+            key.display()
+        ),
+    )
+    .await;
+    wait_mode(&fleet, 1.0, 0.0).await;
+    let (a, b, c) = (&fleet[0], &fleet[1], &fleet[2]);
+    let mut keep = Vec::new();
+
+    // Spent on its issuer A, then replayed on B: refused there.
+    let t1 = ticket_from(a, &mut keep).await;
+    match connect_once(&with_ticket(a, &t1), None, false).await {
+        Outcome::Connected(x) => keep.push(x),
+        o => panic!("the ticket's first use on A: {o:?}"),
+    }
+    eventually("A recorded its ticket in Redis", || async {
+        ledger_keys(&redis).await >= 1
+    })
+    .await;
+    match connect_once(&with_ticket(b, &t1), None, false).await {
+        Outcome::Rejected(r) => assert_eq!(r.by, RejectedBy::Status(503)),
+        o => panic!("a replay on B must be refused: {o:?}"),
+    }
+    assert_eq!(
+        metric(
+            &b.metrics().await,
+            "herdgate_fleet_ticket_replays_total",
+            &[]
+        ),
+        1.0
+    );
+
+    // Issued by A, first presented on B (the client moved): admitted once; then C refuses it.
+    let t2 = ticket_from(a, &mut keep).await;
+    match connect_once(&with_ticket(b, &t2), None, false).await {
+        Outcome::Connected(x) => keep.push(x),
+        o => panic!("a moved client's ticket on B: {o:?}"),
+    }
+    assert_eq!(
+        ledger_keys(&redis).await,
+        2,
+        "B recorded the ticket it admitted"
+    );
+    match connect_once(&with_ticket(c, &t2), None, false).await {
+        Outcome::Rejected(r) => assert_eq!(r.by, RejectedBy::Status(503)),
+        o => panic!("a replay on C must be refused: {o:?}"),
+    }
+    assert_eq!(
+        metric(
+            &c.metrics().await,
+            "herdgate_fleet_ticket_replays_total",
+            &[]
+        ),
+        1.0
+    );
+    // The two replays never reached the node (the gate had counted them as ticket
+    // admissions before the ledger refused them).
+    let admitted = fleet_metric(&fleet, "herdgate_admission_admitted_total", &[]).await;
+    let replays = fleet_metric(&fleet, "herdgate_fleet_ticket_replays_total", &[]).await;
+    assert_eq!(replays, 2.0);
+    assert_eq!(
+        (admitted - replays) as u64,
+        nodes[0]
+            .stats
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    drop(keep);
 }
