@@ -266,3 +266,40 @@ async fn a_ticket_spent_on_one_instance_is_refused_on_another() {
     );
     drop(keep);
 }
+
+/// Every instance admits `want` of the node, and divides its fallback by 1/`want`.
+async fn shares_near(fleet: &[Instance], want: f64) -> bool {
+    for i in fleet {
+        let n = &admin_nodes(i.admin).await[0];
+        if (n.fleet_share - want).abs() > 1e-3
+            || f64::from(n.fleet_instances) != (1.0 / want).round()
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// Membership: an instance that leaves gives its share back within one member TTL, and
+/// the others' fallback count follows the live members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_leaving_gives_its_share_back() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let nodes = echo_nodes(1).await;
+    let mut fleet = start_fleet(
+        3,
+        nodes[0].addr,
+        &format!("redis = \"{}\"\nmember_ttl = \"1s\"", redis.url()),
+    )
+    .await;
+    wait_mode(&fleet, 1.0, 0.0).await;
+    eventually("three equal shares", || shares_near(&fleet, 1.0 / 3.0)).await;
+    // One leaves without a word (killed).
+    drop(fleet.pop());
+    eventually("two halves once its membership lapsed", || {
+        shares_near(&fleet, 0.5)
+    })
+    .await;
+}
