@@ -55,11 +55,11 @@ for i = 2, #KEYS do
     -- Nobody has demand: an equal split, ready for the next storm.
     want = math.floor(FULL / n)
   else
-    -- Idle instances keep a standby tenth of an equal share; the rest is shared among the
+    -- Idle instances keep a standby quarter of an equal share; the rest is shared among the
     -- instances with demand by max-min fairness (water filling): nobody gets more than an
     -- equal part of what is left unless others need less, so one hammered instance cannot
     -- starve the others. What nobody needs is split equally among them.
-    local standby = math.floor(FULL / (10 * n))
+    local standby = math.floor(FULL / (4 * n))
     local cap = FULL - standby * idle
     if mine == 0 then
       want = standby

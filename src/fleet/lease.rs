@@ -13,6 +13,10 @@ const MEMBERS_KEY: &str = "herdgate:fleet:members";
 const NODE_KEY_PREFIX: &str = "herdgate:fleet:node:";
 /// A share in parts per million of the node's rate.
 const PPM: f64 = 1_000_000.0;
+/// Longest wait for a new connection to Redis.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Renewals timed out in a row before the connection is dropped and made again.
+const RECONNECT_AFTER_TIMEOUTS: u32 = 3;
 /// Demand above this (ppm of the rate: a million times the rate) is clipped.
 const MAX_DEMAND_PPM: f64 = 1e12;
 
@@ -58,6 +62,8 @@ pub struct Leaser {
     lease_ttl: Duration,
     member_ttl: Duration,
     demand: HashMap<String, DemandMeter>,
+    /// Renewals timed out in a row on the current connection.
+    timeouts: u32,
 }
 
 impl Leaser {
@@ -84,6 +90,7 @@ impl Leaser {
             lease_ttl: cfg.lease_ttl(),
             member_ttl: cfg.member_ttl.0,
             demand: HashMap::new(),
+            timeouts: 0,
         })
     }
 
@@ -128,23 +135,43 @@ impl Leaser {
         }
         self.demand.retain(|k, _| labels.contains(k));
         let lease = self.lease;
-        let call = async {
-            let conn = match &mut self.conn {
-                Some(c) => c,
-                None => self
-                    .conn
-                    .insert(self.client.get_multiplexed_async_connection().await?),
-            };
-            inv.invoke_async::<Vec<i64>>(conn).await
+        // Connecting may take longer than a lease (TLS, a cold start): meanwhile this
+        // instance is on the static share already, so waiting costs nothing.
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => {
+                let wait = lease.max(CONNECT_TIMEOUT);
+                let script = &self.script;
+                let connect = async {
+                    let mut c = self.client.get_multiplexed_async_connection().await?;
+                    // Loaded now, so that renewals are one EVALSHA round trip.
+                    script.load_async(&mut c).await?;
+                    Ok::<_, redis::RedisError>(c)
+                };
+                match tokio::time::timeout(wait, connect).await {
+                    Ok(Ok(c)) => self.conn.insert(c),
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => return Err(LeaseError::Timeout(wait)),
+                }
+            }
         };
-        let reply = match tokio::time::timeout(lease, call).await {
-            Ok(Ok(r)) => r,
+        let reply = match tokio::time::timeout(lease, inv.invoke_async::<Vec<i64>>(conn)).await {
+            Ok(Ok(r)) => {
+                self.timeouts = 0;
+                r
+            }
             Ok(Err(e)) => {
                 self.conn = None;
                 return Err(e.into());
             }
             Err(_) => {
-                self.conn = None;
+                // A slow answer may still come on a healthy connection; several in a row
+                // look like a half-open one: reconnect.
+                self.timeouts += 1;
+                if self.timeouts >= RECONNECT_AFTER_TIMEOUTS {
+                    self.conn = None;
+                    self.timeouts = 0;
+                }
                 return Err(LeaseError::Timeout(lease));
             }
         };

@@ -22,6 +22,9 @@ use herdgate_core::fleet::{
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Renewals after (re)joining during which an instance admits at least its static share.
+const JOIN_GRACE: u32 = 3;
+
 /// The name a node's share is reported and leased under: `pool/name`.
 pub fn node_label(pool: &str, name: &str) -> String {
     format!("{pool}/{name}")
@@ -92,6 +95,8 @@ async fn run(shared: Arc<Shared>, mut leaser: lease::Leaser) {
     let configured = shared.load().config.fleet.instances;
     let mut link = Link::default();
     let mut last_live: Option<u32> = None;
+    // Renewals left in which a (re)joining instance keeps at least its static share.
+    let mut grace = JOIN_GRACE;
     let mut tick = tokio::time::interval(leaser.period());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -114,6 +119,16 @@ async fn run(shared: Arc<Shared>, mut leaser: lease::Leaser) {
                 view.live_members = Some(grant.live);
                 view.instances = fallback_instances(configured, last_live);
                 view.shares = grant.shares;
+                if grace > 0 {
+                    // Just (re)joined: the others give room at their next renewal. Until
+                    // then a near-zero grant would book this instance's first clients
+                    // far into the future; keep the static share a few leases instead.
+                    grace -= 1;
+                    let floor = static_share(view.instances);
+                    for s in view.shares.values_mut() {
+                        *s = s.max(floor);
+                    }
+                }
                 if link.ok() == LinkChange::Joined {
                     metrics::gauge!(m::FLEET_MODE).set(FleetMode::Shared.gauge());
                     tracing::info!(
@@ -129,6 +144,7 @@ async fn run(shared: Arc<Shared>, mut leaser: lease::Leaser) {
                 metrics::counter!(m::FLEET_RENEWALS, "outcome" => e.outcome()).increment(1);
                 view.mode = FleetMode::Fallback;
                 view.instances = fallback_instances(configured, last_live);
+                grace = JOIN_GRACE;
                 if link.failed() == LinkChange::Lost {
                     metrics::counter!(m::FLEET_FALLBACK).increment(1);
                     metrics::gauge!(m::FLEET_MODE).set(FleetMode::Fallback.gauge());
