@@ -333,3 +333,32 @@ async fn without_fleet_section_an_instance_admits_the_whole_rate() {
         proxy.shutdown().await;
     }
 }
+
+/// A reload applies a new `instances`: the node's rate in force follows it, its bucket
+/// and schedule are kept; a bad value is refused naming the key and changes nothing.
+#[tokio::test]
+async fn a_reload_changes_the_static_share() {
+    let nodes = echo_nodes(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let toml = |k: u32| instance_toml(nodes[0].addr, any, any, Some(&format!("instances = {k}")));
+    let proxy = start(parse(&toml(2), dir.path())).await;
+    let admin = proxy.admin.unwrap();
+    let n = &admin_nodes(admin).await[0];
+    assert_eq!((n.fleet_instances, n.admit_rate), (2, RATE / 2.0));
+    proxy
+        .handle
+        .reload(parse(&toml(4), dir.path()))
+        .await
+        .unwrap();
+    let n = &admin_nodes(admin).await[0];
+    assert_eq!((n.fleet_instances, n.admit_rate), (4, RATE / 4.0));
+    assert_eq!(n.fleet_share, 0.25);
+    // A bad value never reaches the running proxy.
+    let bad = toml(0);
+    let e = herdgate::config::Config::parse(&bad, "bad.toml", dir.path()).unwrap_err();
+    assert!(e.to_string().contains("fleet.instances"), "{e}");
+    let n = &admin_nodes(admin).await[0];
+    assert_eq!((n.fleet_instances, n.admit_rate), (4, RATE / 4.0));
+    proxy.shutdown().await;
+}
