@@ -133,7 +133,11 @@ impl Leaser {
                 labels.push(label);
             }
         }
-        self.demand.retain(|k, _| labels.contains(k));
+        if self.demand.len() > labels.len() {
+            // Nodes gone by a reload.
+            let live: std::collections::HashSet<&String> = labels.iter().collect();
+            self.demand.retain(|k, _| live.contains(k));
+        }
         let lease = self.lease;
         // Connecting may take longer than a lease (TLS, a cold start): meanwhile this
         // instance is on the static share already, so waiting costs nothing.

@@ -160,17 +160,9 @@ async fn run(shared: Arc<Shared>, mut leaser: lease::Leaser) {
     }
 }
 
-/// Each node's static share, for reports when no view names it.
+/// For reports: the mode, the instance count of the static share, and the share of the
+/// node `pool/name` in force on this instance.
 pub fn share_of(shared: &Shared, pool: &str, name: &str) -> (FleetMode, u32, f64) {
     let v = shared.fleet.view();
-    let s = v.share(&node_label(pool, name));
-    (
-        v.mode,
-        v.instances,
-        if s.is_finite() {
-            s
-        } else {
-            static_share(v.instances)
-        },
-    )
+    (v.mode, v.instances, v.share(&node_label(pool, name)))
 }
