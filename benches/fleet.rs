@@ -14,6 +14,14 @@
 //! times), against the bound rate + burst; the time until every client is in, against the
 //! ideal (clients − burst) / rate; Redis script calls per second (the instances' renewals)
 //! and commands per second (`INFO stats`, which counts the commands inside each script).
+//!
+//! One run (`-- --clients 600 --rate 100 --burst 10`, 2 shared cores, release build):
+//!
+//! | mode | peak/s at the node | bound | all in | ideal | Redis calls/s | commands/s |
+//! | --- | --- | --- | --- | --- | --- | --- |
+//! | none | 304 | 110 | 2.05 s | 5.90 s | – | – |
+//! | static | 102 | 110 | 6.13 s | 5.90 s | – | – |
+//! | redis | 103 | 110 | 6.27 s | 5.90 s | 60 | 634 |
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
