@@ -7,13 +7,15 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v systemd-socket-activate >/dev/null 2>&1 || need_apt+=(systemd)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# Fleet admission tests (tests/e2e/fleet_redis.rs) start a real redis-server.
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "scripts/test.sh: installing ${need_apt[*]}"
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
   else
-    echo "scripts/test.sh: ${need_apt[*]} missing and not root; socket-activation tests will fail" >&2
+    echo "scripts/test.sh: ${need_apt[*]} missing and not root; socket-activation and fleet tests will fail or skip" >&2
   fi
 fi
 

@@ -30,6 +30,8 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("admission", 5),
     ("routing", 5),
     ("websocket", 5),
+    // Fleet admission: shares of each node's rate leased from Redis.
+    ("fleet", 5),
     // The request pipeline.
     ("proxy", 6),
     // Accept loops.

@@ -30,6 +30,7 @@ pub mod config;
 pub mod conn;
 pub mod drain;
 pub mod fdlimit;
+pub mod fleet;
 pub mod io;
 pub mod layers;
 pub mod listener;

@@ -111,6 +111,21 @@ pub const LOCAL_RESOURCE_ERRORS: &str = "herdgate_local_resource_errors_total";
 /// Node answers to an upgrade that were not a valid 101 (no `Upgrade: websocket`, or a
 /// `Sec-WebSocket-Accept` that does not match the key).
 pub const BAD_NODE_HANDSHAKES: &str = "herdgate_backend_bad_handshakes_total";
+/// Counter: times this instance fell back from Redis-leased shares to the static share
+/// (`[fleet] redis` slow or down); one per outage, not per attempt.
+pub const FLEET_FALLBACK: &str = "herdgate_fleet_fallback_total";
+/// Gauge: the fleet mode: 1 shared (leases from Redis), 0 static share or fallback.
+pub const FLEET_MODE: &str = "herdgate_fleet_mode";
+/// Gauge: live fleet members last seen in Redis.
+pub const FLEET_MEMBERS: &str = "herdgate_fleet_members";
+/// Counter: lease renewals by `outcome` (`ok`, `error`, `timeout`): Redis calls this
+/// instance made (one script call per lease period, all nodes batched).
+pub const FLEET_RENEWALS: &str = "herdgate_fleet_renewals_total";
+/// Counter: tickets refused because another instance had already admitted them (the
+/// shared replay ledger, `[fleet] redis`).
+pub const FLEET_TICKET_REPLAYS: &str = "herdgate_fleet_ticket_replays_total";
+/// Gauge: the share of each node's rate this instance admits, by `pool` and `node`.
+pub const FLEET_SHARE: &str = "herdgate_fleet_share";
 /// Gauge: entries in the sticky-routing table.
 pub const STICKY_ENTRIES: &str = "herdgate_sticky_entries";
 /// Counter: learned sticky entries a client replaced with its own newer one because it

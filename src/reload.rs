@@ -149,6 +149,7 @@ async fn apply(shared: Arc<Shared>, config: Config) -> Result<(), ReloadError> {
     }
     shared.conns.resize(snap.config.limits.max_connections);
     crate::admission::apply_snapshot(&snap);
+    crate::fleet::reapply(shared, &snap);
     shared.health.apply(snap.health_targets());
 
     // Nodes no longer in the config: drained, then forgotten once their tunnels end.

@@ -176,6 +176,8 @@ impl Server {
     /// Serve until `shutdown` resolves, then shut down gracefully (see `drain`).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let shared = self.shared.clone();
+        // Fleet admission first: its view is set before the admin endpoint reports it.
+        crate::fleet::spawn(shared.clone());
         {
             // A reload (SIGHUP, Handle::reload) may already be running: serialise with it
             // so that each configured listener ends up running exactly once.

@@ -458,6 +458,15 @@ const SLOW_START_FLOOR: f64 = 0.1;
 
 /// Parameters of one node from its pool (and its own overrides).
 pub fn params(config: &Config, pool: &PoolConfig, node: &NodeConfig) -> AdmissionParams {
+    // `[fleet]`: this instance's static share (1 without the section); with Redis the
+    // fleet task replaces it with the leased share (`crate::fleet`).
+    base_params(config, pool, node).scaled(herdgate_core::fleet::static_share(
+        config.fleet.static_instances(),
+    ))
+}
+
+/// A node's admission parameters for the whole fleet, before any `[fleet]` share.
+pub fn base_params(config: &Config, pool: &PoolConfig, node: &NodeConfig) -> AdmissionParams {
     AdmissionParams {
         rate: node.admit_rate.unwrap_or(pool.admit_rate),
         burst: node.admit_burst.unwrap_or(pool.admit_burst),

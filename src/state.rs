@@ -45,6 +45,11 @@ pub struct Shared {
     pub signer: Arc<TicketSigner>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Fleet admission (`[fleet]`): the mode and the shares in force, set by `fleet`.
+    pub fleet: Arc<herdgate_core::fleet::FleetStatus>,
+    /// The fleet's last Redis connection that answered (set by `fleet`), for the shared
+    /// ticket replay ledger.
+    pub fleet_redis: arc_swap::ArcSwapOption<redis::aio::MultiplexedConnection>,
     /// Reload's own bookkeeping: generation, writer lock, running listeners.
     pub(crate) control: Control,
 }
@@ -74,6 +79,8 @@ impl Shared {
             },
             signer,
             metrics,
+            fleet: Arc::default(),
+            fleet_redis: arc_swap::ArcSwapOption::empty(),
             control: Control {
                 generation: AtomicU64::new(1),
                 reload_lock: tokio::sync::Mutex::new(()),

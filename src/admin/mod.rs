@@ -130,6 +130,15 @@ pub struct NodeReport {
     pub admit_rate: f64,
     /// How far ahead its admission schedule is booked, in seconds.
     pub schedule_backlog_seconds: f64,
+    /// Fleet admission mode (`[fleet]`): `static`, `shared` (Redis leases) or `fallback`.
+    #[serde(default)]
+    pub fleet_mode: String,
+    /// The instance count the static share divides by (1 without `[fleet]`).
+    #[serde(default)]
+    pub fleet_instances: u32,
+    /// The share of the node's configured rate this instance admits now, in (0, 1].
+    #[serde(default)]
+    pub fleet_share: f64,
 }
 
 /// What a request asks for.
@@ -283,6 +292,8 @@ pub fn node_reports(shared: &Shared) -> Vec<NodeReport> {
     for pool in &snap.pools {
         for node in &pool.nodes {
             let (rate, backlog) = crate::admission::node_rate_backlog(node);
+            let (mode, instances, share) =
+                crate::fleet::share_of(shared, &pool.name, &node.key.name);
             out.push(NodeReport {
                 pool: pool.name.to_string(),
                 node: node.key.name.to_string(),
@@ -292,6 +303,9 @@ pub fn node_reports(shared: &Shared) -> Vec<NodeReport> {
                 open_tunnels: node.open_tunnels.load(std::sync::atomic::Ordering::Relaxed),
                 admit_rate: rate,
                 schedule_backlog_seconds: backlog.as_secs_f64(),
+                fleet_mode: mode.as_str().to_string(),
+                fleet_instances: instances,
+                fleet_share: herdgate_core::fleet::clamp_share(share),
             });
         }
     }

@@ -44,6 +44,15 @@ pub struct DemoArgs {
     /// Share of the clients that use wss (0.0–1.0).
     #[arg(long, default_value_t = 0.2)]
     pub tls_share: f64,
+    /// Run this many herdgate instances sharing each node's admission budget (`[fleet]`);
+    /// clients are spread over them. The first uses --ws/--wss/--admin, the others
+    /// ports the system picks (printed).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub fleet: u32,
+    /// With --fleet: share through this Redis (`redis://host:port/db`) instead of the
+    /// static share rate/K.
+    #[arg(long, requires = "fleet")]
+    pub fleet_redis: Option<String>,
 }
 
 /// What a demo run saw (returned for tests; printed by the CLI).
@@ -109,16 +118,24 @@ pub async fn run_with(
     std::fs::write(dir.join("key.pem"), ck.key_pair.serialize_pem())?;
     let cert_der = ck.cert.der().clone();
 
-    let toml = demo_config(&args, &nodes);
-    let config = Config::parse(&toml, "demo.toml", &dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let server = Server::bind(config).context("binding the demo listeners")?;
-    let ws_addr = server.local_addr("ws").context("ws listener")?;
-    let wss_addr = server.local_addr("wss").context("wss listener")?;
-    let admin = server.admin_addr();
-    let handle = server.handle();
+    // One instance, or a fleet of them in front of the same nodes (`--fleet`).
     let proxy_stop = CancellationToken::new();
-    let ps = proxy_stop.clone();
-    let proxy = tokio::spawn(server.run(async move { ps.cancelled().await }));
+    let mut instances = Vec::new();
+    for i in 0..args.fleet.max(1) {
+        let toml = demo_config(&args, &nodes, i);
+        let config = Config::parse(&toml, "demo.toml", &dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let server = Server::bind(config).context("binding the demo listeners")?;
+        let ws_addr = server.local_addr("ws").context("ws listener")?;
+        let wss_addr = server.local_addr("wss").context("wss listener")?;
+        let admin = server.admin_addr();
+        let handle = server.handle();
+        let ps = proxy_stop.clone();
+        let proxy = tokio::spawn(server.run(async move { ps.cancelled().await }));
+        instances.push((ws_addr, wss_addr, admin, handle, proxy));
+    }
+    let handles: Vec<Handle> = instances.iter().map(|i| i.3.clone()).collect();
+    let handle = handles[0].clone();
+    let (ws_addr, wss_addr, admin) = (instances[0].0, instances[0].1, instances[0].2);
 
     if print {
         println!("herdgate demo");
@@ -132,6 +149,22 @@ pub async fn run_with(
         }
         for (i, n) in nodes.iter().enumerate() {
             println!("  node demo-{}: {}", i + 1, n.addr);
+        }
+        if args.fleet > 1 {
+            println!(
+                "  fleet: {} instances share each node's admit_rate ({}); accepts/s below are summed over them",
+                args.fleet,
+                args.fleet_redis
+                    .as_deref()
+                    .map_or("static share rate/K".to_string(), |r| format!("leases from {r}"))
+            );
+            for (k, (ws, _, admin, _, _)) in instances.iter().enumerate().skip(1) {
+                let admin = admin.map(|a| a.to_string()).unwrap_or_default();
+                println!(
+                    "  instance {}: ws://{ws}/chat  admin http://{admin}/admin/nodes",
+                    k + 1
+                );
+            }
         }
         println!(
             "  {n_clients} clients ({:.0}% over TLS), admit_rate {}/s per node{}",
@@ -147,13 +180,19 @@ pub async fn run_with(
     }
 
     let tls = tls_client_config_with_root(cert_der).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let plain_target = Target::new(format!("ws://{ws_addr}/chat"))
-        .with_addr(ws_addr)
-        .with_connect_timeout(Duration::from_secs(5));
-    let tls_target = Target::new(format!("wss://localhost:{}/chat", wss_addr.port()))
-        .with_addr(wss_addr)
-        .with_tls(tls)
-        .with_connect_timeout(Duration::from_secs(5));
+    let targets: Vec<(Target, Target)> = instances
+        .iter()
+        .map(|(ws, wss, ..)| {
+            let plain = Target::new(format!("ws://{ws}/chat"))
+                .with_addr(*ws)
+                .with_connect_timeout(Duration::from_secs(5));
+            let tls = Target::new(format!("wss://localhost:{}/chat", wss.port()))
+                .with_addr(*wss)
+                .with_tls(tls.clone())
+                .with_connect_timeout(Duration::from_secs(5));
+            (plain, tls)
+        })
+        .collect();
     let shared = Arc::new(Shared {
         stats: Stats::new(),
         connected: AtomicU64::new(0),
@@ -161,11 +200,13 @@ pub async fn run_with(
     });
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut tasks = Vec::with_capacity(n_clients);
-    for _ in 0..n_clients {
+    for c in 0..n_clients {
+        // Spread over the instances as an L4 load balancer would.
+        let (plain_target, tls_target) = &targets[c % targets.len()];
         let base = if rng.gen_bool(args.tls_share.clamp(0.0, 1.0)) {
-            &tls_target
+            tls_target
         } else {
-            &plain_target
+            plain_target
         };
         // Each user has a session id: herdgate hashes it to pick (and keep) the node.
         let session: u64 = rng.gen();
@@ -187,7 +228,7 @@ pub async fn run_with(
         ..Default::default()
     };
     let mut storm: Option<StormState> = None;
-    let mut last = admitted_per_node(&handle);
+    let mut last = admitted_per_node(&handles);
     let (mut last_table, mut last_table_at) = (super::status::live_totals(&handle), Instant::now());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
@@ -199,12 +240,24 @@ pub async fn run_with(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let now = admitted_per_node(&handle);
+        let now = admitted_per_node(&handles);
         let per_sec: Vec<u64> = now.iter().zip(&last).map(|(a, b)| a.1 - b.1).collect();
         last = now.clone();
         let connected = shared.connected.load(Ordering::Relaxed);
         if print {
-            // The same table as `herdgate status`, under a line of the clients' view.
+            // The same table as `herdgate status` (of the first instance), under a line of
+            // the clients' view; in a fleet, a line of every node summed over the instances.
+            if handles.len() > 1 {
+                let mut line = format!("fleet of {}: tunnels:", handles.len());
+                for (name, open) in open_per_node(&handles) {
+                    let _ = write!(line, " {name}={open:<5}");
+                }
+                let _ = write!(line, " accepts/s:");
+                for ((name, _), r) in now.iter().zip(&per_sec) {
+                    let _ = write!(line, " {name}={r:<4}");
+                }
+                println!("{line}");
+            }
             let st = shared.stats.snapshot();
             let secs = last_table_at.elapsed().as_secs_f64();
             let rows = super::status::live_rows(&handle, &last_table, secs);
@@ -245,13 +298,30 @@ pub async fn run_with(
         let _ = t.await;
     }
     proxy_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), proxy).await;
+    for (.., proxy) in instances {
+        let _ = tokio::time::timeout(Duration::from_secs(10), proxy).await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(report)
 }
 
-fn demo_config(args: &DemoArgs, nodes: &[EchoNode]) -> String {
-    let mut s = format!(
+/// The config of instance `i` (0: the addresses given; others: ports the system picks).
+fn demo_config(args: &DemoArgs, nodes: &[EchoNode], i: u32) -> String {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (admin, ws, wss) = if i == 0 {
+        (args.admin, args.ws, args.wss)
+    } else {
+        (any, any, any)
+    };
+    let mut s = String::new();
+    if args.fleet > 1 || args.fleet_redis.is_some() {
+        let _ = writeln!(s, "[fleet]\ninstances = {}", args.fleet);
+        if let Some(r) = &args.fleet_redis {
+            let _ = writeln!(s, "redis = {}", toml_string(r));
+        }
+    }
+    let _ = write!(
+        s,
         r#"[admin]
 bind = "{admin}"
 
@@ -295,9 +365,6 @@ max_retry_after = "60s"
 # The same for the per-client cap on retry slots (default: half a second of the rate).
 max_slots_per_client = 1000000
 "#,
-        admin = args.admin,
-        ws = args.ws,
-        wss = args.wss,
         rate = args.admit_rate,
     );
     for (i, n) in nodes.iter().enumerate() {
@@ -311,7 +378,32 @@ max_slots_per_client = 1000000
     s
 }
 
-fn admitted_per_node(h: &Handle) -> Vec<(String, u64)> {
+/// A string as a TOML basic string (quotes and backslashes escaped).
+fn toml_string(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Per node, summed over the fleet's instances (same nodes, same order in each).
+fn admitted_per_node(hs: &[Handle]) -> Vec<(String, u64)> {
+    sum_nodes(hs.iter().map(admitted_one).collect())
+}
+
+fn open_per_node(hs: &[Handle]) -> Vec<(String, u64)> {
+    sum_nodes(hs.iter().map(open_one).collect())
+}
+
+fn sum_nodes(per: Vec<Vec<(String, u64)>>) -> Vec<(String, u64)> {
+    let mut it = per.into_iter();
+    let mut out = it.next().unwrap_or_default();
+    for other in it {
+        for (o, (_, v)) in out.iter_mut().zip(other) {
+            o.1 += v;
+        }
+    }
+    out
+}
+
+fn admitted_one(h: &Handle) -> Vec<(String, u64)> {
     let snap = h.snapshot();
     snap.pools
         .iter()
@@ -321,6 +413,20 @@ fn admitted_per_node(h: &Handle) -> Vec<(String, u64)> {
             (
                 n.key.name.to_string(),
                 s.admitted_bucket + s.admitted_promise + s.admitted_ticket,
+            )
+        })
+        .collect()
+}
+
+fn open_one(h: &Handle) -> Vec<(String, u64)> {
+    let snap = h.snapshot();
+    snap.pools
+        .iter()
+        .flat_map(|p| p.nodes.iter())
+        .map(|n| {
+            (
+                n.key.name.to_string(),
+                n.open_tunnels.load(Ordering::Relaxed),
             )
         })
         .collect()

@@ -405,6 +405,9 @@ mod tests {
             open_tunnels: 3,
             admit_rate: 50.0,
             schedule_backlog_seconds: 0.5,
+            fleet_mode: "static".into(),
+            fleet_instances: 1,
+            fleet_share: 1.0,
         };
         let t0 = Instant::now();
         let a = Sample {

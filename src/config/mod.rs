@@ -10,11 +10,13 @@
 
 mod admin;
 mod duration;
+mod fleet;
 mod pool;
 mod validate;
 
 pub use admin::{AdminConfig, AdminToken, AdminTokenError};
 pub use duration::{parse_duration, HumanDuration};
+pub use fleet::{FleetConfig, MAX_INSTANCES};
 pub use pool::{HealthConfig, HealthKind, NodeConfig, PoolConfig, QueueConfig};
 pub use validate::validate;
 
@@ -108,6 +110,9 @@ pub struct Config {
     /// `[log]`: how herdgate writes its log (read at start).
     #[serde(default)]
     pub log: LogConfig,
+    /// `[fleet]`: instances sharing each node's admission budget (static share or Redis).
+    #[serde(default)]
+    pub fleet: FleetConfig,
     /// `[[listener]]`: the sockets clients connect to.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,

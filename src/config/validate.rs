@@ -87,6 +87,7 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
             ),
         );
     }
+    r.errors.extend(super::fleet::check(&cfg.fleet));
     if let Some(p) = &cfg.tickets.key_file {
         if let Err(e) = std::fs::metadata(p) {
             r.at(

@@ -9,7 +9,7 @@ pub mod respond;
 mod upgrade;
 
 use crate::admission::gate::{decide, ticket_info};
-use crate::admission::{AdmitInput, ClientKey, Decision};
+use crate::admission::{AdmitInput, AdmitVia, ClientKey, Decision};
 use crate::backend::{Node, NodeFailure};
 use crate::config::{ClientLimitKey, RejectStyle};
 use crate::conn::{ConnGuard, ConnInfo};
@@ -156,7 +156,7 @@ async fn pipeline(
 
     if ws || route.cfg.admit_http {
         let owner = crate::admission::gate::owner_of(client_id);
-        match admit(node, route, pool, &parts, owner).await {
+        match admit(&ctx.shared, node, route, pool, &parts, owner).await {
             Ok(via) => access::admitted(note, via),
             Err((rej, capped)) => {
                 access::rejected(note, capped);
@@ -211,6 +211,7 @@ pub(crate) fn node_failed(
 /// (and whether the client was at its cap of slots on the node). In queue mode the
 /// request may wait here for its slot.
 async fn admit(
+    shared: &Shared,
     node: &Arc<Node>,
     _route: &Route,
     pool: &crate::snapshot::Pool,
@@ -229,7 +230,26 @@ async fn admit(
         may_queue: queue.map(|q| q.timeout.0),
         owner: Some(owner),
     };
-    match decide(node, &input) {
+    let d = decide(node, &input);
+    // `[fleet] redis`: a ticket already spent on another instance is turned away.
+    let by_ticket = matches!(
+        d,
+        Decision::Admit {
+            via: AdmitVia::Ticket,
+            ..
+        } | Decision::Queue {
+            via: AdmitVia::Ticket,
+            ..
+        }
+    );
+    if by_ticket && !crate::fleet::ledger::spend(shared, ti.ticket.unwrap_or_default()).await {
+        let p = node.admission.params();
+        return Err((
+            Rejection::busy(p.claim_window, None, false, p.rate, p.claim_window),
+            false,
+        ));
+    }
+    match d {
         Decision::Admit { via, .. } => Ok(via),
         Decision::Queue {
             until,

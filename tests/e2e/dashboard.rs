@@ -15,8 +15,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// Names other engineers' work exports, not yet on this branch: (name, who provides it).
-const PROVIDED_ELSEWHERE: &[(&str, &str)] =
-    &[("herdgate_fleet_fallback_total", "fleet mode (issue 11)")];
+const PROVIDED_ELSEWHERE: &[(&str, &str)] = &[];
 
 fn repo(path: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);

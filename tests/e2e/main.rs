@@ -28,6 +28,8 @@ mod core_ws;
 mod dashboard;
 mod drain;
 mod drain_ticket;
+mod fleet;
+mod fleet_redis;
 mod health;
 mod health_hostile;
 mod log_flood;

@@ -10,6 +10,7 @@
 //! | [`tls`] | the certificate helper (rcgen) and TLS client configs |
 //! | [`metrics`] | the Prometheus text parser |
 //! | [`proxy`] | herdgate in this process: configs, start/stop, admin and routing introspection |
+//! | [`redis`] | a real `redis-server` (fleet tests): start, kill, restart on the same port, INFO stats |
 //! | [`process`] | herdgate as a child process (`CARGO_BIN_EXE_herdgate`), and `systemd-socket-activate` |
 //! | [`http1`] | hand-made HTTP/1.1 clients and response reading |
 //! | [`ws`] | WebSocket clients (tungstenite) and hand-made frames |
@@ -26,6 +27,7 @@ pub mod net;
 pub mod nodes;
 pub mod process;
 pub mod proxy;
+pub mod redis;
 pub mod stream;
 pub mod tls;
 pub mod wait;

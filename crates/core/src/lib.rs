@@ -7,6 +7,8 @@
 //!   tickets), per-client and handshake limiters, the unix-aligned clock.
 //! - [`routing`]: stable key hash, weighted rendezvous and Maglev tables, the learned
 //!   sticky table, sticky-key extraction from a request head.
+//! - [`fleet`]: several instances sharing one node's rate: scaled parameters, demand,
+//!   the fleet mode and status shown in reports.
 //! - [`frame`]: the WebSocket frame-boundary tracker and close-frame codec used by the
 //!   tunnel.
 //! - [`proxy_protocol`]: the PROXY protocol (v1, v2) header parser; [`client_addr`]:
@@ -19,6 +21,7 @@
 
 pub mod admission;
 pub mod client_addr;
+pub mod fleet;
 pub mod frame;
 pub mod proxy_protocol;
 pub mod routing;
