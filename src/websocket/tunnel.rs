@@ -486,10 +486,10 @@ pub async fn relay(
             node_gone(health, &ctl).await;
             return done(TunnelEnd::Error, &c2s, &s2c);
         }
-        // The node ended its TCP stream without a WebSocket close: it may have died. Ask
+        // The node ended its TCP stream first, without a WebSocket close: it may have died. Ask
         // before the client learns (its FIN goes out on the next turn), so that its
         // reconnect, and its neighbours', never meet a dead node still marked up.
-        if !s2c.open && !s2c.tracker.close_seen() && !node_checked {
+        if !s2c.open && c2s.open && !s2c.tracker.close_seen() && !node_checked {
             node_checked = true;
             node_gone(health, &ctl).await;
         }

@@ -18,8 +18,9 @@ const HOSTILE_TASKS: u32 = 4;
 const HOSTILE_KEYS_PER_TASK: u32 = 100;
 const QUOTA: usize = 4;
 
-/// n3 drained or not; n2 admits slowly (the hostile client's keys all hash to n2, so that
-/// it is turned away there while honest clients are admitted on n1 and n3).
+/// n3 drained or not; n2 admits slowly after a burst of 40 (the hostile client's keys all
+/// hash to n2, so that it is turned away there; honest clients failing over from a drained
+/// n3 may take some of the burst).
 fn config(fleet: &Fleet, drain_n3: bool) -> String {
     let node = |i: usize, extra: &str| {
         format!(
@@ -33,7 +34,7 @@ fn config(fleet: &Fleet, drain_n3: bool) -> String {
          sticky = {{ header = \"x-session\", max_entries = 1000, max_entries_per_client = {QUOTA} }}\n\n\
          [[pool]]\nname = \"p\"\nadmit_rate = 100000.0\nadmit_burst = 100000\n{}{}{}",
         node(0, ""),
-        node(1, "admit_rate = 50.0\nadmit_burst = 5"),
+        node(1, "admit_rate = 50.0\nadmit_burst = 40"),
         node(2, &format!("drain = {drain_n3}"))
     )
 }
