@@ -105,7 +105,7 @@ fn main() -> ExitCode {
             // (the descriptors are adopted here, once); errors are reported in
             // `run`, after the config's.
             let inherited = herdgate::systemd::listen_fds();
-            runtime().block_on(run(config, pidfile, inherited))
+            runtime(runtime_threads(&config)).block_on(run(config, pidfile, inherited))
         }
         Cmd::Drain { target, config } => admin(cli::admin_cmd::Action::Drain, &target, &config),
         Cmd::Undrain { target, config } => admin(cli::admin_cmd::Action::Undrain, &target, &config),
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
             watch,
             config,
         } => status(admin.as_deref(), config.as_deref(), watch),
-        Cmd::Demo(args) => match runtime().block_on(cli::demo::run(args)) {
+        Cmd::Demo(args) => match runtime(0).block_on(cli::demo::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("herdgate demo: {e:#}");
@@ -157,11 +157,31 @@ fn init_tracing(format: herdgate::config::LogFormat) {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+/// `[runtime] threads` of the config file, read before the runtime starts (0, tokio's
+/// default of one worker per CPU, when the file cannot be read or the value is out of
+/// range: `run` then reports why).
+fn runtime_threads(path: &Path) -> usize {
+    #[derive(serde::Deserialize)]
+    struct RuntimeOnly {
+        #[serde(default)]
+        runtime: herdgate::config::RuntimeConfig,
+    }
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| toml::from_str::<RuntimeOnly>(&text).ok())
+        .map(|r| r.runtime.threads)
+        .filter(|&n| n <= herdgate::config::MAX_THREADS)
+        .unwrap_or(0)
+}
+
+/// The multi-threaded runtime: `threads` workers, or one per CPU the process may run on
+/// (tokio reads the affinity mask, so `taskset` / systemd `CPUAffinity=` pinning counts).
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
+    match b.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("herdgate: cannot start the runtime: {e}");

@@ -113,6 +113,9 @@ pub struct Config {
     /// `[fleet]`: instances sharing each node's admission budget (static share or Redis).
     #[serde(default)]
     pub fleet: FleetConfig,
+    /// `[runtime]`: worker threads (read at start only).
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     /// `[[listener]]`: the sockets clients connect to.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
@@ -224,6 +227,18 @@ pub struct LogConfig {
     /// `herdgate::access` (default false).
     pub access: bool,
 }
+
+/// `[runtime]`: the process's worker threads, like nginx's `worker_processes` and
+/// HAProxy's `nbthread`. Read at start only (a restart changes it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 (default): one per CPU the process may run on.
+    pub threads: usize,
+}
+
+/// Most worker threads `[runtime] threads` accepts.
+pub const MAX_THREADS: usize = 1024;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

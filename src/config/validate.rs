@@ -38,6 +38,17 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
             "no [[listener]]: add at least one, e.g. bind = \"0.0.0.0:8080\"",
         );
     }
+    if cfg.runtime.threads > super::MAX_THREADS {
+        r.at(
+            "runtime.threads".into(),
+            none,
+            format!(
+                "at most {} (0: one per CPU), got {}",
+                super::MAX_THREADS,
+                cfg.runtime.threads
+            ),
+        );
+    }
     if cfg.limits.max_connections == 0 {
         r.at("limits.max_connections".into(), none, "must be > 0, got 0");
     }

@@ -37,6 +37,7 @@ mod logs;
 mod proxy_protocol;
 mod reload;
 mod reload_bad_values;
+mod runtime_threads;
 mod shutdown;
 mod status_cli;
 mod sticky;

@@ -1,0 +1,71 @@
+//! `[runtime] threads` (issue 13): the real binary runs exactly that many worker threads
+//! (counted in /proc), one per CPU by default, and refuses an absurd value by key; a
+//! hostile client beside an honest one on a single worker harms nothing.
+
+use crate::support::net::free_addr;
+use crate::support::nodes::echo_nodes;
+use crate::support::process::{bin, Herdgate};
+use crate::support::ws::{echo_text, ws_connect};
+
+fn config(runtime: &str, node: std::net::SocketAddr) -> (String, std::net::SocketAddr) {
+    let (listen, admin) = (free_addr(), free_addr());
+    let text = format!(
+        "{runtime}\n[admin]\nbind = \"{admin}\"\n\n[[listener]]\nname = \"plain\"\nbind = \"{listen}\"\n\n\
+         [[route]]\npool = \"p\"\n\n[[pool]]\nname = \"p\"\n[[pool.node]]\nname = \"n\"\naddr = \"{node}\"\n"
+    );
+    (text, listen)
+}
+
+/// Worker threads of `pid`: tokio names them `tokio-runtime-worker` (15 bytes kept).
+fn workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "tokio-rt-worker")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_when_asked_and_it_still_serves() {
+    let nodes = echo_nodes(1).await;
+    let (text, listen) = config("[runtime]\nthreads = 1\n", nodes[0].addr);
+    let h = Herdgate::start(&text).await;
+    // A client that connects and sends half a request head, beside an honest one.
+    let mut stalled = tokio::net::TcpStream::connect(listen).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, b"GET / HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let mut ws = ws_connect(listen, "/").await;
+    echo_text(&mut ws, "hello").await;
+    assert_eq!(workers(h.pid()), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_per_cpu_by_default() {
+    let nodes = echo_nodes(1).await;
+    let (text, listen) = config("", nodes[0].addr);
+    let h = Herdgate::start(&text).await;
+    let mut ws = ws_connect(listen, "/").await;
+    echo_text(&mut ws, "hello").await;
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(workers(h.pid()), cpus);
+}
+
+#[test]
+fn too_many_threads_is_refused_by_key() {
+    let (text, _) = config("[runtime]\nthreads = 100000\n", free_addr());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herdgate.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("runtime.threads"), "{err}");
+}
