@@ -259,8 +259,8 @@ impl NodeAdmission {
             }
             let hold = duration_to_nanos(EARLY_HOLD);
             let after = duration_to_nanos(EARLY_HOLD_AFTER);
-            if let Some(slot) = st.owners.earliest_promise(o, now, after) {
-                if slot.saturating_sub(now) <= hold && st.promises.claim_owned(slot, o) {
+            if let Some(slot) = st.owners.earliest_promise(o, now, after, hold) {
+                if st.promises.claim_owned(slot, o) {
                     // Still counted against its cap until the slot: holding requests
                     // never lets a client book more than its cap.
                     st.owners.hold(o, slot);

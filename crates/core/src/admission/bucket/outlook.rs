@@ -85,8 +85,7 @@ impl NodeAdmission {
         }
         let after = duration_to_nanos(EARLY_HOLD_AFTER);
         st.owners
-            .earliest_promise(owner, now, after)
-            .filter(|&slot| slot.saturating_sub(now) <= duration_to_nanos(EARLY_HOLD))
+            .earliest_promise(owner, now, after, duration_to_nanos(EARLY_HOLD))
     }
 
     /// A held request ([`Decision::Queue`]) woke at `now` for its instant `until`; `paced`:
