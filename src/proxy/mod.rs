@@ -260,7 +260,7 @@ async fn admit(
         } => {
             // Hold the request until its slot. If the client goes away meanwhile hyper
             // drops this future: the guard gives the token back as a promise credit.
-            let _waiting = QueueGuard::new(node, slot);
+            let _waiting = QueueGuard::new(node, slot, owner);
             let (mut until, mut paced) = (until, paced);
             loop {
                 let now = crate::admission::gate::now();
@@ -305,16 +305,18 @@ async fn admit(
 struct QueueGuard<'a> {
     node: &'a Node,
     slot: crate::admission::Nanos,
+    owner: u64,
     served: std::cell::Cell<bool>,
 }
 
 impl<'a> QueueGuard<'a> {
-    fn new(node: &'a Node, slot: crate::admission::Nanos) -> Self {
+    fn new(node: &'a Node, slot: crate::admission::Nanos, owner: u64) -> Self {
         let n = node.queue_len.fetch_add(1, Ordering::Relaxed) + 1;
         node.metrics.queue_len.set(n as f64);
         QueueGuard {
             node,
             slot,
+            owner,
             served: std::cell::Cell::new(false),
         }
     }
@@ -333,8 +335,12 @@ impl Drop for QueueGuard<'_> {
             .saturating_sub(1);
         self.node.metrics.queue_len.set(n as f64);
         if !self.served.get() {
-            // Abandoned: nobody to forward; the token goes to whoever comes next.
-            self.node.admission.refund(self.slot);
+            // Abandoned: nobody to forward; the token goes back to the client (by its
+            // address) as a promise it may claim at once, public after its grace.
+            let now = crate::admission::gate::now();
+            self.node
+                .admission
+                .refund_to(self.slot, Some(self.owner), now);
         }
     }
 }

@@ -403,9 +403,28 @@ impl NodeAdmission {
     /// Gives back the token of a [`Decision::Queue`] whose client went away: it becomes a
     /// promise credit at `slot`, so the next ticketless arrival from then on gets it.
     pub fn refund(&self, slot: Nanos) {
+        self.refund_to(slot, None, 0);
+    }
+
+    /// [`NodeAdmission::refund`] to the client that was held (`owner`): the token goes
+    /// back to it as a promise it may claim at once (a client that gave up waiting, over a
+    /// slow TLS handshake say, comes back to its own slot; clients behind one address
+    /// keep what they booked), public after the usual grace. Anonymous: a public credit.
+    pub fn refund_to(&self, slot: Nanos, owner: Option<u64>, now: Nanos) {
         let mut st = self.lock();
-        st.promises.push(slot);
         st.stats.refunded += 1;
+        let Some(o) = owner else {
+            st.promises.push(slot);
+            return;
+        };
+        let shape = st.shape(now);
+        let cw = duration_to_nanos(st.params.claim_window);
+        let grace = (shape.t_main + duration_to_nanos(PROMISE_GRACE)).min(cw);
+        let until = slot.max(now).saturating_add(grace);
+        // The slot it was held for (if any) becomes a promise again, claimable now.
+        st.owners.remove(o, slot);
+        st.owners.add(o, slot, until, true, 0);
+        st.promises.push_owned(slot, o, until);
     }
 
     /// Starts (or restarts) slow start at `now`; no-op when `slow_start` is zero.

@@ -243,11 +243,19 @@ mod tests {
         }
         o.add(7, 5, 1_000_000, false, 0);
         assert_eq!(o.count(7, 0), 10_001);
-        assert_eq!(o.due_promise(7, 9, 1), Some(10), "the reservation is skipped");
+        assert_eq!(
+            o.due_promise(7, 9, 1),
+            Some(10),
+            "the reservation is skipped"
+        );
         assert_eq!(o.due_promise(7, 8, 1), None);
         // Booked long enough ago, within the horizon: the earliest.
         assert_eq!(o.earliest_promise(7, 2, 1, 100), Some(10));
-        assert_eq!(o.earliest_promise(7, 2, 5, 100), None, "booked too recently");
+        assert_eq!(
+            o.earliest_promise(7, 2, 5, 100),
+            None,
+            "booked too recently"
+        );
         assert_eq!(o.earliest_promise(7, 2, 1, 5), None, "beyond the horizon");
         // Held, removed: the next one.
         o.hold(7, 10);

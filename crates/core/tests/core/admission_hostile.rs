@@ -510,3 +510,35 @@ fn a_client_that_ignores_its_hints_costs_the_herd_little() {
 fn both_attackers_at_once_cost_the_herd_little() {
     attackers_cost_honest_clients_little(&[FLOOD, HAMMER]);
 }
+
+#[test]
+fn a_held_client_that_gives_up_gets_its_slot_back_and_nobody_else_does() {
+    let node = node(slow(0, 0.0));
+    assert!(node.check(T0, &ticketless(A)).is_admit(), "the burst");
+    // Others hold T..=20T; A's promise is 21T; A is back a second later and held.
+    for owner in 0..20 {
+        let _ = hint(&node.check(T0, &ticketless(C + 10 * owner)));
+    }
+    let _ = hint(&node.check(T0, &ticketless(A)));
+    let back = T0 + NANOS_PER_SEC + 50 * NANOS_PER_MILLI;
+    let slot = match node.check(back, &ticketless(A)) {
+        Decision::Queue { slot, .. } => slot,
+        d => panic!("{d:?}"),
+    };
+    assert_eq!(slot, T0 + 21 * T);
+    // A gives up waiting (its connect timed out): the slot is A's again, not public.
+    node.refund_to(slot, Some(A), back);
+    let d = node.check(back, &ticketless(B));
+    assert!(
+        matches!(d, Decision::Reject { .. }),
+        "B cannot take A's slot: {d:?}"
+    );
+    assert_eq!(
+        node.check(slot, &ticketless(A)),
+        Decision::Admit {
+            via: AdmitVia::Promise,
+            ticket: TicketCheck::None
+        }
+    );
+    assert_eq!(node.stats().refunded, 1);
+}
