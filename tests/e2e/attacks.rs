@@ -17,6 +17,7 @@ use crate::support::metrics::metric;
 use crate::support::net::tcp_from;
 use crate::support::nodes::Fleet;
 use crate::support::proxy::{admin_node, parse, start};
+use crate::support::ws::retry_after_only;
 use crate::support::{eventually, within};
 use futures_util::StreamExt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -25,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Error as WsError;
 
 const PER_KIND: usize = 300;
 const RATE: f64 = 10.0;
@@ -74,37 +74,8 @@ async fn connect(
             (Box::new(c), waited)
         }
         Kind::RetryAfterOnly => {
-            let mut waited = 0.0;
-            loop {
-                let tcp = match tcp_from(Some(ip), addr).await {
-                    Ok(t) => t,
-                    Err(_) => {
-                        waited += 0.2;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                };
-                let req = format!("ws://{addr}/").into_client_request().unwrap();
-                match tokio_tungstenite::client_async(req, tcp).await {
-                    Ok((ws, _)) => return (Box::new(ws), waited),
-                    Err(WsError::Http(resp)) => {
-                        // Without a hint (a 502 while the dead node is not yet known to
-                        // be down), such clients back off a second.
-                        let secs: u64 = resp
-                            .headers()
-                            .get("retry-after")
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(1);
-                        waited += secs as f64;
-                        tokio::time::sleep(Duration::from_secs(secs)).await;
-                    }
-                    Err(_) => {
-                        waited += 0.2;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
+            let c = retry_after_only(ip, addr).await;
+            (Box::new(c.ws), c.waited)
         }
     }
 }

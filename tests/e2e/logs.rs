@@ -3,19 +3,9 @@
 //! (a client sending junk and control bytes beside an honest one cannot break a line), and
 //! a bad format named by key.
 
-use crate::support::net::free_addr;
 use crate::support::nodes::echo_nodes;
-use crate::support::process::{bin, Herdgate};
+use crate::support::process::{bin, one_node_config as config, Herdgate};
 use crate::support::ws::{echo_text, ws_connect};
-
-fn config(format: &str, node: std::net::SocketAddr) -> (String, std::net::SocketAddr) {
-    let (listen, admin) = (free_addr(), free_addr());
-    let text = format!(
-        "{format}\n[admin]\nbind = \"{admin}\"\n\n[[listener]]\nname = \"plain\"\nbind = \"{listen}\"\n\n\
-         [[route]]\npool = \"p\"\n\n[[pool]]\nname = \"p\"\n[[pool.node]]\nname = \"n\"\naddr = \"{node}\"\n"
-    );
-    (text, listen)
-}
 
 /// A hostile client: junk, control bytes, an escape sequence and a quote in its request,
 /// so that nothing it sends can colour or break a line of the log. Returns once herdgate

@@ -4,17 +4,8 @@
 
 use crate::support::net::free_addr;
 use crate::support::nodes::echo_nodes;
-use crate::support::process::{bin, Herdgate};
+use crate::support::process::{bin, one_node_config as config, Herdgate};
 use crate::support::ws::{echo_text, ws_connect};
-
-fn config(runtime: &str, node: std::net::SocketAddr) -> (String, std::net::SocketAddr) {
-    let (listen, admin) = (free_addr(), free_addr());
-    let text = format!(
-        "{runtime}\n[admin]\nbind = \"{admin}\"\n\n[[listener]]\nname = \"plain\"\nbind = \"{listen}\"\n\n\
-         [[route]]\npool = \"p\"\n\n[[pool]]\nname = \"p\"\n[[pool.node]]\nname = \"n\"\naddr = \"{node}\"\n"
-    );
-    (text, listen)
-}
 
 /// Worker threads of `pid`: tokio names them `tokio-runtime-worker` (15 bytes kept).
 fn workers(pid: u32) -> usize {

@@ -15,14 +15,13 @@ use crate::support::metrics::metric;
 use crate::support::net::tcp_from;
 use crate::support::nodes::Fleet;
 use crate::support::proxy::{admin_node, parse, start};
+use crate::support::ws::retry_after_only;
 use crate::support::{eventually, within};
 use futures_util::StreamExt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Error as WsError;
 
 const CLIENTS: usize = 600;
 const BURST: u32 = 2;
@@ -51,42 +50,6 @@ fn client_ip(i: usize) -> IpAddr {
     Ipv4Addr::new(127, 0, 20 + (i / 250) as u8, 2 + (i % 250) as u8).into()
 }
 
-/// Connects like a client that reads only `Retry-After` (whole seconds) and keeps nothing
-/// else; returns the tunnel and how many times it was turned away with a 503.
-async fn obedient(
-    ip: IpAddr,
-    addr: SocketAddr,
-) -> (
-    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-    u32,
-) {
-    let mut rejected = 0;
-    loop {
-        let Ok(tcp) = tcp_from(Some(ip), addr).await else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        let req = format!("ws://{addr}/").into_client_request().unwrap();
-        match tokio_tungstenite::client_async(req, tcp).await {
-            Ok((ws, _)) => return (ws, rejected),
-            Err(WsError::Http(resp)) => {
-                if resp.status() == 503 {
-                    rejected += 1;
-                }
-                // No hint (a 502 from the dead node before it is known down): a second.
-                let secs: u64 = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1);
-                tokio::time::sleep(Duration::from_secs(secs)).await;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
-
 /// One client: connects, holds its tunnel until its node dies, then comes back obeying
 /// the hints and reports how often it was turned away.
 async fn client(
@@ -97,13 +60,14 @@ async fn client(
     back: Arc<Mutex<Vec<u32>>>,
 ) {
     let ip = client_ip(i);
-    let (ws, _) = obedient(ip, addr).await;
+    let ws = retry_after_only(ip, addr).await.ws;
     connected.fetch_add(1, Ordering::Relaxed);
     let (_tx, mut rx) = ws.split();
     while let Some(Ok(_)) = rx.next().await {}
     displaced.fetch_add(1, Ordering::Relaxed);
-    let (ws, rejected) = obedient(ip, addr).await;
-    back.lock().unwrap().push(rejected);
+    let c = retry_after_only(ip, addr).await;
+    back.lock().unwrap().push(c.rejected);
+    let ws = c.ws;
     std::future::pending::<()>().await;
     drop(ws);
 }

@@ -185,3 +185,15 @@ impl Herdgate {
         }
     }
 }
+
+/// A config for the binary: `head` (sections of the test's own, written first), an admin
+/// listener, one plain listener and one pool with the single node `node`, on fresh ports.
+/// Returns the text and the plain listener's address.
+pub fn one_node_config(head: &str, node: std::net::SocketAddr) -> (String, std::net::SocketAddr) {
+    let (listen, admin) = (super::net::free_addr(), super::net::free_addr());
+    let text = format!(
+        "{head}\n[admin]\nbind = \"{admin}\"\n\n[[listener]]\nname = \"plain\"\nbind = \"{listen}\"\n\n\
+         [[route]]\npool = \"p\"\n\n[[pool]]\nname = \"p\"\n[[pool.node]]\nname = \"n\"\naddr = \"{node}\"\n"
+    );
+    (text, listen)
+}

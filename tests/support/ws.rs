@@ -245,3 +245,55 @@ pub fn close_payload(p: &[u8]) -> (u16, String) {
         String::from_utf8_lossy(&p[2..]).into_owned(),
     )
 }
+
+/// What a client that reads only `Retry-After` went through to get back in.
+pub struct RetryAfterOnly {
+    /// The tunnel it got.
+    pub ws: Ws,
+    /// Seconds it was told to wait (or waited on its own), in all.
+    pub waited: f64,
+    /// 503s it was turned away with.
+    pub rejected: u32,
+}
+
+/// Connects from `ip` like most WebSocket libraries: it reads only the whole-second
+/// `Retry-After` of a refusal, sends no key and keeps no cookie; without a hint (a 502
+/// while a dead node is not yet known down, a refused connect) it waits 0.2 s, or a second
+/// after an HTTP answer.
+pub async fn retry_after_only(ip: IpAddr, addr: SocketAddr) -> RetryAfterOnly {
+    let (mut waited, mut rejected) = (0.0, 0);
+    loop {
+        let Ok(tcp) = tcp_from(Some(ip), addr).await else {
+            waited += 0.2;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
+        };
+        let req = format!("ws://{addr}/").into_client_request().unwrap();
+        match tokio_tungstenite::client_async(req, tcp).await {
+            Ok((ws, _)) => {
+                return RetryAfterOnly {
+                    ws,
+                    waited,
+                    rejected,
+                }
+            }
+            Err(WsError::Http(resp)) => {
+                if resp.status() == 503 {
+                    rejected += 1;
+                }
+                let secs: u64 = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                waited += secs as f64;
+                tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+            }
+            Err(_) => {
+                waited += 0.2;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
