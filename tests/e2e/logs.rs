@@ -4,7 +4,7 @@
 //! a bad format named by key.
 
 use crate::support::nodes::echo_nodes;
-use crate::support::process::{bin, one_node_config as config, Herdgate};
+use crate::support::process::{check, one_node_config as config, Herdgate};
 use crate::support::ws::{echo_text, ws_connect};
 
 /// A hostile client: junk, control bytes, an escape sequence and a quote in its request,
@@ -57,15 +57,8 @@ async fn json_logs_are_one_object_per_line() {
 
 #[test]
 fn a_bad_log_format_is_an_error_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
     let (text, _) = config("[log]\nformat = \"xml\"\n", "127.0.0.1:9".parse().unwrap());
-    std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&text);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("log.format"), "{err}");

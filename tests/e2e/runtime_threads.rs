@@ -4,7 +4,7 @@
 
 use crate::support::net::free_addr;
 use crate::support::nodes::echo_nodes;
-use crate::support::process::{bin, one_node_config as config, Herdgate};
+use crate::support::process::{check, one_node_config as config, Herdgate};
 use crate::support::ws::{echo_text, ws_connect};
 
 /// Worker threads of `pid`: tokio names them `tokio-runtime-worker` (15 bytes kept).
@@ -48,14 +48,7 @@ async fn one_worker_per_cpu_by_default() {
 #[test]
 fn too_many_threads_is_refused_by_key() {
     let (text, _) = config("[runtime]\nthreads = 100000\n", free_addr());
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("herdgate.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check(&text);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("runtime.threads"), "{err}");

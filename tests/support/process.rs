@@ -197,3 +197,15 @@ pub fn one_node_config(head: &str, node: std::net::SocketAddr) -> (String, std::
     );
     (text, listen)
 }
+
+/// `herdgate check --config` on `text` (written to a temporary file).
+pub fn check(text: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herdgate.toml");
+    std::fs::write(&path, text).unwrap();
+    std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap()
+}
