@@ -252,28 +252,21 @@ async fn admit(
     match d {
         Decision::Admit { via, .. } => Ok(via),
         Decision::Queue {
-            until,
-            slot,
-            via,
-            paced,
-            ..
+            until, slot, via, ..
         } => {
             // Hold the request until its slot. If the client goes away meanwhile hyper
             // drops this future: the guard gives the token back as a promise credit.
             let _waiting = QueueGuard::new(node, slot, owner);
-            let (mut until, mut paced) = (until, paced);
+            let mut until = until;
             loop {
                 let now = crate::admission::gate::now();
                 tokio::time::sleep(std::time::Duration::from_nanos(until.saturating_sub(now)))
                     .await;
-                // Woken late (a loaded machine), it is paced again: held requests woken
-                // together must not reach the node as a bunch.
-                match node
-                    .admission
-                    .release(until, paced, crate::admission::gate::now())
-                {
+                // Counted when it goes: woken late together with others (a loaded
+                // machine), they go out at the node's rate, never as a bunch.
+                match node.admission.release(crate::admission::gate::now()) {
                     Ok(()) => break,
-                    Err(next) => (until, paced) = (next, true),
+                    Err(next) => until = next,
                 }
             }
             _waiting.served();

@@ -85,10 +85,6 @@ pub const EARLY_HOLD: Duration = Duration::from_millis(1100);
 /// which must not take this one's slot).
 pub const EARLY_HOLD_AFTER: Duration = Duration::from_millis(900);
 
-/// A held request that wakes this late after its instant (or one emission interval, if
-/// longer) is paced again before it goes ([`NodeAdmission::release`]).
-pub const RELEASE_SLACK: Duration = Duration::from_millis(2);
-
 /// Admission state of one backend node. `Send + Sync`; one short mutex per node, no global
 /// lock, nothing allocated on the admit path (only a rejection's ticket string).
 #[derive(Debug)]
@@ -135,6 +131,7 @@ impl NodeAdmissionBuilder {
             base: Shape::of(&self.params, 1.0),
             tat: 0,
             paced: 0,
+            released: 0,
             fresh_tat: 0,
             owners: Owners::default(),
             slow_start_from: None,

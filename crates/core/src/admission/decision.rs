@@ -102,9 +102,10 @@ pub enum Decision {
         /// How it will have been admitted: [`AdmitVia::Queue`] in queue mode, else the
         /// ticket, promise or bucket whose forward is being paced.
         via: AdmitVia,
-        /// `until` is already booked on the node's pacer (a forward held back because
-        /// forwards ran ahead of the rate); else the caller's release books it
-        /// ([`NodeAdmission::release`](super::NodeAdmission::release)).
+        /// `until` comes from the node's pacer (a forward held back because forwards ran
+        /// ahead of the rate); else it is the slot (queue mode, a client held for its
+        /// promise). Either way the caller asks
+        /// [`NodeAdmission::release`](super::NodeAdmission::release) when it wakes.
         paced: bool,
         /// What checking the presented ticket found (metrics, logs).
         ticket_check: TicketCheck,

@@ -79,8 +79,13 @@ pub(super) struct State {
     pub(super) params: AdmissionParams,
     pub(super) base: Shape,
     pub(super) tat: Nanos,
-    /// TAT of the pacing GCRA over forwarding instants (see the module doc).
+    /// TAT of the pacing GCRA over forwarding decisions (see the module doc): spaces the
+    /// instants held requests are told to wake at.
     pub(super) paced: Nanos,
+    /// TAT of the same GCRA over the instants requests actually go (a decision's own
+    /// instant, or a held request's release): the bound itself, whatever the wake-ups'
+    /// lateness (see [`NodeAdmission::release`](super::NodeAdmission::release)).
+    pub(super) released: Nanos,
     /// TAT of the fresh lane (the share kept for clients that hold no slot).
     pub(super) fresh_tat: Nanos,
     /// Who holds which slots.
@@ -109,9 +114,13 @@ impl State {
         via: AdmitVia,
         check: TicketCheck,
     ) -> Decision {
-        let at = self.pace(now, shape);
+        let mut at = self.pace(now, shape);
         if at <= now {
-            return Decision::Admit { via, ticket: check };
+            match self.go(now, shape) {
+                Ok(()) => return Decision::Admit { via, ticket: check },
+                // Held requests released late just went out as a bunch: wait for the bound.
+                Err(after) => at = after,
+            }
         }
         self.stats.paced += 1;
         Decision::Queue {
@@ -121,6 +130,17 @@ impl State {
             paced: true,
             ticket_check: check,
         }
+    }
+
+    /// A request goes at `now` if the forwards actually made allow it (`rate * W + burst`
+    /// in any window `W`): then it is counted. Else the instant it may go.
+    pub(super) fn go(&mut self, now: Nanos, shape: Shape) -> Result<(), Nanos> {
+        let conform = self.released.saturating_sub(shape.tau);
+        if conform > now {
+            return Err(conform);
+        }
+        self.released = self.released.max(now).saturating_add(shape.t);
+        Ok(())
     }
 
     /// Parks the charged `slot` as a promise, or records a reservation and returns its seq

@@ -32,7 +32,7 @@ mod ticket;
 
 pub use bucket::{
     NodeAdmission, NodeAdmissionBuilder, EARLY_HOLD, EARLY_HOLD_AFTER, FOREIGN_CLAIMS_CAP,
-    PROMISE_GRACE, RELEASE_SLACK, RESERVATION_GRACE, RESERVATION_WINDOW, TICKET_EARLY_TOLERANCE,
+    PROMISE_GRACE, RESERVATION_GRACE, RESERVATION_WINDOW, TICKET_EARLY_TOLERANCE,
 };
 pub use client_limit::{client_prefix, ClientKey, ClientLimiter};
 pub use clock::{

@@ -177,22 +177,22 @@ fn a_client_back_early_for_its_promise_is_held_until_it_and_still_capped() {
 
 #[test]
 fn every_release_passes_the_pacer_at_the_instant_it_goes() {
+    // rate 10/s, burst 1: T = 100 ms, no tolerance.
     let node = node(slow(0, 0.0));
-    // A booked instant woken on time goes; late, it is paced again at the instant it
-    // goes: the first late wake conforms, the next one is spaced one interval after it.
-    assert_eq!(node.release(T0, true, T0 + NANOS_PER_MILLI), Ok(()));
+    // Held requests woken late, all at once: the first goes, the next one interval
+    // later, and so on (no bunch); none of them wastes a booked instant.
     let late = T0 + 10 * T;
-    assert_eq!(node.release(T0, true, late), Ok(()));
-    let next = node.release(T0 + T, true, late).unwrap_err();
-    assert_eq!(next, late + T);
-    assert_eq!(node.release(next, true, next), Ok(()));
+    assert_eq!(node.release(late), Ok(()));
+    assert_eq!(node.release(late), Err(late + T));
+    assert_eq!(node.release(late + T), Ok(()));
+    assert_eq!(node.release(late + T), Err(late + 2 * T));
     assert_eq!(node.stats().repaced, 2);
-    // An unbooked release (a client held for its promise, queue mode) is booked when it
-    // goes: right after a paced forward, it waits one interval.
-    let at = next + T / 2;
-    assert_eq!(node.release(at, false, at), Err(next + T));
-    assert_eq!(node.release(next + T, true, next + T), Ok(()));
-    assert_eq!(node.stats().repaced, 2);
+    // A decision right behind them waits for the bound too, instead of going at once.
+    let d = node.check(late + T + T / 2, &ticketless(A));
+    assert!(
+        matches!(d, Decision::Queue { until, paced: true, .. } if until == late + 2 * T),
+        "{d:?}"
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::sync::MutexGuard;
 
 use super::super::clock::{duration_to_nanos, Nanos};
 use super::super::lanes::State;
-use super::{NodeAdmission, EARLY_HOLD, EARLY_HOLD_AFTER, RELEASE_SLACK, TICKET_EARLY_TOLERANCE};
+use super::{NodeAdmission, EARLY_HOLD, EARLY_HOLD_AFTER, TICKET_EARLY_TOLERANCE};
 
 /// What routing reads of a node without taking its lock, refreshed on every unlock.
 #[derive(Debug, Default)]
@@ -88,32 +88,22 @@ impl NodeAdmission {
             .earliest_promise(owner, now, after, duration_to_nanos(EARLY_HOLD))
     }
 
-    /// A held request ([`Decision::Queue`]) woke at `now` for its instant `until`; `paced`:
-    /// `until` is booked on the pacer already (the decision's `paced`, or an earlier
-    /// `Err` of this call). `Ok` to forward it, or `Err(instant)`: booked, wait until then
-    /// and call again with `paced = true`.
+    /// A held request ([`Decision::Queue`]) woke at `now`: `Ok` to forward it, or
+    /// `Err(instant)` to wait until then and ask again.
     ///
-    /// Every forward passes the pacer, counted at the instant it goes: a booked instant
-    /// woken on time (within one emission interval, at least [`RELEASE_SLACK`]) goes; a late
-    /// wake (a stalled runtime, a loaded machine) or an unbooked release (queue mode, a
-    /// client held for its promise) is paced at the instant it goes, so that held requests
-    /// woken together never reach the node as a bunch: forwards stay within
-    /// `rate * W + burst` (plus one) in any window `W`.
-    pub fn release(&self, until: Nanos, paced: bool, now: Nanos) -> Result<(), Nanos> {
+    /// Every forward is counted on a GCRA over the instants requests actually go (same
+    /// rate and burst as the node): a held request goes only if that bound allows it now.
+    /// Held requests woken on time were spaced by their decisions and go at once; a bunch
+    /// woken late together (a stalled runtime, a loaded machine) goes out at the rate,
+    /// never as a burst, and no booked instant is wasted: forwards stay within
+    /// `rate * W + burst` in any window `W`.
+    pub fn release(&self, now: Nanos) -> Result<(), Nanos> {
         let mut st = self.lock();
         let shape = st.shape(now);
-        let slack = shape.t.max(duration_to_nanos(RELEASE_SLACK));
-        if paced && now <= until.saturating_add(slack) {
-            return Ok(());
-        }
-        if paced {
+        let r = st.go(now, shape);
+        if r.is_err() {
             st.stats.repaced += 1;
         }
-        let at = st.pace(now, shape);
-        if at <= now {
-            Ok(())
-        } else {
-            Err(at)
-        }
+        r
     }
 }
