@@ -210,6 +210,8 @@ fn late_claims_arriving_bunched_are_forwarded_at_the_rate() {
         for _ in 0..N {
             match node.check(t0, &input(None, ticketed)) {
                 Decision::Admit { .. } => forwards.push(t0),
+                // The burst's last one, held RELEASE_MARGIN.
+                Decision::Queue { until, .. } => forwards.push(until),
                 Decision::Reject {
                     retry_after,
                     ticket,

@@ -12,6 +12,10 @@ use super::schedule::{ForeignClaims, PromiseQueue, ReservationLedger};
 use super::ticket::TicketCheck;
 use super::{PROMISE_GRACE, RESERVATION_GRACE};
 
+/// How much later than the GCRA would allow the last of a full burst goes: room for a
+/// connect to the node that takes that much longer than the one before.
+pub const RELEASE_MARGIN: Duration = Duration::from_millis(2);
+
 /// Emission intervals and tolerances in force at some instant.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Shape {
@@ -132,10 +136,16 @@ impl State {
         }
     }
 
-    /// A request goes at `now` if the forwards actually made allow it (`rate * W + burst`
-    /// in any window `W`): then it is counted. Else the instant it may go.
+    /// A request goes at `now` if the forwards actually made allow it: then it is counted.
+    /// Else the instant it may go. The tolerance is [`RELEASE_MARGIN`] (or one interval,
+    /// if shorter) under the burst's, so that `rate * W + burst` still holds at the node in
+    /// any window `W` when a connect to it takes up to that much longer than the one
+    /// before; the last of a full burst goes that much later.
     pub(super) fn go(&mut self, now: Nanos, shape: Shape) -> Result<(), Nanos> {
-        let conform = self.released.saturating_sub(shape.tau);
+        let margin = shape.t.min(duration_to_nanos(RELEASE_MARGIN));
+        let conform = self
+            .released
+            .saturating_sub(shape.tau.saturating_sub(margin));
         if conform > now {
             return Err(conform);
         }
