@@ -257,7 +257,7 @@ impl Health {
 }
 
 /// How long [`Health::confirm_alive`] waits for a connect.
-pub const CONFIRM_TIMEOUT: Duration = Duration::from_millis(50);
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Connect within `timeout`; a completed connect is a pass.
 pub async fn tcp_check(addr: SocketAddr, timeout: Duration) -> bool {
