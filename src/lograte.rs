@@ -1,6 +1,6 @@
 //! Rate-limited warnings: a storm of bad clients must not flood the journal.
 //!
-//! [`warn_limited!`] writes a `tracing::warn!` line through a [`LogLimiter`] of its own
+//! `warn_limited!` writes a `tracing::warn!` line through a [`LogLimiter`] of its own
 //! call site: at most [`PER_SECOND`] lines per site and second; the rest are dropped and
 //! counted (`herdgate_log_suppressed_total`), and the first line the site writes in a
 //! later second is preceded by `suppressed N similar lines` (naming the site). Nothing

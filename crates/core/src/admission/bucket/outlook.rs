@@ -88,7 +88,7 @@ impl NodeAdmission {
             .earliest_promise(owner, now, after, duration_to_nanos(EARLY_HOLD))
     }
 
-    /// A held request ([`Decision::Queue`]) woke at `now`: `Ok` to forward it, or
+    /// A held request ([`Decision::Queue`](super::super::decision::Decision::Queue)) woke at `now`: `Ok` to forward it, or
     /// `Err(instant)` to wait until then and ask again.
     ///
     /// Every forward is counted on a GCRA over the instants requests actually go (same
