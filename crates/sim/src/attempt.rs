@@ -15,6 +15,9 @@ pub(crate) struct Tally {
     pub(crate) rejected: u64,
     /// Of those, past `max_retry_after` (nothing reserved).
     pub(crate) overflow: u64,
+    /// Admissions held until a later instant (`Decision::Queue`: forwards paced at the
+    /// rate in force, e.g. claims bunched after the rate went down).
+    pub(crate) held: u64,
 }
 
 /// One attempt of client `c` (its `policy`) at `node` at `now`: `Ok(at)` admitted and
@@ -40,7 +43,10 @@ pub(crate) fn attempt<R: Rng + ?Sized>(
         Decision::Admit { .. } => Ok(now),
         // No queue was offered; were one ever returned, the request is forwarded at its
         // slot.
-        Decision::Queue { until, .. } => Ok(until),
+        Decision::Queue { until, .. } => {
+            tally.held += 1;
+            Ok(until)
+        }
         Decision::Reject {
             retry_after,
             ticket,

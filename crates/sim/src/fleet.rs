@@ -317,8 +317,8 @@ pub fn run_fleet(
         None => 0.0,
     };
     let mut notes = vec![format!(
-        "{} rejections with a hint ({} past max_retry_after)",
-        tally.rejected, tally.overflow
+        "{} rejections with a hint ({} past max_retry_after), {} admissions held by the pacer",
+        tally.rejected, tally.overflow, tally.held
     )];
     if lease.is_some() {
         notes.push(format!(
