@@ -322,7 +322,7 @@ pub fn run_fleet(
     )];
     if lease.is_some() {
         notes.push(format!(
-            "store: {store_calls} script calls in {elapsed:.1} s ({store_calls_per_sec:.0}/s = K / lease), each carrying all {nodes_n} nodes; largest sum of a node's live shares {:.4}",
+            "store: {store_calls} script calls in {elapsed:.1} s until the last attempt ({store_calls_per_sec:.0}/s = K / lease), each carrying all {nodes_n} nodes; largest sum of a node's live shares {:.4}",
             max_share_sum as f64 / FULL_PPM as f64
         ));
     }
