@@ -5,6 +5,7 @@
 //! cargo bench --bench storm -- --big        # sockets: 9,000 clients
 //! cargo bench --bench storm -- --quick      # sockets: 1,500 clients
 //! cargo bench --bench storm -- --sim        # simulation: 1,000,000 clients, 500 nodes
+//! cargo bench --bench storm -- --sim --fleet 20   # the same behind 20 instances: leases, static 1/K
 //! ```
 //!
 //! Sockets (default): herdgate (the release binary) and three echo nodes (this binary
@@ -131,6 +132,16 @@ struct Args {
     /// connect timeout).
     #[arg(long, value_parser = herdgate::config::parse_duration)]
     queue: Option<Duration>,
+    /// Simulation: K herdgate instances in front of the nodes (fleet mode, issue 11),
+    /// each client on one instance at random; runs shared leases and the static share.
+    #[arg(long)]
+    fleet: Option<usize>,
+    /// Simulation, fleet: lease period of the shared leases.
+    #[arg(long, default_value = "50ms", value_parser = herdgate::config::parse_duration)]
+    lease: Duration,
+    /// Simulation, fleet: share of the clients the balancer puts on instance 0 (e.g. 0.8).
+    #[arg(long)]
+    fleet_hot: Option<f64>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -220,6 +231,11 @@ fn simulate(args: &Args, svg_dir: &Path) -> Result<(), BoxError> {
         cfg.slow_start = args.slow_start.unwrap_or_default();
         cfg.seed = args.seed;
         let started = Instant::now();
+        if let Some(k) = args.fleet {
+            simulate_fleet(args, &cfg, &list, k, svg_dir)?;
+            println!("  simulated in {:.1} s", started.elapsed().as_secs_f64());
+            continue;
+        }
         let rep = sim::run_scenario(&cfg, &list)?;
         print_report(&rep.title, &rep.fleet, &rep.summaries);
         let name = match scenario {
@@ -237,6 +253,66 @@ fn simulate(args: &Args, svg_dir: &Path) -> Result<(), BoxError> {
             path.display()
         );
     }
+    Ok(())
+}
+
+/// Fleet mode: every contender with admission behind `k` instances, with leases and with
+/// the static share; the peak is per node summed over the instances.
+fn simulate_fleet(
+    args: &Args,
+    cfg: &SimConfig,
+    list: &[Contender],
+    k: usize,
+    svg_dir: &Path,
+) -> Result<(), BoxError> {
+    use sim::fleet::{run_fleet, FleetSpec, Sharing};
+    let fleet = sim::Fleet::build(cfg)?;
+    let mut summaries = Vec::new();
+    let mut store = Vec::new();
+    for c in list.iter().filter(|c| c.admission) {
+        for sharing in [Sharing::Leases { lease: args.lease }, Sharing::Static] {
+            let t = Instant::now();
+            let spec = FleetSpec {
+                instances: k,
+                sharing,
+                hot: args.fleet_hot,
+            };
+            let out = run_fleet(cfg, &fleet, c, &spec)?;
+            store.push(format!(
+                "  {}: store calls/s {:.0} ({} calls), on instance 0: {} clients; {:.1} s",
+                out.summary.label,
+                out.store_calls_per_sec,
+                out.store_calls,
+                out.per_instance.first().copied().unwrap_or(0),
+                t.elapsed().as_secs_f64()
+            ));
+            summaries.push(out.summary);
+        }
+    }
+    let title = format!(
+        "simulation, fleet: {} ({} clients, {} nodes, {k} instances{}, virtual clock)",
+        cfg.scenario.name(),
+        cfg.clients,
+        cfg.nodes,
+        args.fleet_hot
+            .map(|p| format!(", {:.0} % on instance 0", p * 100.0))
+            .unwrap_or_default()
+    );
+    let sub = format!(
+        "{} reconnecting clients; peak = accepts per node summed over the instances, bound rate + burst = {:.0}",
+        fleet.landing.len(),
+        cfg.admit_rate + f64::from(cfg.admit_burst)
+    );
+    print_report(&title, &sub, &summaries);
+    for line in store {
+        println!("{line}");
+    }
+    let name = match cfg.scenario {
+        Scenario::NodeDeath => "storm-sim-fleet-node-death.svg",
+        Scenario::FleetRestart => "storm-sim-fleet-fleet-restart.svg",
+    };
+    let path = write_svg(svg_dir, name, &report::svg(&title, &sub, &summaries))?;
+    println!("  chart: {}", path.display());
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 -- herdgate fleet admission: renew one instance's leases on every node, atomically.
 -- Doorman-style capacity leases: each node's hash maps instance -> "share_ppm:demand_ppm:expiry_ms";
 -- the live shares of a node always sum to at most 1e6 ppm (the node's whole rate).
+-- Mirrored in crates/core/src/fleet/grant.rs (the storm simulator's model): change both;
+-- tests/logic/fleet_grant.rs fails when they give different grants.
 --
 -- KEYS[1]      members sorted set (score: membership expiry, ms)
 -- KEYS[2..]    one hash per node

@@ -17,8 +17,6 @@ const PPM: f64 = 1_000_000.0;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Renewals timed out in a row before the connection is dropped and made again.
 const RECONNECT_AFTER_TIMEOUTS: u32 = 3;
-/// Demand above this (ppm of the rate: a million times the rate) is clipped.
-const MAX_DEMAND_PPM: f64 = 1e12;
 
 /// Why a renewal gave nothing.
 #[derive(Debug, thiserror::Error)]
@@ -128,8 +126,9 @@ impl Leaser {
                 // a saturated instance needs: its booked slots count too.
                 let booked =
                     node.admission.effective_rate(t) * node.admission.backlog(t).as_secs_f64();
-                let ppm = (per_sec.max(booked) / rate * PPM).clamp(0.0, MAX_DEMAND_PPM);
-                inv.key(format!("{NODE_KEY_PREFIX}{label}")).arg(ppm as u64);
+                // The one demand definition, shared with the storm simulator.
+                let ppm = herdgate_core::fleet::grant::demand_ppm(per_sec, booked, rate);
+                inv.key(format!("{NODE_KEY_PREFIX}{label}")).arg(ppm);
                 labels.push(label);
             }
         }

@@ -14,4 +14,5 @@ mod support;
 mod admin_config;
 mod config_errors;
 mod config_limits;
+mod fleet_grant;
 mod identity_config;

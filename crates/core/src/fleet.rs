@@ -8,7 +8,12 @@
 //! - [`FleetStatus`] / [`FleetView`]: what the runtime last applied, for reports.
 //! - [`Link`]: the store's reachability, so that a fallback is logged once, not per try.
 //!
+//! - [`grant`]: the grant of `src/fleet/grant.lua` as a pure function (max-min fair
+//!   shares over demand), for the simulator; a test pins it to the script.
+//!
 //! The shares themselves are granted by the runtime (`src/fleet/`) from Redis.
+
+pub mod grant;
 
 use crate::admission::{AdmissionParams, AdmissionStats, Nanos, NANOS_PER_SEC};
 use std::collections::HashMap;

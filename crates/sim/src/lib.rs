@@ -16,6 +16,8 @@
 
 #![warn(missing_docs)]
 
+mod attempt;
+pub mod fleet;
 pub mod report;
 
 use std::cmp::Reverse;
@@ -26,18 +28,19 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use herdgate_client::{Backoff, Hint, Outcome, ReconnectPolicy, RejectedBy, Rejection, Strategy};
+use attempt::{attempt, Tally};
+use herdgate_client::{Backoff, ReconnectPolicy, Strategy};
 use herdgate_core::admission::{
-    duration_to_nanos, node_id, AdmissionError, AdmissionParams, AdmitInput, Clock, Decision,
-    ManualClock, Nanos, NodeAdmission, TicketKey, TicketSigner, NANOS_PER_SEC,
+    duration_to_nanos, node_id, AdmissionError, AdmissionParams, Clock, ManualClock, Nanos,
+    NodeAdmission, TicketKey, TicketSigner, NANOS_PER_SEC,
 };
 use herdgate_core::routing::{key_hash, HashAlgo, HashRing, NodeRef, RoutingError};
 use report::{StormRun, Summary};
 
 /// 2024-01-01T00:00:00Z: a realistic epoch, so tickets' millisecond truncation is exercised.
-const T0: Nanos = 1_704_067_200 * NANOS_PER_SEC;
+pub(crate) const T0: Nanos = 1_704_067_200 * NANOS_PER_SEC;
 /// The WebSocket close code a rejected upgrade is closed with (RFC 6455 §7.4.1).
-const TRY_AGAIN_LATER: u16 = herdgate_wire::CLOSE_TRY_AGAIN_LATER;
+pub(crate) const TRY_AGAIN_LATER: u16 = herdgate_wire::CLOSE_TRY_AGAIN_LATER;
 
 /// Errors of a simulation setup.
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +132,7 @@ impl SimConfig {
         }
     }
 
-    fn params(&self) -> AdmissionParams {
+    pub(crate) fn params(&self) -> AdmissionParams {
         AdmissionParams {
             rate: self.admit_rate,
             burst: self.admit_burst,
@@ -438,8 +441,7 @@ pub fn run(cfg: &SimConfig, fleet: &Fleet, contender: &Contender) -> Result<Stor
         .map(|(_, &l)| Vec::with_capacity(l as usize))
         .collect();
     let mut reconnected: Vec<Option<Nanos>> = vec![None; n];
-    let mut overflow = 0u64;
-    let mut rejected = 0u64;
+    let mut tally = Tally::default();
 
     while let Some(Reverse((t, c))) = heap.pop() {
         if t > horizon {
@@ -454,43 +456,10 @@ pub fn run(cfg: &SimConfig, fleet: &Fleet, contender: &Contender) -> Result<Stor
         let admitted_at = match &nodes[node_ix] {
             None => Some(now),
             Some(node) => {
-                let input = AdmitInput {
-                    ticket: client.policy.ticket(),
-                    wants_ticket: client.policy.accept_tickets(),
-                    may_queue: None,
-                    owner: Some(c as u64),
-                };
-                match node.check(now, &input) {
-                    Decision::Admit { .. } => Some(now),
-                    // No queue was offered; were one ever returned, the request is
-                    // forwarded at its slot.
-                    Decision::Queue { until, .. } => Some(until),
-                    Decision::Reject {
-                        retry_after,
-                        ticket,
-                        overflow: over,
-                        ..
-                    } => {
-                        rejected += 1;
-                        overflow += u64::from(over);
-                        // What the proxy writes and the client reads: skipped for clients
-                        // that ignore it anyway (it is most of the cost of a rejection).
-                        let hint = if client.policy.honours_hints() {
-                            let reason = herdgate_wire::reason_json(
-                                herdgate_wire::retry_after_ms(retry_after),
-                                Some(if over { "overloaded" } else { "node_busy" }),
-                                ticket.as_deref(),
-                            );
-                            Hint::from_close(TRY_AGAIN_LATER, &reason)
-                        } else {
-                            None
-                        };
-                        let outcome: Outcome<()> = Outcome::Rejected(Rejection {
-                            by: RejectedBy::Close(TRY_AGAIN_LATER),
-                            hint,
-                        });
-                        if let Some(delay) = client.policy.next_delay(&outcome, &mut rng) {
-                            let back = now + rtt / 2 + duration_to_nanos(delay) + rtt;
+                match attempt(node, c, &mut client.policy, now, rtt, &mut tally, &mut rng) {
+                    Ok(at) => Some(at),
+                    Err(back) => {
+                        if let Some(back) = back {
                             heap.push(Reverse((back, c as u32)));
                         }
                         None
@@ -515,7 +484,8 @@ pub fn run(cfg: &SimConfig, fleet: &Fleet, contender: &Contender) -> Result<Stor
             })
             .sum();
         notes.push(format!(
-            "{rejected} rejections with a hint ({overflow} past max_retry_after), {unclaimed} promised or reserved tokens unclaimed"
+            "{} rejections with a hint ({} past max_retry_after), {unclaimed} promised or reserved tokens unclaimed",
+            tally.rejected, tally.overflow
         ));
     }
     Ok(StormRun {
@@ -532,7 +502,7 @@ pub fn run(cfg: &SimConfig, fleet: &Fleet, contender: &Contender) -> Result<Stor
     })
 }
 
-fn label_seed(label: &str) -> u64 {
+pub(crate) fn label_seed(label: &str) -> u64 {
     key_hash(label.as_bytes())
 }
 
