@@ -5,7 +5,7 @@
 //! signed tickets) asked at the instant the attempt arrives; routing is the pool's
 //! [`HashRing`] (rendezvous over node names, the dead node ineligible); each rejection is
 //! turned into the 1013 close reason the proxy sends ([`herdgate_wire::reason_json`], the proxy's one encoder)
-//! and read back by the reference client's [`Hint::from_close`]; each client is a
+//! and read back by the reference client's [`Hint::from_close`](herdgate_client::Hint::from_close); each client is a
 //! [`ReconnectPolicy`] deciding its next delay. What is modelled: the network (a client
 //! notices the drop within `detect_spread`, an attempt reaches the node one `rtt` after it
 //! is launched and its answer is back half an `rtt` later) and, for contenders without
