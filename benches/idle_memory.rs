@@ -1,21 +1,31 @@
 //! Resident memory per idle proxied WebSocket, plain and TLS, for herdgate, nginx and
-//! HAProxy.
+//! HAProxy, measured two ways.
 //!
-//! Run: `cargo bench --bench idle_memory` (under a minute). For each proxy and
-//! mode a fresh proxy process (herdgate: the release binary; nginx and HAProxy: system
-//! binaries with the configs of benches/common, skipped with a note when not installed)
-//! is started in front of a fresh echo node process; this process opens 9,000 WebSockets
-//! through it (64 handshakes in flight), sends one 64-byte echo on each, and leaves them
-//! idle. The proxy's VmRSS (and RssAnon) from /proc/<pid>/status, summed over its
-//! processes (nginx: master and workers), is read after a warm-up of 64 tunnels that are
-//! opened and closed again (runtime threads, allocator arenas and TLS state exist by then)
-//! and again after the 9,000 have settled; the difference divided by 9,000 is the cost of
-//! one idle tunnel.
+//! Run: `cargo bench --bench idle_memory` (a few minutes). For each method, mode and proxy
+//! a fresh proxy process (herdgate: the release binary; nginx and HAProxy: system binaries
+//! with the configs of benches/common, skipped with a note when not installed) is started
+//! in front of a fresh echo node process, 9,000 WebSockets are opened through it and left
+//! idle, and the proxy's VmRSS (and RssAnon) from /proc/<pid>/status, summed over its
+//! processes (nginx: master and workers), is read before and after; the difference divided
+//! by 9,000 is the cost of one idle tunnel.
+//!
+//! - `tungstenite` (the default, the way a user's clients connect): a separate load
+//!   process of tokio-tungstenite 0.28 clients with default settings and TCP_NODELAY
+//!   opens the tunnels as fast as 256 handshakes in flight allow (on a 2-core machine
+//!   about 4,000-7,000/s plain, 1,500-2,000/s TLS) and sends nothing on them; "before" is the fresh proxy process, with no warm-up.
+//! - `raw`: this process opens them with the raw client of benches/common/ws.rs (64
+//!   handshakes in flight, as fast as they go, one echo each); "before" is read after a
+//!   warm-up of 64 tunnels that are opened and closed again (runtime threads, allocator
+//!   arenas and TLS state exist by then).
 //!
 //! A tunnel costs a proxy two descriptors. Every process raises its soft limit to the
 //! hard one; when the hard limit is too small for 9,000 the bench says so and uses fewer.
 //! HERDGATE_BENCH_TUNNELS=N changes the count, HERDGATE_BENCH_PROXIES=herdgate,nginx,
-//! haproxy (any subset) the proxies.
+//! haproxy (any subset) the proxies, HERDGATE_BENCH_METHODS=tungstenite,raw (either or
+//! both, default both) the methods, HERDGATE_BENCH_MODES=ws,wss the modes.
+//! HERDGATE_BENCH_LOAD_RATE (opens/s at most, default 0: unpaced),
+//! HERDGATE_BENCH_LOAD_IN_FLIGHT (default 256) and HERDGATE_BENCH_LOAD_ECHO=1 (one 64-byte
+//! echo on each tunnel; default none) shape the tungstenite load.
 // Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
 // in the shipped code (Cargo.toml [workspace.lints]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -39,7 +49,72 @@ fn main() -> ExitCode {
     bench_main("idle_memory", Duration::from_secs(300), run)
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    /// A separate process of tokio-tungstenite clients; baseline: the fresh proxy.
+    Tungstenite,
+    /// This process's raw client; baseline: after a warm-up.
+    Raw,
+}
+
+impl Method {
+    fn label(self) -> &'static str {
+        match self {
+            Method::Tungstenite => "tungstenite, fresh",
+            Method::Raw => "raw, warmed",
+        }
+    }
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// HERDGATE_BENCH_METHODS (tungstenite, raw; default both, tungstenite first).
+fn methods() -> Result<Vec<Method>> {
+    let Ok(sel) = std::env::var("HERDGATE_BENCH_METHODS") else {
+        return Ok(vec![Method::Tungstenite, Method::Raw]);
+    };
+    sel.split(',')
+        .map(|m| match m.trim() {
+            "tungstenite" => Ok(Method::Tungstenite),
+            "raw" => Ok(Method::Raw),
+            other => {
+                Err(format!("HERDGATE_BENCH_METHODS: {other:?} is not tungstenite or raw").into())
+            }
+        })
+        .collect()
+}
+
+/// HERDGATE_BENCH_MODES (ws, wss; default both).
+fn modes() -> Vec<&'static str> {
+    let sel = std::env::var("HERDGATE_BENCH_MODES").unwrap_or_else(|_| "ws,wss".into());
+    let mut v = Vec::new();
+    if sel.split(',').any(|m| m.trim() == "ws") {
+        v.push("plain (ws)");
+    }
+    if sel.split(',').any(|m| m.trim() == "wss") {
+        v.push("TLS (wss)");
+    }
+    v
+}
+
+fn load_spec(n: usize) -> LoadSpec {
+    LoadSpec {
+        n,
+        rate: env_num("HERDGATE_BENCH_LOAD_RATE", 0),
+        in_flight: env_num("HERDGATE_BENCH_LOAD_IN_FLIGHT", 256),
+        // A tunnel that never carried a message is the case that once held a finished
+        // connection task (4 KiB) through a stale waker: the default measures it.
+        echo: std::env::var("HERDGATE_BENCH_LOAD_ECHO").is_ok_and(|v| v == "1"),
+    }
+}
+
 struct Row {
+    method: Method,
     proxy: &'static str,
     procs: usize,
     fds_per_tunnel: f64,
@@ -49,7 +124,8 @@ struct Row {
     rss1: u64,
     anon0: u64,
     anon1: u64,
-    rss_half: u64,
+    /// After the first half (raw method only).
+    rss_half: Option<u64>,
     rss_closed: u64,
     rss_again: u64,
     open_secs: f64,
@@ -77,10 +153,37 @@ async fn run() -> Result<()> {
     for k in &kinds {
         notes.push(format!("{}: {}", k.label(), k.version()));
     }
+    let spec = load_spec(n);
+    notes.push(format!(
+        "tungstenite load: {} opens/s, {} handshakes in flight, {}",
+        if spec.rate == 0 {
+            "unpaced".to_string()
+        } else {
+            format!("at most {}", spec.rate)
+        },
+        spec.in_flight,
+        if spec.echo {
+            "one 64-byte echo per tunnel"
+        } else {
+            "no message"
+        }
+    ));
+    for var in [
+        "MALLOC_ARENA_MAX",
+        "MALLOC_TRIM_THRESHOLD_",
+        "GLIBC_TUNABLES",
+        "LD_PRELOAD",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            notes.push(format!("{var}={v} (inherited by every proxy)"));
+        }
+    }
     let mut rows = Vec::new();
-    for mode in ["plain (ws)", "TLS (wss)"] {
-        for &k in &kinds {
-            rows.push(measure(k, mode, n).await?);
+    for method in methods()? {
+        for mode in modes() {
+            for &k in &kinds {
+                rows.push(measure(k, mode, method, n).await?);
+            }
         }
     }
     let sizes = type_sizes().await?;
@@ -91,14 +194,15 @@ async fn run() -> Result<()> {
         println!("{n}");
     }
     println!();
-    println!("| mode | proxy | processes | tunnels | fds per tunnel | VmRSS before → after | per idle tunnel (VmRSS) | RssAnon | marginal, 2nd half | VmRSS all closed → same again | open time |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| method | mode | proxy | processes | tunnels | fds per tunnel | VmRSS before → after | per idle tunnel (VmRSS) | RssAnon | marginal, 2nd half | VmRSS all closed → same again | open time |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mib = |k: u64| k as f64 / 1024.0;
     for r in &rows {
         let per = |a: u64, b: u64, n: usize| b.saturating_sub(a) as f64 * 1024.0 / n as f64;
         let whole = per(r.rss0, r.rss1, r.n);
         println!(
-            "| {} | {} | {} | {} | {:.2} | {:.1} → {:.1} MiB | **{:.2} KiB** ({:.0} B) | {:.2} KiB | {:.2} KiB | {:.1} → {:.1} MiB | {:.1} s |",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.1} → {:.1} MiB | **{:.2} KiB** ({:.0} B) | {:.2} KiB | {} | {:.1} → {:.1} MiB | {:.1} s |",
+            r.method.label(),
             r.mode,
             r.proxy,
             r.procs,
@@ -109,7 +213,10 @@ async fn run() -> Result<()> {
             whole / 1024.0,
             whole,
             per(r.anon0, r.anon1, r.n) / 1024.0,
-            per(r.rss_half, r.rss1, r.n - r.n / 2) / 1024.0,
+            r.rss_half.map_or("–".to_string(), |h| format!(
+                "{:.2} KiB",
+                per(h, r.rss1, r.n - r.n / 2) / 1024.0
+            )),
             mib(r.rss_closed),
             mib(r.rss_again),
             r.open_secs,
@@ -119,8 +226,10 @@ async fn run() -> Result<()> {
     println!(
         "VmRSS and RssAnon are summed over the proxy's processes (nginx: master + workers); fds \
          per tunnel = growth of their open descriptors / tunnels (2 = both connections held). \
-         per idle tunnel = (VmRSS after - before) / tunnels; marginal = growth from {} to {} tunnels \
-         / {}; \"all closed → same again\": VmRSS once every tunnel closed, then with as many open \
+         per idle tunnel = (VmRSS after - before) / tunnels, before = the fresh proxy \
+         (tungstenite) or after a 64-tunnel warm-up (raw); open time: the tungstenite load's \
+         own (first open to last handshake) or this process's (raw); marginal = growth from {} to {} tunnels \
+         / {} (raw; the tungstenite load opens all at once); \"all closed → same again\": VmRSS once every tunnel closed, then with as many open \
          again (the allocator reuses what closed tunnels left; no growth = no leak).",
         rows.first().map_or(0, |r| r.n / 2),
         rows.first().map_or(0, |r| r.n),
@@ -132,7 +241,7 @@ async fn run() -> Result<()> {
     Ok(())
 }
 
-async fn measure(kind: ProxyKind, mode: &'static str, n: usize) -> Result<Row> {
+async fn measure(kind: ProxyKind, mode: &'static str, method: Method, n: usize) -> Result<Row> {
     let dir = tempfile::tempdir()?;
     let cert = write_cert(dir.path())?;
     let echo = spawn_echo(&cert).await?;
@@ -172,6 +281,9 @@ async fn measure(kind: ProxyKind, mode: &'static str, n: usize) -> Result<Row> {
         }
     };
 
+    if method == Method::Tungstenite {
+        return measure_load(px, &cert, mode, n, heaptrack.is_some()).await;
+    }
     let warm = open_many(&target, WARMUP).await?;
     let fds_warm = px.fds()?;
     drop(warm);
@@ -185,7 +297,7 @@ async fn measure(kind: ProxyKind, mode: &'static str, n: usize) -> Result<Row> {
     let t0 = Instant::now();
     let mut conns = open_many(&target, n / 2).await?;
     wait_open(&px, n / 2).await?;
-    let rss_half = settled_rss(&px).await?;
+    let rss_half = Some(settled_rss(&px).await?);
     conns.extend(open_many(&target, n - n / 2).await?);
     let open_secs = t0.elapsed().as_secs_f64();
     wait_open(&px, n).await?;
@@ -195,6 +307,7 @@ async fn measure(kind: ProxyKind, mode: &'static str, n: usize) -> Result<Row> {
     let procs = px.pids().len();
     px.proc.alive()?;
     let row = |rss_closed, rss_again| Row {
+        method,
         proxy: kind.label(),
         procs,
         fds_per_tunnel,
@@ -231,6 +344,68 @@ async fn measure(kind: ProxyKind, mode: &'static str, n: usize) -> Result<Row> {
     let rss_again = settled_rss(&px).await?;
     drop(again);
     Ok(row(rss_closed, rss_again))
+}
+
+/// The tungstenite method: the fresh proxy's VmRSS, then `n` tunnels opened by a separate
+/// load process, held idle; then all closed and `n` opened again.
+async fn measure_load(
+    mut px: Proxy,
+    cert: &Cert,
+    mode: &'static str,
+    n: usize,
+    heaptrack: bool,
+) -> Result<Row> {
+    let (addr, pem) = if mode.starts_with("TLS") {
+        (px.wss, Some(cert.cert.as_path()))
+    } else {
+        (px.ws, None)
+    };
+    let spec = load_spec(n);
+    let rss0 = settled_rss(&px).await?;
+    let anon0 = px.status_kib("RssAnon")?;
+    let fds0 = px.fds()?;
+
+    // All `n` in one go, as the issue's client did (so no reading at half way).
+    let load = spawn_load(addr, pem, &spec)?;
+    wait_open(&px, n).await?;
+    let rss1 = settled_rss(&px).await?;
+    let anon1 = px.status_kib("RssAnon")?;
+    let fds_per_tunnel = px.fds()?.saturating_sub(fds0) as f64 / n as f64;
+    let procs = px.pids().len();
+    px.proc.alive()?;
+    let kind_label = px.kind.label();
+    let open_secs = load.open_secs;
+    let (rss_closed, rss_again) = if heaptrack {
+        // End herdgate with its tunnels open (the trace shows them as "leaked").
+        drop(px);
+        drop(load);
+        (0, 0)
+    } else {
+        drop(load);
+        wait_closed(&px, fds0).await?;
+        let rss_closed = settled_rss(&px).await?;
+        let again = spawn_load(addr, pem, &spec)?;
+        wait_open(&px, n).await?;
+        let rss_again = settled_rss(&px).await?;
+        drop(again);
+        (rss_closed, rss_again)
+    };
+    Ok(Row {
+        method: Method::Tungstenite,
+        proxy: kind_label,
+        procs,
+        fds_per_tunnel,
+        mode,
+        n,
+        rss0,
+        rss1,
+        anon0,
+        anon1,
+        rss_half: None,
+        rss_closed,
+        rss_again,
+        open_secs,
+    })
 }
 
 /// herdgate counts its tunnels; for the others every tunnel has already carried an echo.

@@ -20,7 +20,8 @@ pub struct Launch<'a> {
 }
 
 /// Start herdgate with the config file `config` and wait until it accepts TCP on each of
-/// `ready` (within `within`). `HERDGATE_BENCH_HERDGATE_THREADS` sets its tokio worker
+/// `ready` (within `within`). `HERDGATE_BENCH_HERDGATE_BIN` names another herdgate binary
+/// (unless `launch.bin` does). `HERDGATE_BENCH_HERDGATE_THREADS` sets its tokio worker
 /// threads (default: tokio's, one per CPU; the knob is for experiments).
 pub async fn start_herdgate(
     config: &Path,
@@ -28,9 +29,12 @@ pub async fn start_herdgate(
     ready: &[SocketAddr],
     within: Duration,
 ) -> Result<Proc> {
+    // HERDGATE_BENCH_HERDGATE_BIN: another build for every launch (before/after runs).
+    let other = std::env::var_os("HERDGATE_BENCH_HERDGATE_BIN").map(PathBuf::from);
     let mut cmd = Command::new(
         launch
             .bin
+            .or(other.as_deref())
             .unwrap_or(Path::new(env!("CARGO_BIN_EXE_herdgate"))),
     );
     if let Ok(n) = std::env::var("HERDGATE_BENCH_HERDGATE_THREADS") {

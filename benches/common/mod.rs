@@ -18,11 +18,13 @@
 //! | `herdgate.rs` | herdgate as a process: the launcher and the bench config |
 //! | `proxies.rs` | herdgate, nginx and HAProxy side by side |
 //! | `ws.rs` | the raw WebSocket client |
+//! | `load.rs` | the independent load: tokio-tungstenite clients in a process of their own |
 //! | `metrics.rs` | herdgate's Prometheus text |
 #![allow(dead_code)] // each bench uses a part
 
 mod echo;
 mod herdgate;
+mod load;
 mod metrics;
 mod process;
 mod proxies;
@@ -32,7 +34,9 @@ mod ws;
 
 // Each bench uses a part: a glob it takes nothing from is no mistake.
 #[allow(unused_imports)]
-pub use self::{echo::*, herdgate::*, metrics::*, process::*, proxies::*, sys::*, tls::*, ws::*};
+pub use self::{
+    echo::*, herdgate::*, load::*, metrics::*, process::*, proxies::*, sys::*, tls::*, ws::*,
+};
 
 use std::process::ExitCode;
 use std::time::Duration;

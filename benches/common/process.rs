@@ -23,6 +23,7 @@ pub fn child_role() -> Option<ExitCode> {
     let (name, res) = match role.as_str() {
         "echo" => ("bench echo node", super::echo::lean_echo_role(&args)),
         "echo-node" => ("echo node", super::echo::accept_log_role(&args)),
+        "ws-load" => ("ws load", super::load::ws_load_role(&args)),
         other => {
             eprintln!("unknown {ROLE_ENV}={other}");
             return Some(ExitCode::FAILURE);
@@ -41,6 +42,16 @@ pub fn child_role() -> Option<ExitCode> {
 /// prints on stdout once it is ready (within [`STEP`]). Its stdin is a pipe from us: a
 /// role that reads it to the end lives exactly as long as this process.
 pub fn spawn_role(name: &'static str, role: &str, args: &[String]) -> Result<(Proc, String)> {
+    spawn_role_within(name, role, args, STEP)
+}
+
+/// [`spawn_role`] for a role whose ready line may take up to `within`.
+pub fn spawn_role_within(
+    name: &'static str,
+    role: &str,
+    args: &[String],
+    within: Duration,
+) -> Result<(Proc, String)> {
     let mut child = Command::new(std::env::current_exe()?)
         .env(ROLE_ENV, role)
         .args(args)
@@ -57,8 +68,8 @@ pub fn spawn_role(name: &'static str, role: &str, args: &[String]) -> Result<(Pr
         let _ = tx.send(line);
     });
     let line = rx
-        .recv_timeout(STEP)
-        .map_err(|_| format!("{name} did not say it was ready within {STEP:?}"))?;
+        .recv_timeout(within)
+        .map_err(|_| format!("{name} did not say it was ready within {within:?}"))?;
     proc.alive()?;
     if line.is_empty() {
         return Err(format!("{name} closed its stdout before it was ready").into());

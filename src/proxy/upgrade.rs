@@ -7,6 +7,7 @@ use super::ConnCtx;
 use crate::backend::connect::{connect, ConnectError};
 use crate::backend::{Node, NodeFailure};
 use crate::conn::{ClientIo, ClientSlot};
+use crate::websocket::side::release_stale_wakers;
 use crate::websocket::side::Side;
 use crate::websocket::tunnel::{relay, TunnelSettings};
 use http::{Request, Response, StatusCode};
@@ -213,6 +214,10 @@ fn spawn_tunnel(
             }
         };
         let backend_side = Side::Plain(b.io.into_inner());
+        // The finished connection task's wakers would otherwise keep its memory (~4 KiB)
+        // until the first byte in each direction.
+        release_stale_wakers(client_side.tcp());
+        release_stale_wakers(backend_side.tcp());
         let guard = shared
             .tunnels
             .register(node.clone(), key_hash, wants_ticket);

@@ -50,6 +50,21 @@ fn read_now(t: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Drop the wakers that earlier tasks left in `t`'s reactor registration.
+///
+/// tokio keeps one waker per direction for `poll_read`/`poll_write` callers (hyper's
+/// connection, which read the request head or the node's 101 through it) until the next
+/// readiness event wakes it. The relay waits with `readable()`/`writable()` instead, which
+/// does not replace them: on a tunnel that carries no message the old waker lives on, and
+/// with it the whole finished connection task it wakes (about 4 KiB: hyper's connection
+/// future), for the tunnel's life. Registering a no-op waker in both slots releases them.
+pub fn release_stale_wakers(t: &TcpStream) {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // Ready means an event came since the waker was stored, and it took the waker then.
+    let _ = t.poll_read_ready(&mut cx);
+    let _ = t.poll_write_ready(&mut cx);
+}
+
 /// `std::io` view of a non-blocking tokio socket, for rustls' read_tls/write_tls.
 struct TryIo<'a>(&'a TcpStream);
 
@@ -214,5 +229,57 @@ impl Side {
             let _ = self.flush();
         }
         let _ = socket2::SockRef::from(self.tcp()).shutdown(std::net::Shutdown::Write);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+    use tokio::io::AsyncWriteExt;
+
+    /// A waker whose clones can be counted (Arc strong count).
+    struct Counted;
+    impl Wake for Counted {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[tokio::test]
+    async fn a_stale_reader_waker_is_released_and_the_socket_still_wakes_its_reader() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+
+        // What hyper's connection task leaves behind: its waker in the read slot.
+        let w = Arc::new(Counted);
+        let waker = Waker::from(w.clone());
+        // A fresh registration may start out read-ready: a read that finds nothing clears it.
+        let mut buf = [0u8; 4];
+        let mut tries = 0;
+        while b
+            .poll_read_ready(&mut Context::from_waker(&waker))
+            .is_ready()
+        {
+            assert_eq!(
+                b.try_read(&mut buf).unwrap_err().kind(),
+                io::ErrorKind::WouldBlock
+            );
+            tries += 1;
+            assert!(tries < 10, "read readiness does not clear");
+        }
+        drop(waker);
+        assert_eq!(Arc::strong_count(&w), 2, "the registration holds the waker");
+
+        release_stale_wakers(&b);
+        assert_eq!(Arc::strong_count(&w), 1, "the stale waker is gone");
+
+        // The relay's way of waiting still sees data.
+        a.write_all(b"x").await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), b.readable())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read_now(&b, &mut buf).unwrap(), 1);
     }
 }
