@@ -7,7 +7,7 @@
 
 use crate::support::http1::http_raw;
 use crate::support::nodes::{land_ws, landed, Fleet, HttpNode};
-use crate::support::proxy::{hash_order, hash_pick, parse, start, sticky_len};
+use crate::support::proxy::{hash_order, hash_pick, parse, start, sticky_len, wait_no_tunnels};
 use crate::support::within;
 use crate::support::ws::{echo_text, ws_connect_with, ws_try};
 use std::collections::{HashMap, HashSet};
@@ -124,9 +124,11 @@ async fn absent_key_falls_back_to_client_ip_or_round_robin() {
     }
     assert!(spread.len() > 1, "{spread:?}");
 
-    // fallback = "none": no key, no stickiness: round robin over the eligible nodes.
+    // fallback = "none": no key, no stickiness: routing follows admission; with every
+    // node free and equally loaded (each tunnel gone before the next), round robin.
     let mut rr = Vec::new();
     for _ in 0..6 {
+        wait_no_tunnels(h).await;
         rr.push(land_ws(&fleet, addr, "/nofb", &[]).await);
     }
     for w in rr.windows(3) {

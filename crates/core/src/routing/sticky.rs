@@ -59,6 +59,9 @@ struct Client {
     // Entries charged to it, exactly: incremented before its entry enters the map,
     // decremented after an entry leaves it.
     live: usize,
+    // Inserts that found room under its quota and have not charged yet: they count
+    // against the quota, so that concurrent inserts of one client never both find room.
+    pending: usize,
     // Its entries as (key, seq), oldest first; items whose entry is gone are stale and
     // dropped lazily (from the front, or by compaction when they pile up).
     items: VecDeque<(u64, u64)>,
@@ -209,7 +212,8 @@ impl<N: Clone + PartialEq> StickyTable<N> {
         // never held while a FIFO is taken, and no map lock while a client's is taken.
         let mut outcome = Learned::Added;
         let mut replaced_shard = None;
-        while let Some((k, s)) = self.own_oldest_if_full(client) {
+        if let Some((k, s)) = self.own_oldest_if_full(client) {
+            // Gone meanwhile (expired, evicted): its room is free all the same.
             if let Some((_, e)) = self.map.remove_if(&k, |_, e| e.seq == s) {
                 self.forget(&e);
                 replaced_shard = Some(e.shard);
@@ -231,6 +235,7 @@ impl<N: Clone + PartialEq> StickyTable<N> {
         // Charged before it is visible, so that its removal always finds it counted.
         {
             let mut c = self.clients.entry(client).or_default();
+            c.pending = c.pending.saturating_sub(1);
             c.live += 1;
             c.items.push_back((key, seq));
             if c.items.len() > 2 * self.per_client.min(self.max_entries) + 8 {
@@ -271,14 +276,18 @@ impl<N: Clone + PartialEq> StickyTable<N> {
 
     /// The client's oldest live entry when it holds its whole quota (stale items met on
     /// the way are dropped).
+    /// Reserves room for one insert of `client` (`pending`, charged by the caller), and
+    /// returns its oldest live entry when that reservation puts it over its quota (the
+    /// caller replaces it). Reserving under the client's lock is what keeps concurrent
+    /// inserts of one client to one replacement each.
     fn own_oldest_if_full(&self, client: IpAddr) -> Option<(u64, u64)> {
-        let mut c = self.clients.get_mut(&client)?;
-        if c.live < self.per_client {
-            return None;
-        }
-        while let Some((k, s)) = c.items.pop_front() {
-            if self.is_live(k, s) {
-                return Some((k, s));
+        let mut c = self.clients.entry(client).or_default();
+        c.pending += 1;
+        if c.live + c.pending > self.per_client {
+            while let Some((k, s)) = c.items.pop_front() {
+                if self.is_live(k, s) {
+                    return Some((k, s));
+                }
             }
         }
         None
@@ -355,7 +364,7 @@ impl<N: Clone + PartialEq> StickyTable<N> {
     fn uncharge(&self, client: IpAddr) {
         self.clients.remove_if_mut(&client, |_, c| {
             c.live = c.live.saturating_sub(1);
-            c.live == 0
+            c.live == 0 && c.pending == 0
         });
     }
 
@@ -755,7 +764,7 @@ mod tests {
         assert_eq!(t.map.len(), t.len());
         let charged: usize = t.clients.iter().map(|c| c.live).sum();
         assert_eq!(charged, t.len());
-        assert!(t.clients.iter().all(|c| c.live <= 16 + 4));
+        assert!(t.clients.iter().all(|c| c.live <= 16 && c.pending == 0));
     }
 
     #[test]
@@ -788,5 +797,34 @@ mod tests {
         assert_eq!(t.client_entries(hostile), 4);
         let after = honest(t0 + Duration::from_secs(60));
         assert!(after + 4 >= before, "before {before}, after {after}");
+    }
+
+    #[test]
+    fn one_client_inserting_from_many_threads_stays_at_its_quota_and_every_replacement_counts() {
+        let t0 = Instant::now();
+        let t = Arc::new(quota_table(60, 100_000, 8));
+        let client = ip(42);
+        let handles: Vec<_> = (0..4u64)
+            .map(|w| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    (0..2_000u64)
+                        .filter(|k| {
+                            let key = super::super::key_hash(&(w << 32 | k).to_le_bytes());
+                            t.insert(key, 1, client, t0) == Learned::ReplacedOwn
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let replaced: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(t.client_entries(client), 8);
+        assert_eq!(t.len(), 8);
+        assert_eq!(
+            replaced,
+            4 * 2_000 - 8,
+            "every insert past the quota replaced one"
+        );
+        assert!(t.clients.iter().all(|c| c.pending == 0));
     }
 }
