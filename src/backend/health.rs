@@ -73,7 +73,7 @@ impl Health {
     }
 
     /// A tunnel's node ended it without a WebSocket close (or reset it): connect to the
-    /// node once. Refused, or accepted and then reset or closed within
+    /// node (twice if the first connect stays open). Refused, or accepted and then reset or closed within
     /// [`CONFIRM_TIMEOUT`] (a dying process's listener still queues connects until it is
     /// closed), is the node's death, which no client can cause: it is marked down at
     /// once, before the tunnel's client (and the node's other clients) learn and
@@ -83,23 +83,9 @@ impl Health {
         if !node.is_healthy() {
             return;
         }
-        let gone = match tokio::time::timeout(
-            CONFIRM_TIMEOUT,
-            tokio::net::TcpStream::connect(node.key.addr),
-        )
-        .await
-        {
-            Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
-            Ok(Ok(mut s)) => {
-                let mut b = [0u8; 1];
-                let read = tokio::io::AsyncReadExt::read(&mut s, &mut b);
-                matches!(
-                    tokio::time::timeout(CONFIRM_TIMEOUT, read).await,
-                    Ok(Ok(0)) | Ok(Err(_))
-                )
-            }
-            Err(_) => false,
-        };
+        // A listener about to close may still take the first connect into its backlog (or
+        // accept it just before it stops): if that one stays open, ask once more.
+        let gone = probe_gone(node.key.addr, true).await || probe_gone(node.key.addr, false).await;
         if gone {
             node.metrics.backend_refused.increment(1);
             self.mark(node, false, "a tunnel ended and the node is gone");
@@ -253,6 +239,23 @@ impl Health {
             // ±10% per round keeps them from drifting back into step.
             wait = h.interval.0.mul_f64(rand::thread_rng().gen_range(0.9..1.1));
         }
+    }
+}
+
+/// One probe of [`Health::confirm_alive`]: refused, or (with `wait`) accepted and then
+/// reset or closed within [`CONFIRM_TIMEOUT`], is a node that is gone.
+async fn probe_gone(addr: SocketAddr, wait: bool) -> bool {
+    match tokio::time::timeout(CONFIRM_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        Ok(Ok(mut s)) if wait => {
+            let mut b = [0u8; 1];
+            let read = tokio::io::AsyncReadExt::read(&mut s, &mut b);
+            matches!(
+                tokio::time::timeout(CONFIRM_TIMEOUT, read).await,
+                Ok(Ok(0)) | Ok(Err(_))
+            )
+        }
+        _ => false,
     }
 }
 
