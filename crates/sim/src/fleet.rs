@@ -218,26 +218,7 @@ pub fn run_fleet(
         }
     }
 
-    let slot_of: Vec<usize> = {
-        let mut next = 0;
-        (0..nodes_n)
-            .map(|i| {
-                if Some(i) == fleet.dead {
-                    usize::MAX
-                } else {
-                    next += 1;
-                    next - 1
-                }
-            })
-            .collect()
-    };
-    let mut accepts: Vec<Vec<Nanos>> = fleet
-        .load
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| Some(*i) != fleet.dead)
-        .map(|(_, &l)| Vec::with_capacity(l as usize))
-        .collect();
+    let (slot_of, mut accepts) = fleet.accept_lists();
     let mut reconnected: Vec<Option<Nanos>> = vec![None; n];
     let mut tally = Tally::default();
     let mut store_calls = 0u64;

@@ -240,6 +240,30 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// Accept lists only for the receiving nodes: each node's index into them
+    /// (`usize::MAX` for the dead one) and the empty lists, sized by expected load.
+    pub(crate) fn accept_lists(&self) -> (Vec<usize>, Vec<Vec<Nanos>>) {
+        let mut next = 0;
+        let slot_of = (0..self.names.len())
+            .map(|i| {
+                if Some(i) == self.dead {
+                    usize::MAX
+                } else {
+                    next += 1;
+                    next - 1
+                }
+            })
+            .collect();
+        let accepts = self
+            .load
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != self.dead)
+            .map(|(_, &l)| Vec::with_capacity(l as usize))
+            .collect();
+        (slot_of, accepts)
+    }
+
     /// Hashes every client onto the ring (the dead node ineligible for the reconnect).
     pub fn build(cfg: &SimConfig) -> Result<Fleet, SimError> {
         let min_nodes = match cfg.scenario {
@@ -419,27 +443,7 @@ pub fn run(cfg: &SimConfig, fleet: &Fleet, contender: &Contender) -> Result<Stor
         });
     }
 
-    let slot_of: Vec<usize> = {
-        // Accept lists only for receiving nodes.
-        let mut next = 0;
-        (0..fleet.names.len())
-            .map(|i| {
-                if Some(i) == fleet.dead {
-                    usize::MAX
-                } else {
-                    next += 1;
-                    next - 1
-                }
-            })
-            .collect()
-    };
-    let mut accepts: Vec<Vec<Nanos>> = fleet
-        .load
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| Some(*i) != fleet.dead)
-        .map(|(_, &l)| Vec::with_capacity(l as usize))
-        .collect();
+    let (slot_of, mut accepts) = fleet.accept_lists();
     let mut reconnected: Vec<Option<Nanos>> = vec![None; n];
     let mut tally = Tally::default();
 
