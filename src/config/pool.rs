@@ -35,9 +35,11 @@ pub struct PoolConfig {
     /// A node coming back ramps its rate from 10% to full over this time ("0s": off).
     #[serde(default)]
     pub slow_start: HumanDuration,
-    /// `[pool.queue]`: hold upgrades whose slot is near instead of rejecting them; absent, no queue.
+    /// `[pool.queue]`: hold requests whose slot is near instead of rejecting them. Absent:
+    /// held up to 1 s (the smallest `Retry-After`), at most 1000 per node;
+    /// `timeout = "0s"`: never held.
     #[serde(default)]
-    pub queue: Option<QueueConfig>,
+    pub queue: QueueConfig,
     /// Drain: tunnels closed per second per draining node...
     #[serde(default)]
     pub drain_rate: Option<f64>,
@@ -66,11 +68,14 @@ fn default_max_retry_after() -> HumanDuration {
     HumanDuration::secs(120)
 }
 
-/// `[pool.queue]`: hold an upgrade instead of rejecting it when its slot is near.
+/// `[pool.queue]`: hold a request instead of rejecting it when its slot is near.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
-    /// Longest a request is held waiting for its slot; beyond it, it is rejected with a hint (required).
+    /// Longest a request is held waiting for its slot; beyond it, it is rejected with a
+    /// hint. Default 1s: a slot nearer than the smallest whole-second `Retry-After` is
+    /// better waited for than hinted. "0s": never held.
+    #[serde(default = "default_queue_timeout")]
     pub timeout: HumanDuration,
     /// Most requests held at once per node. Default 1000.
     #[serde(default = "default_queue_len")]
@@ -79,6 +84,26 @@ pub struct QueueConfig {
 
 fn default_queue_len() -> usize {
     1000
+}
+fn default_queue_timeout() -> HumanDuration {
+    HumanDuration::secs(1)
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            timeout: default_queue_timeout(),
+            max_len: default_queue_len(),
+        }
+    }
+}
+
+impl QueueConfig {
+    /// How long a request may be held for its slot now that `held` requests are held on
+    /// its node: `None` when holding is off or the node's queue is full.
+    pub fn hold_for(&self, held: usize) -> Option<std::time::Duration> {
+        (!self.timeout.0.is_zero() && held < self.max_len).then_some(self.timeout.0)
+    }
 }
 
 /// `[pool.health]`: active checks.

@@ -246,14 +246,12 @@ pub fn validate(cfg: &Config, text: &str) -> Vec<ConfigError> {
         if p.max_retry_after.0.is_zero() {
             r.at(format!("{key}.max_retry_after"), at, "must be > 0");
         }
-        if let Some(q) = &p.queue {
-            if q.timeout.0.is_zero() || q.max_len == 0 {
-                r.at(
-                    format!("{key}.queue"),
-                    at,
-                    "queue.timeout and queue.max_len must be > 0",
-                );
-            }
+        if p.queue.max_len == 0 {
+            r.at(
+                format!("{key}.queue.max_len"),
+                at,
+                "must be > 0 (to hold nothing, set queue.timeout = \"0s\")",
+            );
         }
         if let Some(d) = p.drain_rate {
             if !(d.is_finite() && d > 0.0) {

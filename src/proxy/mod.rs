@@ -219,15 +219,13 @@ async fn admit(
     owner: u64,
 ) -> Result<crate::admission::AdmitVia, (Rejection, bool)> {
     let ti = ticket_info(parts);
-    let queue = pool
-        .cfg
-        .queue
-        .as_ref()
-        .filter(|q| (node.queue_len.load(Ordering::Relaxed) as usize) < q.max_len);
     let input = AdmitInput {
         ticket: ti.ticket,
         wants_ticket: ti.wants,
-        may_queue: queue.map(|q| q.timeout.0),
+        may_queue: pool
+            .cfg
+            .queue
+            .hold_for(node.queue_len.load(Ordering::Relaxed) as usize),
         owner: Some(owner),
     };
     let d = decide(node, &input);

@@ -215,7 +215,13 @@ async fn websocket_close_rejection_is_1013_with_a_short_json_reason() {
 async fn tickets_claim_their_reserved_token_by_header_cookie_and_query() {
     let nodes = echo_nodes(1).await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = one_node(nodes[0].addr, "admit_rate = 4.0\nadmit_burst = 1", "", "");
+    // Holding off: the test claims tickets, and a near slot would otherwise be waited for.
+    let toml = one_node(
+        nodes[0].addr,
+        "admit_rate = 4.0\nadmit_burst = 1\n[pool.queue]\ntimeout = \"0s\"",
+        "",
+        "",
+    );
     let proxy = start(parse(&toml, dir.path())).await;
     let url = proxy.url("plain", "/");
     let plain = Target::new(url.clone());
@@ -446,6 +452,84 @@ async fn queue_mode_holds_then_forwards_and_rejects_beyond_its_bounds() {
     proxy.shutdown().await;
 }
 
+/// With no `[pool.queue]`, a request whose slot is within a second (the smallest
+/// `Retry-After`) is held for it instead of turned away; a slot further off gets a hint.
+/// A client opening many requests at once holds at most `max_slots_per_client` of them
+/// (held requests count against its cap) and is turned away past it, while an honest
+/// client beside it gets a slot of its own and a hint to it, never a cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_near_slot_is_waited_for_and_one_client_holds_at_most_its_cap() {
+    let nodes = echo_nodes(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    // One token every 500 ms, none kept for fresh arrivals: the next two slots fit in the
+    // default hold of one second, the third (1.5 s off) does not.
+    let toml = one_node(
+        nodes[0].addr,
+        "admit_rate = 2.0\nadmit_burst = 1\nfresh_share = 0.0\nmax_slots_per_client = 2",
+        "",
+        "",
+    );
+    let proxy = start(parse(&toml, dir.path())).await;
+    let url = proxy.url("plain", "/");
+    let from = |last: u8| Target::new(url.clone()).with_local_ip([127, 0, 9, last].into());
+    let node = proxy.handle.snapshot().pools[0].nodes[0].clone();
+    let first = connected(connect_once(&from(2), None, false).await);
+
+    // The hostile client: eight requests at once from one address.
+    let hostile: Vec<_> = (0..8)
+        .map(|_| {
+            let t = from(3);
+            tokio::spawn(async move { connect_once(&t, None, false).await })
+        })
+        .collect();
+    eventually("the hostile client's cap of requests held", || async {
+        node.queue_len.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    // An honest client beside it: its slot is beyond the hold: a hint, not a cap.
+    let r = rejected(connect_once(&from(4), None, false).await);
+    assert_eq!(r.by, RejectedBy::Status(503));
+    let hint = r.hint.expect("hint");
+    assert!(hint.retry_after >= Duration::from_secs(1), "{hint:?}");
+    let (mut held, mut capped) = (0, 0);
+    for h in hostile {
+        match within(h).await.unwrap() {
+            Outcome::Connected(c) => {
+                held += 1;
+                drop(c);
+            }
+            Outcome::Rejected(r) => {
+                assert_eq!(r.by, RejectedBy::Status(503));
+                assert!(r.hint.is_some(), "a capped request gets a hint");
+                capped += 1;
+            }
+            Outcome::Failed(e) => panic!("hostile request failed: {e}"),
+        }
+    }
+    assert_eq!((held, capped), (2, 6));
+
+    let text = proxy.handle.render_metrics();
+    let count = |name: &str, label: &str| metric(&text, name, &[label]);
+    assert_eq!(
+        count("herdgate_admission_admitted_total", "via=\"queue\""),
+        2.0
+    );
+    assert_eq!(
+        count(
+            "herdgate_admission_rejected_total",
+            "reason=\"client_slots\""
+        ),
+        6.0
+    );
+    assert_eq!(
+        count("herdgate_admission_rejected_total", "reason=\"busy\""),
+        1.0
+    );
+    assert_eq!(nodes[0].stats.accepted.load(Ordering::Relaxed), 3);
+    drop(first);
+    proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_mode_rejects_when_the_slot_is_beyond_the_queue_timeout() {
     let nodes = echo_nodes(1).await;
@@ -549,7 +633,12 @@ async fn a_node_added_by_reload_starts_slow() {
         "[admin]\nbind = \"127.0.0.1:0\"\n[[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"\n";
     let old = pool("old", nodes[0].addr, "slow_start = \"2s\"");
     let proxy = start(parse(&format!("{head}{old}"), dir.path())).await;
-    let new = pool("new", nodes[1].addr, "slow_start = \"2s\"");
+    // Holding off: the burst past the ramp is to be turned away, not waited for.
+    let new = pool(
+        "new",
+        nodes[1].addr,
+        "slow_start = \"2s\"\n[pool.queue]\ntimeout = \"0s\"",
+    );
     within(
         proxy
             .handle

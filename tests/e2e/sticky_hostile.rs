@@ -32,7 +32,8 @@ fn config(fleet: &Fleet, drain_n3: bool) -> String {
         "[admin]\nbind = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"\n\n\
          [[route]]\npool = \"p\"\n\
          sticky = {{ header = \"x-session\", max_entries = 1000, max_entries_per_client = {QUOTA} }}\n\n\
-         [[pool]]\nname = \"p\"\nadmit_rate = 100000.0\nadmit_burst = 100000\n{}{}{}",
+         [[pool]]\nname = \"p\"\nadmit_rate = 100000.0\nadmit_burst = 100000\n\
+         queue = {{ timeout = \"0s\" }}\n{}{}{}",
         node(0, ""),
         node(1, "admit_rate = 50.0\nadmit_burst = 40"),
         node(2, &format!("drain = {drain_n3}"))

@@ -180,7 +180,7 @@ fn values_that_would_panic_are_errors_naming_the_key() {
         (
             "POOL",
             "[pool.queue]\ntimeout = \"1s\"\nmax_len = 0".into(),
-            "pool[0].queue",
+            "pool[0].queue.max_len",
             "> 0",
         ),
         (

@@ -344,6 +344,11 @@ impl NodeAdmission {
         if let Some(q) = input.may_queue {
             if slot - now <= duration_to_nanos(q) {
                 st.stats.queued += 1;
+                // Counted against the client's cap until its slot, like a booked slot:
+                // holding requests never lets one client take more of the schedule.
+                if let Some(o) = input.owner {
+                    st.owners.add(o, slot, slot, false, now);
+                }
                 // Not booked on the pacer: queued forwards are already spaced by the TAT,
                 // and a refund would leave a hole the pacer cannot give back.
                 return Decision::Queue {
