@@ -132,6 +132,10 @@ struct Args {
     /// connect timeout).
     #[arg(long, value_parser = herdgate::config::parse_duration)]
     queue: Option<Duration>,
+    /// Sockets: `max_slots_per_client` (every client of the bench shares 127.0.0.1, so the
+    /// default lifts the cap; 0 is herdgate's own default, half a second of the rate).
+    #[arg(long, default_value_t = 10_000_000)]
+    slots_per_client: u32,
     /// Simulation: K herdgate instances in front of the nodes (fleet mode, issue 11),
     /// each client on one instance at random; runs shared leases and the static share.
     #[arg(long)]
@@ -383,8 +387,9 @@ name = "storm"
 admit_rate = {rate}
 admit_burst = {burst}
 max_retry_after = "60s"
-max_slots_per_client = 10000000
-"#
+max_slots_per_client = {slots}
+"#,
+        slots = rc.slots_per_client
     ));
     if let Some(q) = rc.queue {
         s.push_str(&format!(
@@ -636,6 +641,7 @@ struct RoundCfg<'a> {
     seed: u64,
     keyless: bool,
     queue: Option<Duration>,
+    slots_per_client: u32,
 }
 
 async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Summary, BoxError> {
@@ -852,6 +858,7 @@ fn sockets(args: &Args, svg_dir: &Path) -> Result<(), BoxError> {
             seed: args.seed,
             keyless: args.keyless,
             queue: args.queue,
+            slots_per_client: args.slots_per_client,
         };
         let mut summaries = Vec::new();
         let started = Instant::now();
