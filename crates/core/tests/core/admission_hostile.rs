@@ -542,3 +542,53 @@ fn a_held_client_that_gives_up_gets_its_slot_back_and_nobody_else_does() {
     );
     assert_eq!(node.stats().refunded, 1);
 }
+
+/// A request held for a near slot counts against its client's cap until the slot: a
+/// client opening many requests at once holds at most its cap, the rest are capped (and
+/// book nothing), and another client beside it is still held for the next slot. A held
+/// client that gives up gets its slot back as a promise of its own.
+#[test]
+fn held_requests_count_against_the_cap_and_a_given_up_hold_comes_back_as_a_promise() {
+    let node = node(slow(2, 0.0));
+    let held = |owner| AdmitInput {
+        may_queue: Some(Duration::from_secs(1)),
+        ..ticketless(owner)
+    };
+    assert!(node.check(T0, &held(A)).is_admit(), "the burst");
+    let queued = |d: &Decision| {
+        matches!(
+            d,
+            Decision::Queue {
+                via: AdmitVia::Queue,
+                ..
+            }
+        )
+    };
+    let first = node.check(T0, &held(C));
+    assert!(queued(&first), "{first:?}");
+    assert!(queued(&node.check(T0, &held(C))));
+    for _ in 0..5 {
+        let d = node.check(T0, &held(C));
+        assert!(matches!(d, Decision::Reject { capped: true, .. }), "{d:?}");
+    }
+    // The honest client beside it: held for the next slot (the third, 300 ms).
+    assert_eq!(
+        node.check(T0, &held(B)),
+        Decision::Queue {
+            until: T0 + 3 * T,
+            slot: T0 + 3 * T,
+            via: AdmitVia::Queue,
+            paced: false,
+            ticket_check: TicketCheck::None,
+        }
+    );
+    assert_eq!(node.stats().capped, 5);
+    // C gives its first hold up (say its TLS handshake took too long): the slot is its
+    // promise, claimable at once, and C is no longer at its cap.
+    let Decision::Queue { slot, .. } = first else {
+        unreachable!()
+    };
+    node.refund_to(slot, Some(C), T0 + T / 2);
+    assert!(node.check(T0 + T, &ticketless(C)).is_admit());
+    assert!(queued(&node.check(T0 + T, &held(C))));
+}
