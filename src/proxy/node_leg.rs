@@ -152,11 +152,16 @@ pub async fn exchange(
             }
         }
     };
-    let (code, headers, n, mut buf) = tokio::time::timeout_at(deadline, read_head)
+    let (code, headers, n, buf) = tokio::time::timeout_at(deadline, read_head)
         .await
         .map_err(|_| LegError::Timeout(timeout))??;
     if code == 101 {
-        let rest = buf.split_off(n).freeze();
+        // A copy of what follows the head (usually nothing): a view into `buf` would keep
+        // the whole head buffer alive for the tunnel's life.
+        let rest = match buf.get(n..) {
+            Some(r) if !r.is_empty() => Bytes::copy_from_slice(r),
+            _ => Bytes::new(),
+        };
         return Ok(Answer::Switching {
             headers,
             stream,
