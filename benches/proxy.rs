@@ -22,6 +22,19 @@
 //! HERDGATE_BENCH_ONLY runs one part: "handshakes", "rtt", or one mode of it such as
 //! "handshakes ws", "handshakes wss (resumed)", "rtt wss"; HERDGATE_BENCH_PROXIES=
 //! herdgate,nginx,haproxy (any subset) chooses the proxies.
+//!
+//! Worker counts (issue 13, fair comparisons): `HERDGATE_BENCH_WORKERS=1,2 cargo bench
+//! --bench proxy` runs the whole bench once per count, each proxy configured alike:
+//! herdgate with that many tokio worker threads (`TOKIO_WORKER_THREADS`, what
+//! `[runtime] threads` sets), nginx with `worker_processes`, HAProxy with `nbthread`; a
+//! last table puts the configurations side by side (CPU µs per plain WebSocket opened and
+//! closed, echo RTT p50/p99 and what each proxy adds to direct, the load average of each
+//! run). Without it, one run at the default (2 each, = this machine's cores; the
+//! HERDGATE_BENCH_NGINX_WORKERS, HERDGATE_BENCH_HAPROXY_THREADS and
+//! HERDGATE_BENCH_HERDGATE_THREADS knobs still set each alone).
+//! HERDGATE_BENCH_BASELINE_BIN=<another herdgate build> adds it as one more path
+//! ("herdgate (baseline)"), interleaved with the others: before/after figures of a change
+//! under the same conditions.
 // Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
 // in the shipped code (Cargo.toml [workspace.lints]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -44,7 +57,75 @@ const RTT_ROUNDS: usize = 4;
 const RTT_CONNS: [usize; 2] = [1, 16];
 
 fn main() -> ExitCode {
-    bench_main("proxy", Duration::from_secs(300), run)
+    bench_main("proxy", Duration::from_secs(900), run_all)
+}
+
+/// One path's figures in one configuration, for the side-by-side table.
+struct Row {
+    workers: String,
+    path: String,
+    load: String,
+    /// Proxy CPU µs per plain WebSocket opened and closed (None: not measured).
+    ws_cpu: Option<f64>,
+    /// Plain echo RTT p50 / p99 µs with 1 connection, and the same for direct.
+    rtt: Option<((f64, f64), (f64, f64))>,
+}
+
+/// HERDGATE_BENCH_WORKERS=1,2: the bench once per worker count, then one table of all.
+async fn run_all() -> Result<()> {
+    let counts: Vec<Option<u32>> = match std::env::var("HERDGATE_BENCH_WORKERS") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .map(Some)
+                    .ok_or_else(|| format!("HERDGATE_BENCH_WORKERS: {n:?} is not a count"))
+            })
+            .collect::<std::result::Result<_, _>>()?,
+        Err(_) => vec![None],
+    };
+    let mut rows = Vec::new();
+    for w in &counts {
+        rows.extend(run(*w).await?);
+    }
+    if counts.len() > 1 {
+        print_side_by_side(&rows);
+    }
+    Ok(())
+}
+
+fn print_side_by_side(rows: &[Row]) {
+    println!("## configurations side by side (plain ws)");
+    println!();
+    println!("| workers | path | CPU µs per ws opened and closed | of nginx | echo RTT p50 / p99 µs, 1 conn. | added to direct p50 / p99 µs | load average (1/5/15 min) |");
+    println!("|---:|---|---:|---:|---:|---:|---|");
+    for r in rows {
+        let nginx = rows
+            .iter()
+            .find(|n| n.workers == r.workers && n.path == "nginx")
+            .and_then(|n| n.ws_cpu);
+        let cpu = r.ws_cpu.map_or("–".into(), |c| format!("{c:.0}"));
+        let of = match (r.ws_cpu, nginx) {
+            (Some(c), Some(n)) if r.path != "nginx" => format!("{:.2}", c / n),
+            _ => "–".into(),
+        };
+        let (rtt, added) = match r.rtt {
+            Some(((a, b), (da, db))) if r.path != "direct" => (
+                format!("{a:.0} / {b:.0}"),
+                format!("{:.0} / {:.0}", a - da, b - db),
+            ),
+            Some(((a, b), _)) => (format!("{a:.0} / {b:.0}"), "–".into()),
+            None => ("–".into(), "–".into()),
+        };
+        println!(
+            "| {} | {} | {cpu} | {of} | {rtt} | {added} | {} |",
+            r.workers, r.path, r.load
+        );
+    }
+    println!();
 }
 
 /// What one phase (or several rounds of it) measured.
@@ -140,7 +221,19 @@ impl Path {
 const HS_MODES: [&str; 3] = ["ws", "wss (full handshake)", "wss (resumed)"];
 const RTT_MODES: [&str; 2] = ["ws", "wss"];
 
-async fn run() -> Result<()> {
+/// One whole run; `workers`: every proxy's worker processes / threads (None: defaults).
+async fn run(workers: Option<u32>) -> Result<Vec<Row>> {
+    set_workers(workers);
+    // herdgate's worker threads: what `[runtime] threads` sets, through tokio's variable.
+    let threads_env: Vec<(&str, std::ffi::OsString)> = workers
+        .map(|n| ("TOKIO_WORKER_THREADS", n.to_string().into()))
+        .into_iter()
+        .collect();
+    let workers_label = workers.map_or("default".to_string(), |n| n.to_string());
+    if let Some(n) = workers {
+        println!();
+        println!("# {n} worker(s) / thread(s) per proxy");
+    }
     let (soft, hard) = raise_fd_limit();
     let dir = tempfile::tempdir()?;
     let cert = write_cert(dir.path())?;
@@ -157,7 +250,7 @@ async fn run() -> Result<()> {
     for k in kinds {
         let sub = dir.path().join(k.label());
         std::fs::create_dir(&sub)?;
-        let p = spawn_proxy(k, &sub, &cert, echo.plain, &[]).await?;
+        let p = spawn_proxy(k, &sub, &cert, echo.plain, &threads_env).await?;
         versions.push(k.version());
         paths.push(Path {
             name: k.label().into(),
@@ -173,6 +266,7 @@ async fn run() -> Result<()> {
         std::fs::create_dir(&sub)?;
         let launch = Launch {
             bin: Some(std::path::Path::new(&bin)),
+            env: &threads_env,
             ..Launch::default()
         };
         let h = spawn_herdgate(&sub, &cert, echo.plain, &launch).await?;
@@ -286,11 +380,12 @@ async fn run() -> Result<()> {
         }
     }
 
+    let load_after = loadavg(3);
     println!();
     println!(
-        "## proxy bench: {} logical CPUs, load average {load_before} before / {} after",
+        "## proxy bench: {} logical CPUs, {} workers/threads per proxy, load average {load_before} before / {load_after} after",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        loadavg(3)
+        workers_label,
     );
     println!(
         "echo node: {echo_kind}; fd limit {soft}/{hard}; {HS_CONCURRENCY} connections in flight, \
@@ -412,8 +507,20 @@ async fn run() -> Result<()> {
         }
     }
     println!();
+    let ws_hs = hs_modes.iter().position(|m| *m == "ws");
+    let ws_rtt = rtt_modes.iter().position(|m| *m == "ws");
+    let mut rows = Vec::new();
+    for (j, path) in paths.iter().enumerate() {
+        rows.push(Row {
+            workers: workers_label.clone(),
+            path: path.name.clone(),
+            load: format!("{load_before} → {load_after}"),
+            ws_cpu: ws_hs.filter(|_| j != direct).map(|i| hs[i][j].cpu_us(0)),
+            rtt: ws_rtt.map(|i| (rtt[i][0][j].p(), rtt[i][0][direct].p())),
+        });
+    }
     drop(paths);
-    Ok(())
+    Ok(rows)
 }
 
 struct Phase {

@@ -242,8 +242,22 @@ pub async fn spawn_proxy(
     .await
 }
 
-/// A number from the environment, or `default`.
+/// Worker processes / threads of every proxy started from now on (0: each its own knob).
+static WORKERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Give nginx (`worker_processes`) and HAProxy (`nbthread`) `n` workers from now on, over
+/// their HERDGATE_BENCH_* knobs (None: the knobs again). herdgate's threads go by its
+/// environment (`TOKIO_WORKER_THREADS`, see `start_herdgate`).
+pub fn set_workers(n: Option<u32>) {
+    WORKERS.store(n.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A number from the environment, or `default` (a count given to [`set_workers`] first).
 fn env_or(name: &str, default: u32) -> u32 {
+    let n = WORKERS.load(std::sync::atomic::Ordering::Relaxed);
+    if n > 0 {
+        return n;
+    }
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())

@@ -5,6 +5,7 @@ pub mod body;
 mod client_addr;
 pub mod headers;
 mod http_fwd;
+mod node_leg;
 pub mod respond;
 mod upgrade;
 

@@ -2,6 +2,7 @@
 
 use super::body::Body;
 use super::headers::strip_hop_by_hop;
+use super::node_leg::{Answer, LegError};
 use super::respond::ProxyError;
 use super::ConnCtx;
 use crate::backend::connect::{connect, ConnectError};
@@ -10,6 +11,7 @@ use crate::conn::{ClientIo, ClientSlot};
 use crate::websocket::side::release_stale_wakers;
 use crate::websocket::side::Side;
 use crate::websocket::tunnel::{relay, TunnelSettings};
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -43,16 +45,6 @@ pub async fn forward(
         }
     };
 
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
-        .await
-        .map_err(|e| super::node_failed(ctx, node, NodeFailure::Unattributed, e))?;
-    // The node connection is driven here, in this task, until the response head is in: on
-    // a 101 it is finished by then (the upgrade hands its socket over), so no task of its
-    // own is spawned and the response needs no hop between tasks. It gets a task only if
-    // it still has work (a non-101 response with a body).
-    let mut conn = Box::pin(conn.with_upgrades());
-    let mut conn_done = false;
-
     let (mut parts, _body) = req.into_parts();
     // Remembered for the tunnel's life: a drain hint for this client comes with a ticket.
     let wants_ticket = crate::admission::gate::ticket_info(&parts).wants;
@@ -62,56 +54,39 @@ pub async fn forward(
         ctx.info.tls,
         host.as_deref(),
     )?;
-    let breq = Request::from_parts(parts, Body::empty());
-
-    let send = tokio::time::timeout(timeouts.backend_response.0, sender.send_request(breq));
-    tokio::pin!(send);
-    let sent = loop {
-        tokio::select! {
-            biased;
-            r = &mut send => break r,
-            r = conn.as_mut(), if !conn_done => {
-                conn_done = true;
-                if let Err(e) = r {
-                    // `send` reports it to the client.
-                    tracing::debug!("node connection: {e}");
-                }
-            }
+    // The node leg without an HTTP client: the head written by hand, the answer's head
+    // parsed in place (see `node_leg`).
+    let head = super::node_leg::request_head(&parts);
+    drop(parts);
+    let answer = super::node_leg::exchange(stream, &head, timeouts.backend_response.0).await;
+    let (headers, stream, rest) = match answer {
+        Ok(Answer::Switching {
+            headers,
+            stream,
+            rest,
+        }) => (headers, stream, rest),
+        Ok(Answer::Other(resp)) => {
+            // The node said no: its answer is the client's answer. A 4xx or 5xx never
+            // counts against its health: the request (its path, its credentials) is the
+            // client's choice, and so is any answer an application gives to it.
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers, false);
+            return Ok(Response::from_parts(parts, Body::Stream(body)));
+        }
+        Err(e) => {
+            let kind = match e {
+                LegError::Timeout(_) => NodeFailure::Timeout,
+                LegError::BadHead(_) => NodeFailure::BadHandshake,
+                LegError::Io(_) | LegError::Answer(_) => NodeFailure::ExchangeFailed,
+            };
+            return Err(super::node_failed(ctx, node, kind, e));
         }
     };
-    if !conn_done {
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("node connection: {e}");
-            }
-        });
-    }
-    let mut resp = match sent {
-        Err(elapsed) => return Err(super::node_failed(ctx, node, NodeFailure::Timeout, elapsed)),
-        Ok(Err(e)) => {
-            return Err(super::node_failed(
-                ctx,
-                node,
-                NodeFailure::ExchangeFailed,
-                e,
-            ))
-        }
-        Ok(Ok(r)) => r,
-    };
-
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The node said no: its answer is the client's answer. A 4xx or 5xx never counts
-        // against its health: the request (its path, its credentials) is the client's
-        // choice, and so is any answer an application gives to it.
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, false);
-        return Ok(Response::from_parts(parts, Body::Stream(body)));
-    }
 
     // A 101 is joined only if it completes the handshake herdgate sent: `Upgrade:
     // websocket` and the accept value for the key. Anything else would join a client to a
     // stream it cannot read.
-    if let Err(why) = check_node_101(resp.headers(), client_key.as_bytes()) {
+    if let Err(why) = check_node_101(&headers, client_key.as_bytes()) {
         return Err(super::node_failed(
             ctx,
             node,
@@ -121,9 +96,10 @@ pub async fn forward(
     }
     // Success for passive health is the 101, not the close.
     ctx.shared.health.passive_success(node);
-    let node_upgrade = hyper::upgrade::on(&mut resp);
-    let (mut parts, _) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, true);
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *resp.headers_mut() = headers;
+    strip_hop_by_hop(resp.headers_mut(), true);
     let settings = TunnelSettings {
         idle: Some(timeouts.idle_tunnel.0).filter(|d| !d.is_zero()),
         close_timeout: timeouts.close.0,
@@ -133,7 +109,7 @@ pub async fn forward(
     crate::routing::learn(&ctx.snap, node, key_hash, ctx.info.client_id());
     spawn_tunnel(
         client_upgrade,
-        node_upgrade,
+        (stream, rest),
         node.clone(),
         ctx,
         key_hash,
@@ -142,7 +118,7 @@ pub async fn forward(
         tunnel_slot,
         note,
     );
-    Ok(Response::from_parts(parts, Body::empty()))
+    Ok(resp)
 }
 
 /// Does the node's 101 complete the handshake sent with `key` (RFC 6455 §4.2.2)?
@@ -167,7 +143,7 @@ fn check_node_101(h: &http::HeaderMap, key: &[u8]) -> Result<(), &'static str> {
 #[allow(clippy::too_many_arguments)]
 fn spawn_tunnel(
     client: OnUpgrade,
-    node_side: OnUpgrade,
+    (node_tcp, node_rest): (TcpStream, Bytes),
     node: Arc<Node>,
     ctx: &ConnCtx,
     key_hash: Option<u64>,
@@ -184,11 +160,9 @@ fn spawn_tunnel(
         let _tunnel_slot = tunnel_slot;
         // The client's side resolves once the 101 is written to it: a client that does
         // not read holds it back, so the join is bounded like any write.
-        let joined =
-            tokio::time::timeout(settings.write, async { tokio::join!(client, node_side) }).await;
-        let (c, b) = match joined {
-            Ok((Ok(c), Ok(b))) => (c, b),
-            Ok((Err(e), _) | (_, Err(e))) => {
+        let c = match tokio::time::timeout(settings.write, client).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
                 tracing::debug!(node = %node.key, "upgrade failed: {e}");
                 return;
             }
@@ -202,10 +176,6 @@ fn spawn_tunnel(
             tracing::error!("client connection of an unexpected type");
             return;
         };
-        let Ok(b) = b.downcast::<TokioIo<TcpStream>>() else {
-            tracing::error!("node connection of an unexpected type");
-            return;
-        };
         let client_side = match c.io.into_inner().into_inner() {
             ClientIo::Plain(s) => Side::Plain(s),
             ClientIo::Tls(t) => {
@@ -213,7 +183,7 @@ fn spawn_tunnel(
                 Side::tls(tcp, conn)
             }
         };
-        let backend_side = Side::Plain(b.io.into_inner());
+        let backend_side = Side::Plain(node_tcp);
         // The finished connection task's wakers would otherwise keep its memory (~4 KiB)
         // until the first byte in each direction.
         release_stale_wakers(client_side.tcp());
@@ -228,7 +198,7 @@ fn spawn_tunnel(
             client_side,
             c.read_buf,
             backend_side,
-            b.read_buf,
+            node_rest,
             guard.ctl().clone(),
             settings,
             Some(&shared.health),

@@ -34,6 +34,7 @@ mod health;
 mod health_hostile;
 mod log_flood;
 mod logs;
+mod node_leg;
 mod proxy_protocol;
 mod reload;
 mod reload_bad_values;
