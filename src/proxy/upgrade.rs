@@ -179,41 +179,46 @@ fn spawn_tunnel(
     let shared = ctx.shared.clone();
     // The tunnel keeps the connection's slot under the connection caps.
     let conn_guard = ctx.take_guard();
+    // The task's future is what an idle tunnel costs: the guards stay captures (not moved
+    // into locals, which would store them twice) and the join's values are scoped to a
+    // block (else they keep their room across the relay's await).
     tokio::spawn(async move {
-        let _conn_guard = conn_guard;
-        let _tunnel_slot = tunnel_slot;
-        // The client's side resolves once the 101 is written to it: a client that does
-        // not read holds it back, so the join is bounded like any write.
-        let joined =
-            tokio::time::timeout(settings.write, async { tokio::join!(client, node_side) }).await;
-        let (c, b) = match joined {
-            Ok((Ok(c), Ok(b))) => (c, b),
-            Ok((Err(e), _) | (_, Err(e))) => {
-                tracing::debug!(node = %node.key, "upgrade failed: {e}");
+        let (client_side, client_pre, backend_side, backend_pre) = {
+            // The client's side resolves once the 101 is written to it: a client that does
+            // not read holds it back, so the join is bounded like any write.
+            let joined =
+                tokio::time::timeout(settings.write, async { tokio::join!(client, node_side) })
+                    .await;
+            let (c, b) = match joined {
+                Ok((Ok(c), Ok(b))) => (c, b),
+                Ok((Err(e), _) | (_, Err(e))) => {
+                    tracing::debug!(node = %node.key, "upgrade failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    crate::metrics::write_timeout("client", "upgrade");
+                    tracing::debug!(node = %node.key, "upgrade: the 101 was not taken in time");
+                    return;
+                }
+            };
+            let Ok(c) = c.downcast::<TokioIo<crate::io::WriteDeadline<ClientIo>>>() else {
+                tracing::error!("client connection of an unexpected type");
                 return;
-            }
-            Err(_) => {
-                crate::metrics::write_timeout("client", "upgrade");
-                tracing::debug!(node = %node.key, "upgrade: the 101 was not taken in time");
+            };
+            let Ok(b) = b.downcast::<TokioIo<TcpStream>>() else {
+                tracing::error!("node connection of an unexpected type");
                 return;
-            }
+            };
+            let client_side = match c.io.into_inner().into_inner() {
+                ClientIo::Plain(s) => Side::Plain(s),
+                ClientIo::Tls(t) => {
+                    let (tcp, conn) = t.into_inner();
+                    Side::tls(tcp, conn)
+                }
+            };
+            let backend_side = Side::Plain(b.io.into_inner());
+            (client_side, c.read_buf, backend_side, b.read_buf)
         };
-        let Ok(c) = c.downcast::<TokioIo<crate::io::WriteDeadline<ClientIo>>>() else {
-            tracing::error!("client connection of an unexpected type");
-            return;
-        };
-        let Ok(b) = b.downcast::<TokioIo<TcpStream>>() else {
-            tracing::error!("node connection of an unexpected type");
-            return;
-        };
-        let client_side = match c.io.into_inner().into_inner() {
-            ClientIo::Plain(s) => Side::Plain(s),
-            ClientIo::Tls(t) => {
-                let (tcp, conn) = t.into_inner();
-                Side::tls(tcp, conn)
-            }
-        };
-        let backend_side = Side::Plain(b.io.into_inner());
         // The finished connection task's wakers would otherwise keep its memory (~4 KiB)
         // until the first byte in each direction.
         release_stale_wakers(client_side.tcp());
@@ -226,9 +231,9 @@ fn spawn_tunnel(
         node.metrics.tunnels_total.increment(1);
         let end = relay(
             client_side,
-            c.read_buf,
+            client_pre,
             backend_side,
-            b.read_buf,
+            backend_pre,
             guard.ctl().clone(),
             settings,
             Some(&shared.health),
@@ -239,5 +244,6 @@ fn spawn_tunnel(
         tracing::trace!(node = %node.key, "tunnel ended: {end:?}");
         super::access::tunnel(note, &end);
         drop(guard);
+        drop((conn_guard, tunnel_slot));
     });
 }
