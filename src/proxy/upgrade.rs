@@ -234,8 +234,8 @@ fn spawn_tunnel(
             client_pre,
             backend_side,
             backend_pre,
-            guard.ctl().clone(),
-            settings,
+            guard.ctl(),
+            &settings,
             Some(&shared.health),
         )
         .await;

@@ -5,12 +5,50 @@ use super::frame::{write_close_frame, Direction, FrameTracker};
 use super::side::{ReadOutcome, Side};
 use std::io;
 
+/// Bytes read but not yet taken by the destination: boxed and allocated only under
+/// backpressure, so a direction with none costs one word of the tunnel's task.
+#[derive(Default)]
+#[allow(clippy::box_collection)] // one word while idle instead of a Vec's three: the point
+pub(super) struct Pending(Option<Box<Vec<u8>>>);
+
+impl Pending {
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|v| v.is_empty())
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |v| v.len())
+    }
+
+    pub(super) fn as_slice(&self) -> &[u8] {
+        self.0.as_ref().map_or(&[], |v| v.as_slice())
+    }
+
+    pub(super) fn extend_from_slice(&mut self, data: &[u8]) {
+        if !data.is_empty() {
+            self.0
+                .get_or_insert_with(Box::default)
+                .extend_from_slice(data);
+        }
+    }
+
+    /// Drop the first `n` bytes (written out); the buffer goes once empty.
+    pub(super) fn consume(&mut self, n: usize) {
+        if let Some(v) = &mut self.0 {
+            v.drain(..n.min(v.len()));
+            if v.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+}
+
 pub(super) struct Dir {
     pub(super) tracker: FrameTracker,
     /// False after the stream broke framing rules: we still relay, but never inject.
     pub(super) tracking: bool,
     /// Bytes read but not yet taken by the destination (allocated only under backpressure).
-    pub(super) pending: Vec<u8>,
+    pub(super) pending: Pending,
     /// Source not at EOF yet.
     pub(super) open: bool,
     /// Destination write side shut down (or to be, once `pending` is flushed).
@@ -28,7 +66,7 @@ impl Dir {
         Dir {
             tracker: FrameTracker::new(d),
             tracking: true,
-            pending: Vec::new(),
+            pending: Pending::default(),
             open: true,
             shut: false,
             discard: false,
@@ -81,25 +119,26 @@ thread_local! {
 
 /// Move bytes `src` → `dst` until the source would block, the destination pushes back,
 /// or (with `stop_at_boundary`) a message boundary is reached.
+/// `metric` is the direction's [`crate::metrics::TUNNEL_BYTES`] series, counted once per
+/// call (the tunnel keeps no counter handles: an idle tunnel would carry them).
 pub(super) fn pump(
     src: &mut Side,
     dst: &mut Side,
     dir: &mut Dir,
     stop_at_boundary: bool,
-    counter: &metrics::Counter,
+    metric: crate::metrics::Dir,
 ) -> io::Result<Pump> {
-    COPY_BUF.with(|b| match b.try_borrow_mut() {
-        Ok(mut buf) => pump_with(src, dst, dir, stop_at_boundary, counter, &mut buf[..]),
+    let before = dir.bytes;
+    let r = COPY_BUF.with(|b| match b.try_borrow_mut() {
+        Ok(mut buf) => pump_with(src, dst, dir, stop_at_boundary, &mut buf[..]),
         // Unreachable (pumps do not nest), but never panic: fall back to the stack.
-        Err(_) => pump_with(
-            src,
-            dst,
-            dir,
-            stop_at_boundary,
-            counter,
-            &mut [0u8; READ_BUF],
-        ),
-    })
+        Err(_) => pump_with(src, dst, dir, stop_at_boundary, &mut [0u8; READ_BUF]),
+    });
+    let read = dir.bytes - before;
+    if read > 0 {
+        crate::metrics::bytes_counter(metric).increment(read);
+    }
+    r
 }
 
 fn pump_with(
@@ -107,7 +146,6 @@ fn pump_with(
     dst: &mut Side,
     dir: &mut Dir,
     stop_at_boundary: bool,
-    counter: &metrics::Counter,
     buf: &mut [u8],
 ) -> io::Result<Pump> {
     for _ in 0..ROUNDS {
@@ -119,7 +157,6 @@ fn pump_with(
             }
             ReadOutcome::Data(n) => n,
         };
-        counter.increment(n as u64);
         dir.bytes += n as u64;
         if dir.discard {
             dir.track(&buf[..n], false);
@@ -154,12 +191,9 @@ fn pump_with(
 /// Write `pending` out; true when empty.
 pub(super) fn flush_pending(dst: &mut Side, dir: &mut Dir) -> io::Result<bool> {
     if !dir.pending.is_empty() {
-        let w = dst.try_write(&dir.pending)?;
-        dir.pending.drain(..w);
-        if dir.pending.is_empty() {
-            // Free the backpressure buffer: idle tunnels hold none.
-            dir.pending = Vec::new();
-        }
+        let w = dst.try_write(dir.pending.as_slice())?;
+        // Freed once empty: idle tunnels hold no backpressure buffer.
+        dir.pending.consume(w);
     }
     Ok(dst.flush()? && dir.pending.is_empty())
 }
@@ -185,4 +219,25 @@ pub(super) fn send_close(
         dir.pending.extend_from_slice(&frame[..len]);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_bytes_are_freed_once_written_out() {
+        let mut p = Pending::default();
+        assert!(p.is_empty() && p.0.is_none());
+        p.extend_from_slice(&[]);
+        assert!(p.0.is_none(), "nothing to hold, nothing allocated");
+        p.extend_from_slice(b"abcdef");
+        assert_eq!((p.len(), p.as_slice()), (6, &b"abcdef"[..]));
+        p.consume(4);
+        assert_eq!(p.as_slice(), b"ef");
+        // More than is there (never happens) is not a panic.
+        p.consume(10);
+        assert!(p.is_empty());
+        assert!(p.0.is_none(), "the buffer is released when empty");
+    }
 }
