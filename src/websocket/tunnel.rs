@@ -459,8 +459,8 @@ fn next_timer(
 /// A tunnel's node went away without a close: check at once whether the node still
 /// accepts connections ([`Health::confirm_alive`]).
 ///
-/// Boxed, and only when called: the probe's future (connects, timers) is larger than the
-/// whole relay, and an idle tunnel should not carry its room.
+/// Boxed, and only when called: the probe's future (two connects under timeouts) would
+/// otherwise be part of the relay's state, and every idle tunnel would carry its room.
 async fn node_gone(health: Option<&Health>, ctl: &TunnelCtl) {
     if let Some(h) = health {
         Box::pin(h.confirm_alive(&ctl.node)).await;
