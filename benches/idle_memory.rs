@@ -510,8 +510,8 @@ async fn type_sizes() -> Result<String> {
         bytes::Bytes::new(),
         Side::Plain(b),
         bytes::Bytes::new(),
-        ctl,
-        settings,
+        &ctl,
+        &settings,
         None,
     );
     let relay_size = std::mem::size_of_val(&fut);

@@ -155,35 +155,38 @@ fn spawn_tunnel(
     let shared = ctx.shared.clone();
     // The tunnel keeps the connection's slot under the connection caps.
     let conn_guard = ctx.take_guard();
+    // The task's future is what an idle tunnel costs: the guards stay captures (not moved
+    // into locals, which would store them twice) and the join's values are scoped to a
+    // block (else they keep their room across the relay's await).
     tokio::spawn(async move {
-        let _conn_guard = conn_guard;
-        let _tunnel_slot = tunnel_slot;
-        // The client's side resolves once the 101 is written to it: a client that does
-        // not read holds it back, so the join is bounded like any write.
-        let c = match tokio::time::timeout(settings.write, client).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tracing::debug!(node = %node.key, "upgrade failed: {e}");
+        let (client_side, client_pre, backend_side) = {
+            // The client's side resolves once the 101 is written to it: a client that does
+            // not read holds it back, so the join is bounded like any write.
+            let c = match tokio::time::timeout(settings.write, client).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::debug!(node = %node.key, "upgrade failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    crate::metrics::write_timeout("client", "upgrade");
+                    tracing::debug!(node = %node.key, "upgrade: the 101 was not taken in time");
+                    return;
+                }
+            };
+            let Ok(c) = c.downcast::<TokioIo<crate::io::WriteDeadline<ClientIo>>>() else {
+                tracing::error!("client connection of an unexpected type");
                 return;
-            }
-            Err(_) => {
-                crate::metrics::write_timeout("client", "upgrade");
-                tracing::debug!(node = %node.key, "upgrade: the 101 was not taken in time");
-                return;
-            }
+            };
+            let client_side = match c.io.into_inner().into_inner() {
+                ClientIo::Plain(s) => Side::Plain(s),
+                ClientIo::Tls(t) => {
+                    let (tcp, conn) = t.into_inner();
+                    Side::tls(tcp, conn)
+                }
+            };
+            (client_side, c.read_buf, Side::Plain(node_tcp))
         };
-        let Ok(c) = c.downcast::<TokioIo<crate::io::WriteDeadline<ClientIo>>>() else {
-            tracing::error!("client connection of an unexpected type");
-            return;
-        };
-        let client_side = match c.io.into_inner().into_inner() {
-            ClientIo::Plain(s) => Side::Plain(s),
-            ClientIo::Tls(t) => {
-                let (tcp, conn) = t.into_inner();
-                Side::tls(tcp, conn)
-            }
-        };
-        let backend_side = Side::Plain(node_tcp);
         // The finished connection task's wakers would otherwise keep its memory (~4 KiB)
         // until the first byte in each direction.
         release_stale_wakers(client_side.tcp());
@@ -196,11 +199,11 @@ fn spawn_tunnel(
         node.metrics.tunnels_total.increment(1);
         let end = relay(
             client_side,
-            c.read_buf,
+            client_pre,
             backend_side,
             node_rest,
-            guard.ctl().clone(),
-            settings,
+            guard.ctl(),
+            &settings,
             Some(&shared.health),
         )
         .await;
@@ -209,5 +212,6 @@ fn spawn_tunnel(
         tracing::trace!(node = %node.key, "tunnel ended: {end:?}");
         super::access::tunnel(note, &end);
         drop(guard);
+        drop((conn_guard, tunnel_slot));
     });
 }

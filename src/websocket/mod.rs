@@ -2,9 +2,11 @@
 //! readably. The frame-boundary tracker is the pure [`herdgate_core::frame`].
 
 pub mod handshake;
+mod pump;
 pub mod side;
 mod stall;
 pub mod tunnel;
+mod wait;
 
 pub use herdgate_core::frame;
 pub use herdgate_core::frame::{
