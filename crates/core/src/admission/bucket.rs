@@ -245,7 +245,10 @@ impl NodeAdmission {
         // b. The client's own promise, once due; or, up to EARLY_HOLD before it, held
         // until its slot: a client that read a whole-second Retry-After rounded down is
         // back early, and holding it costs one waiting request where a rejection would
-        // cost it a retry (and over TLS a handshake).
+        // cost it a retry (and over TLS a handshake). A held request goes when a promise
+        // is due (`early` before its slot), as a client asking again then would: holding
+        // never makes a client later than asking again at once. The pacer still bounds
+        // the instant it goes.
         if let Some(o) = input.owner {
             if let Some(slot) = st.owners.due_promise(o, now, early) {
                 if st.promises.claim_owned(slot, o) {
@@ -263,7 +266,7 @@ impl NodeAdmission {
                     st.owners.hold(o, slot);
                     st.stats.held_early += 1;
                     return Decision::Queue {
-                        until: slot,
+                        until: slot.saturating_sub(early).max(now),
                         slot,
                         via: AdmitVia::Promise,
                         paced: false,
@@ -352,7 +355,7 @@ impl NodeAdmission {
                 // Not booked on the pacer: queued forwards are already spaced by the TAT,
                 // and a refund would leave a hole the pacer cannot give back.
                 return Decision::Queue {
-                    until: slot,
+                    until: slot.saturating_sub(early).max(now),
                     slot,
                     via: AdmitVia::Queue,
                     paced: false,

@@ -137,12 +137,13 @@ fn a_client_back_early_for_its_promise_is_held_until_it_and_still_capped() {
     );
     assert_eq!(node.stats().held_early, 0);
     // A second after its rejection (a whole-second Retry-After rounded down): held until
-    // its slot.
+    // its promise is due (one interval, 500 ms, before its slot), as asking again then
+    // would be.
     let back = T0 + S;
     assert_eq!(
         node.check(back, &ticketless(A)),
         Decision::Queue {
-            until: T0 + 2 * S,
+            until: T0 + 2 * S - S / 2,
             slot: T0 + 2 * S,
             via: AdmitVia::Promise,
             paced: false,
@@ -159,7 +160,7 @@ fn a_client_back_early_for_its_promise_is_held_until_it_and_still_capped() {
     // The second promise (3 s), asked for well after it was booked: held too.
     assert!(matches!(
         node.check(T0 + 2 * S, &ticketless(A)),
-        Decision::Queue { until, .. } if until == T0 + 3 * S
+        Decision::Queue { until, .. } if until == T0 + 3 * S - S / 2
     ));
     // A slot further than EARLY_HOLD away is not held.
     let far = super::admission_sim::node(slow(0, 0.0));
@@ -571,11 +572,12 @@ fn held_requests_count_against_the_cap_and_a_given_up_hold_comes_back_as_a_promi
         let d = node.check(T0, &held(C));
         assert!(matches!(d, Decision::Reject { capped: true, .. }), "{d:?}");
     }
-    // The honest client beside it: held for the next slot (the third, 300 ms).
+    // The honest client beside it: held for the next slot (the third, 300 ms), until it
+    // is due (one interval before).
     assert_eq!(
         node.check(T0, &held(B)),
         Decision::Queue {
-            until: T0 + 3 * T,
+            until: T0 + 2 * T,
             slot: T0 + 3 * T,
             via: AdmitVia::Queue,
             paced: false,
