@@ -12,9 +12,11 @@ use super::schedule::{ForeignClaims, PromiseQueue, ReservationLedger};
 use super::ticket::TicketCheck;
 use super::{PROMISE_GRACE, RESERVATION_GRACE};
 
-/// How much later than the GCRA would allow the last of a full burst goes: room for a
-/// connect to the node that takes that much longer than the one before.
-pub const RELEASE_MARGIN: Duration = Duration::from_millis(2);
+/// How much later than the GCRA would allow the last of a full burst goes (at most the
+/// burst's tolerance): room for connects that reach the node that much later than the one
+/// before (a node process, or herdgate, briefly off the CPU on a loaded machine), so that
+/// the bound still holds where the node counts its accepts.
+pub const RELEASE_MARGIN: Duration = Duration::from_millis(15);
 
 /// Emission intervals and tolerances in force at some instant.
 #[derive(Debug, Clone, Copy)]
@@ -137,12 +139,12 @@ impl State {
     }
 
     /// A request goes at `now` if the forwards actually made allow it: then it is counted.
-    /// Else the instant it may go. The tolerance is [`RELEASE_MARGIN`] (or one interval,
-    /// if shorter) under the burst's, so that `rate * W + burst` still holds at the node in
-    /// any window `W` when a connect to it takes up to that much longer than the one
-    /// before; the last of a full burst goes that much later.
+    /// Else the instant it may go. The tolerance is [`RELEASE_MARGIN`] (or the whole
+    /// tolerance, if shorter) under the burst's, so that `rate * W + burst` still holds at
+    /// the node in any window `W` when a connect reaches it up to that much later than the
+    /// one before; the last of a full burst goes that much later.
     pub(super) fn go(&mut self, now: Nanos, shape: Shape) -> Result<(), Nanos> {
-        let margin = shape.t.min(duration_to_nanos(RELEASE_MARGIN));
+        let margin = shape.tau.min(duration_to_nanos(RELEASE_MARGIN));
         let conform = self
             .released
             .saturating_sub(shape.tau.saturating_sub(margin));
