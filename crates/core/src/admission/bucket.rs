@@ -133,6 +133,7 @@ impl NodeAdmissionBuilder {
             paced: 0,
             released: 0,
             fresh_tat: 0,
+            fresh_used: 0,
             owners: Owners::default(),
             slow_start_from: None,
             promises: PromiseQueue::default(),
@@ -299,6 +300,7 @@ impl NodeAdmission {
         // when the schedule is booked ahead.
         if shape.t_fresh > 0 && holds == 0 && st.fresh_tat.saturating_sub(now) <= shape.tau_fresh {
             st.fresh_tat = st.fresh_tat.max(now).saturating_add(shape.t_fresh);
+            st.fresh_used = now;
             st.stats.admitted_fresh += 1;
             return st.forward(now, shape, AdmitVia::Fresh, check);
         }

@@ -18,6 +18,10 @@ use super::{PROMISE_GRACE, RESERVATION_GRACE};
 /// the bound still holds where the node counts its accepts.
 pub const RELEASE_MARGIN: Duration = Duration::from_millis(15);
 
+/// A fresh lane unused this long lends its share back to the schedule (see
+/// `State::take_slot`).
+pub const FRESH_IDLE: Duration = Duration::from_secs(1);
+
 /// Emission intervals and tolerances in force at some instant.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Shape {
@@ -94,6 +98,8 @@ pub(super) struct State {
     pub(super) released: Nanos,
     /// TAT of the fresh lane (the share kept for clients that hold no slot).
     pub(super) fresh_tat: Nanos,
+    /// When the fresh lane last admitted someone (0: never).
+    pub(super) fresh_used: Nanos,
     /// Who holds which slots.
     pub(super) owners: Owners,
     pub(super) slow_start_from: Option<Nanos>,
@@ -242,7 +248,16 @@ impl State {
         if slot - now > duration_to_nanos(self.params.max_retry_after) {
             return None;
         }
-        let t = self.shape(slot).t_main;
+        let shape = self.shape(slot);
+        // The fresh share is kept while arrivals holding no slot use it. Idle for
+        // FRESH_IDLE (none came, or every arrival shares an address with slot holders), it
+        // goes back to the schedule: slots are booked at the full rate, and a fresh arrival
+        // that comes later still finds its lane (the pacer bounds the sum at the node).
+        let fresh_idle = self
+            .fresh_used
+            .saturating_add(duration_to_nanos(FRESH_IDLE))
+            < now;
+        let t = if fresh_idle { shape.t } else { shape.t_main };
         self.tat = slot.saturating_add(t);
         Some((slot, t))
     }

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use super::admission_sim::*;
 use herdgate_core::admission::{
-    node_id, AdmissionParams, AdmitInput, AdmitVia, Decision, NodeAdmission, TicketCheck,
-    NANOS_PER_MILLI, TICKET_MAX_LEN,
+    duration_to_nanos, node_id, AdmissionParams, AdmitInput, AdmitVia, Decision, NodeAdmission,
+    TicketCheck, FRESH_IDLE, NANOS_PER_MILLI, TICKET_MAX_LEN,
 };
 
 /// rate 10/s (T = 100 ms), burst 1, so each step is easy to follow.
@@ -472,4 +472,50 @@ fn node_admission_is_send_and_sync_and_shares_across_threads() {
     // held RELEASE_MARGIN).
     assert_eq!(admitted, 100);
     assert_eq!(node.stats().rejected, 3900);
+}
+
+/// A fresh lane nobody used for FRESH_IDLE lends its share to the schedule (slots one full
+/// interval apart); the first fresh arrival takes it back (slots at the rate less the
+/// share again).
+#[test]
+fn an_idle_fresh_lane_lends_its_share_until_a_fresh_arrival_comes() {
+    // 10/s with half kept for fresh arrivals: T = 100 ms, the schedule's interval 200 ms.
+    let node = node(AdmissionParams {
+        fresh_share: 0.5,
+        ..params(10.0, 1)
+    });
+    let held = |owner: u64| AdmitInput {
+        may_queue: Some(Duration::from_secs(1)),
+        ..AdmitInput::TICKETLESS.owned_by(owner)
+    };
+    let slot = |d: Decision| match d {
+        Decision::Queue { slot, .. } => slot,
+        d => panic!("expected a hold, got {d:?}"),
+    };
+    // The burst (the bucket's interval is the schedule's, 2T).
+    assert!(node.check(T0, &held(1)).is_admit());
+    // Nobody ever came by the fresh lane: the schedule books at the full rate.
+    assert_eq!(slot(node.check(T0, &held(2))), T0 + 2 * T);
+    assert_eq!(slot(node.check(T0, &held(3))), T0 + 3 * T);
+    // A fresh arrival (holding no slot) takes the lane...
+    let fresh_at = T0 + 5 * T / 2;
+    assert_eq!(
+        node.check(fresh_at, &AdmitInput::TICKETLESS.owned_by(4)),
+        Decision::Admit {
+            via: AdmitVia::Fresh,
+            ticket: TicketCheck::None
+        }
+    );
+    // ...and the schedule keeps its share for fresh arrivals again.
+    assert_eq!(slot(node.check(fresh_at, &held(5))), T0 + 4 * T);
+    assert_eq!(slot(node.check(fresh_at, &held(6))), T0 + 6 * T);
+    // FRESH_IDLE later with no fresh arrival, the share is lent again.
+    let later = fresh_at + duration_to_nanos(FRESH_IDLE) + T;
+    assert!(
+        node.check(later, &held(7)).is_admit(),
+        "the schedule ran dry: the bucket"
+    );
+    let s = slot(node.check(later, &held(7)));
+    assert_eq!(s, later + 2 * T);
+    assert_eq!(slot(node.check(later, &held(8))), s + T);
 }
