@@ -3,7 +3,7 @@
 //! Bytes are copied from socket to socket through one copy buffer per worker thread; nothing is held while
 //! the tunnel is idle (no copy buffers: an idle tunnel costs its sockets, this task and a
 //! few words of frame-tracker state). The task is kept small: it waits on the sockets'
-//! own readiness slots ([`super::wait`]), holds one timer, and stores its state once. A `pending` vector exists only while the far side
+//! own readiness slots (`websocket::wait`), holds one timer, and stores its state once. A `pending` vector exists only while the far side
 //! pushes back.
 //!
 //! Closing is frame-aware (RFC 6455 §5.5.1, §7.1): on drain or shutdown a Close frame is
