@@ -5,59 +5,39 @@
 //! another address is still served. The same soft failures from distinct clients still mark
 //! a node down, and a 101 resets the run.
 
-use crate::support::http1::read_head;
+use crate::support::http1::{read_head, Then};
 use crate::support::metrics::metric;
 use crate::support::net::tcp_from;
 use crate::support::proxy::{admin_node, parse, start, wait_no_tunnels};
 use crate::support::within;
 use std::net::{IpAddr, SocketAddr};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 /// A node whose answer to an upgrade depends on its path.
 async fn scripted_node() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let head = read_head(&mut tcp).await;
-                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                let key = head
-                    .lines()
-                    .find_map(|l| {
-                        let (n, v) = l.split_once(':')?;
-                        n.eq_ignore_ascii_case("sec-websocket-key")
-                            .then(|| v.trim().to_string())
-                    })
-                    .unwrap_or_default();
-                let accept = herdgate::websocket::handshake::accept_key(key.as_bytes());
-                let answer = match path.as_str() {
-                    "/ok" => format!(
-                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                         Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-                    ),
-                    "/500" => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n"
-                        .to_string(),
-                    "/bad-accept" => "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                         Connection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n"
-                        .to_string(),
-                    "/no-upgrade" => format!(
-                        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
-                         Sec-WebSocket-Accept: {accept}\r\n\r\n"
-                    ),
-                    // /reset: close without an answer.
-                    _ => return,
-                };
-                let _ = tcp.write_all(answer.as_bytes()).await;
-                // Hold the connection until the other side closes it.
-                let mut buf = [0u8; 1024];
-                while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
-            });
-        }
-    });
-    addr
+    crate::support::http1::scripted_node(|path, accept| {
+        let answer = match path {
+            "/ok" => format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            ),
+            "/500" => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n".to_string(),
+            "/bad-accept" => "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n"
+                .to_string(),
+            "/no-upgrade" => format!(
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {accept}\r\n\r\n"
+            ),
+            // /reset: close without an answer.
+            _ => return None,
+        };
+        // Hold the connection until the other side closes it.
+        Some((answer.into_bytes(), Then::Hold))
+    })
+    .await
 }
 
 fn config(node: SocketAddr) -> String {

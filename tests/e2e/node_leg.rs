@@ -5,7 +5,7 @@
 //! One client (127.0.0.2) provokes each; an honest client (127.0.0.3) is served
 //! throughout, the broken answers are refused (502/504) and counted per node.
 
-use crate::support::http1::{header, read_head, Reader};
+use crate::support::http1::{header, read_head, Reader, Then};
 use crate::support::metrics::metric;
 use crate::support::net::tcp_from;
 use crate::support::proxy::{parse, start, wait_no_tunnels};
@@ -19,77 +19,60 @@ const FIRST_FRAME: &[u8] = b"\x81\x02hi";
 
 /// A node whose answer to an upgrade depends on its path.
 async fn scripted_node() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let head = read_head(&mut tcp).await;
-                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-                let key = header(&head, "sec-websocket-key")
-                    .unwrap_or_default()
-                    .to_string();
-                let accept = herdgate::websocket::handshake::accept_key(key.as_bytes());
-                let answer: Vec<u8> = match path.as_str() {
-                    // The head and the first frame in one write: the frame must reach
-                    // the client after the 101, not be lost with the head's buffer.
-                    "/ok" => [
-                        format!(
-                            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\
-                             X-Node: yes\r\n\r\n"
-                        )
-                        .into_bytes(),
-                        FIRST_FRAME.to_vec(),
-                    ]
-                    .concat(),
-                    // An interim answer first, then the 101.
-                    "/early-hints" => format!(
-                        "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
-                         HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                         Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-                    )
-                    .into_bytes(),
-                    "/403-length" => b"HTTP/1.1 403 Forbidden\r\nContent-Length: 12\r\n\
-                        X-Why: banned\r\nKeep-Alive: timeout=5\r\n\r\nnot for you!"
-                        .to_vec(),
-                    "/403-chunked" => b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\
-                        Connection: x-secret\r\nX-Secret: 1\r\n\r\n\
-                        4\r\nnot \r\n8\r\nfor you!\r\n0\r\n\r\n"
-                        .to_vec(),
-                    "/403-close" => {
-                        b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\nuntil the close"
-                            .to_vec()
-                    }
-                    "/garbage" => b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec(),
-                    "/oversized" => {
-                        let mut a = format!(
-                            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                             Sec-WebSocket-Accept: {accept}\r\nX-Big: "
-                        )
-                        .into_bytes();
-                        a.resize(a.len() + 40 * 1024, b'a');
-                        a.extend_from_slice(b"\r\n\r\n");
-                        a
-                    }
-                    // /silent: read the request, answer nothing, hold the connection.
-                    _ => Vec::new(),
-                };
-                let _ = tcp.write_all(&answer).await;
-                if path.starts_with("/403-close") {
-                    return;
-                }
-                // Hold the connection (a tunnel: echo) until the other side closes it.
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = tcp.read(&mut buf).await {
-                    if n == 0 || tcp.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    crate::support::http1::scripted_node(|path, accept| {
+        let answer: Vec<u8> = match path {
+            // The head and the first frame in one write: the frame must reach
+            // the client after the 101, not be lost with the head's buffer.
+            "/ok" => [
+                format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\
+                     X-Node: yes\r\n\r\n"
+                )
+                .into_bytes(),
+                FIRST_FRAME.to_vec(),
+            ]
+            .concat(),
+            // An interim answer first, then the 101.
+            "/early-hints" => format!(
+                "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                 HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            )
+            .into_bytes(),
+            "/403-length" => b"HTTP/1.1 403 Forbidden\r\nContent-Length: 12\r\n\
+                X-Why: banned\r\nKeep-Alive: timeout=5\r\n\r\nnot for you!"
+                .to_vec(),
+            "/403-chunked" => b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\
+                Connection: x-secret\r\nX-Secret: 1\r\n\r\n\
+                4\r\nnot \r\n8\r\nfor you!\r\n0\r\n\r\n"
+                .to_vec(),
+            "/403-close" => {
+                b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\nuntil the close".to_vec()
+            }
+            "/garbage" => b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec(),
+            "/oversized" => {
+                let mut a = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Sec-WebSocket-Accept: {accept}\r\nX-Big: "
+                )
+                .into_bytes();
+                a.resize(a.len() + 40 * 1024, b'a');
+                a.extend_from_slice(b"\r\n\r\n");
+                a
+            }
+            // /silent: read the request, answer nothing, hold the connection.
+            _ => Vec::new(),
+        };
+        // Then hold the connection (a tunnel: echo) until the other side closes it.
+        let then = if path.starts_with("/403-close") {
+            Then::Close
+        } else {
+            Then::Echo
+        };
+        Some((answer, then))
+    })
+    .await
 }
 
 fn config(node: SocketAddr) -> String {

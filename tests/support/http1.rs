@@ -256,3 +256,49 @@ impl http_body::Body for ChanBody {
             .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
     }
 }
+
+/// What a [`scripted_node`] does once it has answered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Close the connection.
+    Close,
+    /// Read (and drop) until the other side closes.
+    Hold,
+    /// Echo what it reads (a tunnel) until the other side closes.
+    Echo,
+}
+
+/// A [`scripted_node`]'s answer to a path: the bytes and what then, or `None`: close.
+pub type Script = fn(&str, &str) -> Option<(Vec<u8>, Then)>;
+
+/// A node whose answer to an upgrade depends on its path: `script(path, accept)` (accept:
+/// the `Sec-WebSocket-Accept` for the request's key) gives the bytes to write and what to
+/// do next, or `None` to close without an answer.
+pub async fn scripted_node(script: Script) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let head = read_head(&mut tcp).await;
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                let key = header(&head, "sec-websocket-key").unwrap_or_default();
+                let accept = herdgate::websocket::handshake::accept_key(key.as_bytes());
+                let Some((answer, then)) = script(&path, &accept) else {
+                    return;
+                };
+                let _ = tcp.write_all(&answer).await;
+                if then == Then::Close {
+                    return;
+                }
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 || (then == Then::Echo && tcp.write_all(&buf[..n]).await.is_err()) {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
