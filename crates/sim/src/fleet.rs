@@ -267,7 +267,7 @@ pub fn run_fleet(
         let admitted_at = match &seats[inst][node_ix] {
             None => Some(t),
             Some(seat) => {
-                match attempt(
+                attempt(
                     &seat.admission,
                     c,
                     &mut policies[c],
@@ -275,15 +275,10 @@ pub fn run_fleet(
                     rtt,
                     &mut tally,
                     &mut rng,
-                ) {
-                    Ok(at) => Some(at),
-                    Err(back) => {
-                        if let Some(back) = back {
-                            heap.push(Reverse((back, c as u32)));
-                        }
-                        None
-                    }
-                }
+                )
+                // Rejected: its next attempt (if it makes one) goes on the heap.
+                .map_err(|back| back.map(|b| heap.push(Reverse((b, c as u32)))))
+                .ok()
             }
         };
         if let Some(at) = admitted_at {

@@ -460,15 +460,10 @@ pub fn run(cfg: &SimConfig, fleet: &Fleet, contender: &Contender) -> Result<Stor
         let admitted_at = match &nodes[node_ix] {
             None => Some(now),
             Some(node) => {
-                match attempt(node, c, &mut client.policy, now, rtt, &mut tally, &mut rng) {
-                    Ok(at) => Some(at),
-                    Err(back) => {
-                        if let Some(back) = back {
-                            heap.push(Reverse((back, c as u32)));
-                        }
-                        None
-                    }
-                }
+                attempt(node, c, &mut client.policy, now, rtt, &mut tally, &mut rng)
+                    // Rejected: its next attempt (if it makes one) goes on the heap.
+                    .map_err(|back| back.map(|b| heap.push(Reverse((b, c as u32)))))
+                    .ok()
             }
         };
         if let Some(at) = admitted_at {
