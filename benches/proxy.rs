@@ -344,7 +344,12 @@ async fn run(workers: Option<u32>) -> Result<Vec<Row>> {
         .iter()
         .map(|_| (0..np).map(|_| Samples::default()).collect())
         .collect();
-    for round in 0..HS_ROUNDS {
+    // HERDGATE_BENCH_ROUNDS=n: more rounds (e.g. while profiling or tracing a proxy).
+    let hs_rounds = std::env::var("HERDGATE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(HS_ROUNDS);
+    for round in 0..hs_rounds {
         for (i, ts) in hs_targets.iter().enumerate() {
             // The order of the paths rotates each round, so none is always first or last.
             for k in 0..np {
@@ -389,7 +394,7 @@ async fn run(workers: Option<u32>) -> Result<Vec<Row>> {
     );
     println!(
         "echo node: {echo_kind}; fd limit {soft}/{hard}; {HS_CONCURRENCY} connections in flight, \
-         {HS_ROUNDS} rounds x {}s per mode and path; ranges are min–max over rounds",
+         {hs_rounds} rounds x {}s per mode and path; ranges are min–max over rounds",
         HS_PHASE.as_secs_f64()
     );
     for v in &versions {

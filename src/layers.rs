@@ -16,6 +16,7 @@ pub const LAYERS: &[(&str, u8)] = &[
     ("systemd", 0),
     ("tls", 0),
     ("lograte", 0),
+    ("shards", 0),
     // TOML -> validated Config (pure data).
     ("config", 1),
     // Live node state, connecting to nodes, health.

@@ -41,6 +41,7 @@ pub mod registry;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod shards;
 pub mod signals;
 pub mod snapshot;
 pub mod state;

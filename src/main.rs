@@ -105,7 +105,14 @@ fn main() -> ExitCode {
             // (the descriptors are adopted here, once); errors are reported in
             // `run`, after the config's.
             let inherited = herdgate::systemd::listen_fds();
-            runtime(runtime_threads(&config)).block_on(run(config, pidfile, inherited))
+            // `[runtime] threads` data-plane shards (one per CPU by default: the affinity
+            // mask counts, so `taskset` / systemd `CPUAffinity=` pinning sets it), and one
+            // more thread for the control plane: reload, health, admin, fleet, signals.
+            let shards = match runtime_threads(&config) {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            };
+            runtime(1).block_on(run(config, pidfile, inherited, shards))
         }
         Cmd::Drain { target, config } => admin(cli::admin_cmd::Action::Drain, &target, &config),
         Cmd::Undrain { target, config } => admin(cli::admin_cmd::Action::Undrain, &target, &config),
@@ -157,9 +164,9 @@ fn init_tracing(format: herdgate::config::LogFormat) {
     }
 }
 
-/// `[runtime] threads` of the config file, read before the runtime starts (0, tokio's
-/// default of one worker per CPU, when the file cannot be read or the value is out of
-/// range: `run` then reports why).
+/// `[runtime] threads` of the config file, read before the runtime starts (0, one shard
+/// per CPU, when the file cannot be read or the value is out of range: `run` then reports
+/// why).
 fn runtime_threads(path: &Path) -> usize {
     #[derive(serde::Deserialize)]
     struct RuntimeOnly {
@@ -174,8 +181,8 @@ fn runtime_threads(path: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// The multi-threaded runtime: `threads` workers, or one per CPU the process may run on
-/// (tokio reads the affinity mask, so `taskset` / systemd `CPUAffinity=` pinning counts).
+/// The multi-threaded runtime: `threads` workers, or one per CPU the process may run on.
+/// `run` uses one worker for the control plane; the data plane runs on shards.
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if threads > 0 {
@@ -269,6 +276,7 @@ async fn run(
     config_path: PathBuf,
     pidfile: Option<PathBuf>,
     inherited: Result<Vec<InheritedListener>, SystemdError>,
+    shards: usize,
 ) -> ExitCode {
     let config = match Config::load(&config_path) {
         Ok(c) => c,
@@ -304,6 +312,14 @@ async fn run(
             });
         }
     };
+    let shards = match herdgate::shards::Shards::start(shards) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("herdgate: cannot start the worker threads: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let server = server.with_shards(&shards);
     if let Some(p) = &pidfile {
         if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
             eprintln!("herdgate: cannot write pidfile {}: {e}", p.display());

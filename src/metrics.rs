@@ -9,6 +9,9 @@ use std::sync::OnceLock;
 
 /// Counter: TCP connections accepted, by `listener` (counted before any TLS handshake).
 pub const CONNECTIONS_ACCEPTED: &str = "herdgate_connections_accepted_total";
+/// Counter: TCP connections accepted by each data-plane shard (`shard`: its index, from
+/// 0), over every listener: how evenly the kernel spreads connections over the shards.
+pub const SHARD_ACCEPTED: &str = "herdgate_shard_connections_accepted_total";
 /// Gauge: client connections currently being served, by `listener`.
 pub const CONNECTIONS_OPEN: &str = "herdgate_connections_open";
 /// Counter by `listener` for connections refused at accept; registered but not incremented at present

@@ -166,6 +166,16 @@ impl Server {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Serve the listeners on these data-plane shards ([`crate::shards::Shards`]): each
+    /// shard runs its own accept loop on every listener, and a connection stays on the
+    /// shard that accepted it. Without shards, listeners run on the runtime that calls
+    /// [`Server::run`]. Keep `shards` alive while the server runs; call before `run`
+    /// (a second call is ignored).
+    pub fn with_shards(self, shards: &crate::shards::Shards) -> Server {
+        let _ = self.shared.shards.set(shards.handles().to_vec());
+        self
+    }
+
     /// A control handle, usable before and while the server runs.
     pub fn handle(&self) -> Handle {
         Handle {

@@ -52,6 +52,9 @@ pub struct Shared {
     pub fleet_redis: arc_swap::ArcSwapOption<redis::aio::MultiplexedConnection>,
     /// Reload's own bookkeeping: generation, writer lock, running listeners.
     pub(crate) control: Control,
+    /// The data-plane shards (`crate::shards`), set once before the listeners start;
+    /// unset or empty: listeners run on the runtime that starts them.
+    pub(crate) shards: std::sync::OnceLock<Vec<tokio::runtime::Handle>>,
 }
 
 impl Shared {
@@ -86,6 +89,7 @@ impl Shared {
                 reload_lock: tokio::sync::Mutex::new(()),
                 listeners: Mutex::new(HashMap::new()),
             },
+            shards: std::sync::OnceLock::new(),
         }
     }
 

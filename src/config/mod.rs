@@ -228,12 +228,13 @@ pub struct LogConfig {
     pub access: bool,
 }
 
-/// `[runtime]`: the process's worker threads, like nginx's `worker_processes` and
-/// HAProxy's `nbthread`. Read at start only (a restart changes it).
+/// `[runtime]`: the process's data-plane threads (shards, `crate::shards`), like nginx's
+/// `worker_processes` and HAProxy's `nbthread`. Read at start only (a restart changes it).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Worker threads; 0 (default): one per CPU the process may run on.
+    /// Data-plane threads, each accepting and serving its own connections; 0 (default):
+    /// one per CPU the process may run on. One more thread runs the control plane.
     pub threads: usize,
 }
 

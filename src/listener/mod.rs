@@ -21,12 +21,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Bind a listening socket the way a proxy wants it: SO_REUSEADDR, a deep backlog,
-/// non-blocking.
+/// Bind a listening socket the way a proxy wants it: SO_REUSEADDR, SO_REUSEPORT, a deep
+/// backlog, non-blocking.
 pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     s.set_reuse_address(true)?;
+    // SO_REUSEPORT, as HAProxy sets by default: each data-plane shard accepts on a socket
+    // of its own bound to the same address (`start`), and a reload can bind a renamed
+    // listener's address before the old socket closes.
+    s.set_reuse_port(true)?;
     if addr.is_ipv6() {
         let _ = s.set_only_v6(true);
     }
@@ -36,14 +40,18 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
     Ok(s.into())
 }
 
-/// Accept loop of one listener until `stop` is cancelled.
+/// Accept loop of one listener until `stop` is cancelled; `shard` is the index of the
+/// data-plane shard it runs on, if any (`crate::shards`).
 pub async fn serve(
     listener: TcpListener,
     name: Arc<str>,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    shard: Option<usize>,
 ) {
     let metrics = ListenerMetrics::new(&name);
+    let shard_accepted =
+        shard.map(|i| metrics::counter!(crate::metrics::SHARD_ACCEPTED, "shard" => i.to_string()));
     let gate = handshake::HandshakeGate::new();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -104,6 +112,9 @@ pub async fn serve(
             }
         };
         metrics.accepted.increment(1);
+        if let Some(c) = &shard_accepted {
+            c.increment(1);
+        }
         let shared = shared.clone();
         let name = name.clone();
         let m = metrics.clone();
@@ -261,15 +272,48 @@ pub(crate) fn start(
     sock: std::net::TcpListener,
 ) -> std::io::Result<()> {
     let local_addr = sock.local_addr()?;
-    let l = tokio::net::TcpListener::from_std(sock)?;
     let stop = shared.lifecycle.stop_all.child_token();
+    let lname: Arc<str> = Arc::from(name.as_str());
+    match shared.shards.get().filter(|s| !s.is_empty()) {
+        None => {
+            let l = tokio::net::TcpListener::from_std(sock)?;
+            tokio::spawn(serve(l, lname, shared.clone(), stop.clone(), None));
+        }
+        Some(shards) => {
+            // One accept loop per shard, each on a socket of its own bound to the same
+            // address with SO_REUSEPORT: the kernel spreads connections over them and
+            // wakes one shard per connection. A socket handed in without SO_REUSEPORT
+            // (socket activation without `ReusePort=`) is shared by every shard instead.
+            let reuse = socket2::SockRef::from(&sock).reuse_port().unwrap_or(false);
+            let backlog = shared
+                .load()
+                .config
+                .listeners
+                .iter()
+                .find(|l| l.name() == name)
+                .map_or(1024, |l| l.backlog);
+            let mut socks = Vec::with_capacity(shards.len());
+            for _ in 1..shards.len() {
+                socks.push(match reuse {
+                    true => self::bind(local_addr, backlog)?,
+                    false => sock.try_clone()?,
+                });
+            }
+            socks.push(sock);
+            for (i, (h, sock)) in shards.iter().zip(socks).enumerate() {
+                let (lname, shared, stop) = (lname.clone(), shared.clone(), stop.clone());
+                h.spawn(async move {
+                    match tokio::net::TcpListener::from_std(sock) {
+                        Ok(l) => serve(l, lname, shared, stop, Some(i)).await,
+                        Err(e) => {
+                            tracing::error!(listener = %lname, "cannot serve on a shard: {e}")
+                        }
+                    }
+                });
+            }
+        }
+    }
     tracing::info!(listener = %name, "listening on {local_addr}");
-    tokio::spawn(serve(
-        l,
-        Arc::from(name.as_str()),
-        shared.clone(),
-        stop.clone(),
-    ));
     if let Ok(mut g) = shared.control.listeners.lock() {
         if let Some(old) = g.insert((name, bind), RunningListener { stop, local_addr }) {
             // A reload that ran before `run` started the listeners bound a socket of

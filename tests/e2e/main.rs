@@ -39,6 +39,7 @@ mod proxy_protocol;
 mod reload;
 mod reload_bad_values;
 mod runtime_threads;
+mod shards;
 mod shutdown;
 mod status_cli;
 mod sticky;

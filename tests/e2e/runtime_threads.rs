@@ -1,22 +1,27 @@
-//! `[runtime] threads` (issue 13): the real binary runs exactly that many worker threads
-//! (counted in /proc), one per CPU by default, and refuses an absurd value by key; a
-//! hostile client beside an honest one on a single worker harms nothing.
+//! `[runtime] threads` (issue 13): the real binary runs exactly that many data-plane
+//! shards (threads counted in /proc) and one control-plane worker, one shard per CPU by
+//! default, and refuses an absurd value by key; a hostile client beside an honest one on a
+//! single shard harms nothing.
 
 use crate::support::net::free_addr;
 use crate::support::nodes::echo_nodes;
 use crate::support::process::{check, one_node_config as config, Herdgate};
 use crate::support::ws::{echo_text, ws_connect};
 
-/// Worker threads of `pid`: tokio names them `tokio-runtime-worker` (15 bytes kept).
-fn workers(pid: u32) -> usize {
+/// Threads of `pid` whose name (`comm`, 15 bytes kept) starts with `prefix`.
+fn threads(pid: u32, prefix: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .flatten()
         .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|c| c.trim() == "tokio-rt-worker")
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
         })
         .count()
+}
+
+/// (data-plane shards, control-plane tokio workers) of `pid`.
+fn workers(pid: u32) -> (usize, usize) {
+    (threads(pid, "hg-shard-"), threads(pid, "tokio-rt-worker"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,7 +36,7 @@ async fn one_worker_thread_when_asked_and_it_still_serves() {
         .unwrap();
     let mut ws = ws_connect(listen, "/").await;
     echo_text(&mut ws, "hello").await;
-    assert_eq!(workers(h.pid()), 1);
+    assert_eq!(workers(h.pid()), (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,7 +47,7 @@ async fn one_worker_per_cpu_by_default() {
     let mut ws = ws_connect(listen, "/").await;
     echo_text(&mut ws, "hello").await;
     let cpus = std::thread::available_parallelism().unwrap().get();
-    assert_eq!(workers(h.pid()), cpus);
+    assert_eq!(workers(h.pid()), (cpus, 1));
 }
 
 #[test]
