@@ -139,6 +139,8 @@ struct Samples {
     resumed: u64,
     /// CPU seconds per operation per phase: the proxy (if any), echo node, clients.
     cpu: Vec<[f64; 3]>,
+    /// The proxy's user and kernel clock ticks over every phase (/proc/PID/stat).
+    ticks: [u64; 2],
 }
 
 impl Samples {
@@ -148,6 +150,12 @@ impl Samples {
         self.errors += p.errors;
         self.resumed += p.resumed;
         self.cpu.push(p.cpu);
+        self.ticks[0] += p.ticks[0];
+        self.ticks[1] += p.ticks[1];
+    }
+    /// The proxy's kernel share of its CPU time over every phase.
+    fn kernel_share(&self) -> f64 {
+        self.ticks[1] as f64 / (self.ticks[0] + self.ticks[1]).max(1) as f64
     }
     fn median_rate(&self) -> f64 {
         median(&self.rates)
@@ -192,6 +200,23 @@ impl Pids {
             cpu_secs(self.echo)?,
             cpu_secs(std::process::id())?,
         ])
+    }
+    /// The proxy's (user, kernel) clock ticks so far, summed over its processes.
+    fn ticks(&self) -> [u64; 2] {
+        let mut t = [0, 0];
+        for &p in &self.proxy {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            // Fields after the command (which may hold spaces): state is field 3, utime
+            // and stime are fields 14 and 15.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            for (i, slot) in t.iter_mut().enumerate() {
+                *slot += f.get(11 + i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+        t
     }
 }
 
@@ -410,8 +435,8 @@ async fn run(workers: Option<u32>) -> Result<Vec<Row>> {
     let direct = 0;
     if !hs_modes.is_empty() {
         println!();
-        println!("| WebSockets opened and closed | path | /s median (min–max) | of direct | time to 101 p50 / p99 ms | CPU µs each: proxy · echo · clients | resumed | errors |");
-        println!("|---|---|---:|---:|---:|---:|---:|---:|");
+        println!("| WebSockets opened and closed | path | /s median (min–max) | of direct | time to 101 p50 / p99 ms | CPU µs each: proxy · echo · clients | proxy CPU µs: user · kernel | resumed | errors |");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     }
     for (i, label) in hs_modes.iter().enumerate() {
         let dr = hs[i][direct].median_rate();
@@ -420,10 +445,14 @@ async fn run(workers: Option<u32>) -> Result<Vec<Row>> {
             let r = s.median_rate();
             let (lo, hi) = s.range();
             let (p50, p99) = s.p();
-            let proxy_cpu = if j == direct {
-                "–".to_string()
+            let (proxy_cpu, split) = if j == direct {
+                ("–".to_string(), "–".to_string())
             } else {
-                format!("{:.0}", s.cpu_us(0))
+                let (c, k) = (s.cpu_us(0), s.kernel_share());
+                (
+                    format!("{c:.0}"),
+                    format!("{:.0} · {:.0}", c * (1.0 - k), c * k),
+                )
             };
             let resumed = if label.contains("wss") {
                 format!(
@@ -439,7 +468,7 @@ async fn run(workers: Option<u32>) -> Result<Vec<Row>> {
                 format!("**{:.0}%**", 100.0 * r / dr.max(1e-9))
             };
             println!(
-                "| {label} | {} | {r:.0} ({lo:.0}–{hi:.0}) | {ratio} | {:.2} / {:.2} | {proxy_cpu} · {:.0} · {:.0} | {resumed} | {} |",
+                "| {label} | {} | {r:.0} ({lo:.0}–{hi:.0}) | {ratio} | {:.2} / {:.2} | {proxy_cpu} · {:.0} · {:.0} | {split} | {resumed} | {} |",
                 path.name,
                 p50 / 1e3,
                 p99 / 1e3,
@@ -534,6 +563,7 @@ struct Phase {
     errors: u64,
     resumed: u64,
     cpu: [f64; 3],
+    ticks: [u64; 2],
 }
 
 /// CPU seconds per operation of each process since `before`.
@@ -547,7 +577,7 @@ fn cpu_per_op(pids: &Pids, before: [f64; 3], ops: usize) -> Result<[f64; 3]> {
 /// upgrade (timed), closing handshake.
 async fn handshakes(t: &Target, dur: Duration, pids: &Pids) -> Result<Phase> {
     let stop = Arc::new(AtomicBool::new(false));
-    let cpu0 = pids.cpu()?;
+    let (cpu0, ticks0) = (pids.cpu()?, pids.ticks());
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..HS_CONCURRENCY {
@@ -591,12 +621,15 @@ async fn handshakes(t: &Target, dur: Duration, pids: &Pids) -> Result<Phase> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = cpu_per_op(pids, cpu0, lat.len())?;
+    let ticks1 = pids.ticks();
+    let ticks = [ticks1[0] - ticks0[0], ticks1[1] - ticks0[1]];
     Ok(Phase {
         rate: lat.len() as f64 / elapsed,
         lat,
         errors,
         resumed,
         cpu,
+        ticks,
     })
 }
 
@@ -612,7 +645,7 @@ async fn echo_rtt(t: &Target, conns: usize, dur: Duration, pids: &Pids) -> Resul
         opened.push(o.conn);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let cpu0 = pids.cpu()?;
+    let (cpu0, ticks0) = (pids.cpu()?, pids.ticks());
     let start = Instant::now();
     let mut tasks = Vec::new();
     for mut conn in opened {
@@ -638,6 +671,8 @@ async fn echo_rtt(t: &Target, conns: usize, dur: Duration, pids: &Pids) -> Resul
     }
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = cpu_per_op(pids, cpu0, lat.len())?;
+    let ticks1 = pids.ticks();
+    let ticks = [ticks1[0] - ticks0[0], ticks1[1] - ticks0[1]];
     for c in conns_back {
         step("close", close(c)).await??;
     }
@@ -647,5 +682,6 @@ async fn echo_rtt(t: &Target, conns: usize, dur: Duration, pids: &Pids) -> Resul
         errors: 0,
         resumed: 0,
         cpu,
+        ticks,
     })
 }

@@ -224,11 +224,17 @@ impl Side {
 
     /// Half-close our sending direction (TLS: close_notify first).
     pub fn shutdown_write(&mut self) {
+        self.close_notify();
+        let _ = socket2::SockRef::from(self.tcp()).shutdown(std::net::Shutdown::Write);
+    }
+
+    /// Before the socket is closed: TLS's close_notify (nothing for plain TCP, whose
+    /// close sends the FIN).
+    pub fn close_notify(&mut self) {
         if let Side::Tls(_, c) = self {
             c.send_close_notify();
             let _ = self.flush();
         }
-        let _ = socket2::SockRef::from(self.tcp()).shutdown(std::net::Shutdown::Write);
     }
 }
 

@@ -225,10 +225,16 @@ async fn run(ends: &mut Ends<'_>) -> Relayed {
             c2s.open = false;
             s2c.open = false;
         }
-        // Shut write sides whose source ended, once their pending bytes are out.
+        // Shut write sides whose source ended, once their pending bytes are out. When
+        // both have ended, the sockets are about to be closed, and close sends the FIN:
+        // no shutdown call (two syscalls less per tunnel), only TLS's close_notify.
+        let last = !c2s.open && !s2c.open && c2s.pending.is_empty() && s2c.pending.is_empty();
         for (dir, dst) in [(&mut *c2s, &mut *backend), (&mut *s2c, &mut *client)] {
             if !dir.open && !dir.shut && dir.pending.is_empty() {
-                dst.shutdown_write();
+                match last {
+                    true => dst.close_notify(),
+                    false => dst.shutdown_write(),
+                }
                 dir.shut = true;
             }
         }
