@@ -213,7 +213,10 @@ impl Pids {
             let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
             let f: Vec<&str> = rest.split_whitespace().collect();
             for (i, slot) in t.iter_mut().enumerate() {
-                *slot += f.get(11 + i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                *slot += f
+                    .get(11 + i)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
             }
         }
         t
