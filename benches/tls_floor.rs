@@ -8,6 +8,8 @@
 //!
 //! `cargo bench --bench tls_floor` (a few seconds).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -41,18 +41,20 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
 }
 
 /// Accept loop of one listener until `stop` is cancelled; `shard` is the index of the
-/// data-plane shard it runs on, if any (`crate::shards`).
-pub async fn serve(
+/// data-plane shard it runs on, if any (`crate::shards`). Every shard's loop of one
+/// listener shares its handshake `gate`, so the listener's handshake cap and its
+/// per-client wait cap count over all shards.
+pub(crate) async fn serve(
     listener: TcpListener,
     name: Arc<str>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     shard: Option<usize>,
+    gate: Arc<handshake::HandshakeGate>,
 ) {
     let metrics = ListenerMetrics::new(&name);
     let shard_accepted =
         shard.map(|i| metrics::counter!(crate::metrics::SHARD_ACCEPTED, "shard" => i.to_string()));
-    let gate = handshake::HandshakeGate::new();
     let mut backoff = Duration::from_millis(5);
     loop {
         let snap = shared.load();
@@ -277,7 +279,8 @@ pub(crate) fn start(
     match shared.shards.get().filter(|s| !s.is_empty()) {
         None => {
             let l = tokio::net::TcpListener::from_std(sock)?;
-            tokio::spawn(serve(l, lname, shared.clone(), stop.clone(), None));
+            let gate = handshake::HandshakeGate::new();
+            tokio::spawn(serve(l, lname, shared.clone(), stop.clone(), None, gate));
         }
         Some(shards) => {
             // One accept loop per shard, each on a socket of its own bound to the same
@@ -300,11 +303,13 @@ pub(crate) fn start(
                 });
             }
             socks.push(sock);
+            let gate = handshake::HandshakeGate::new();
             for (i, (h, sock)) in shards.iter().zip(socks).enumerate() {
                 let (lname, shared, stop) = (lname.clone(), shared.clone(), stop.clone());
+                let gate = gate.clone();
                 h.spawn(async move {
                     match tokio::net::TcpListener::from_std(sock) {
-                        Ok(l) => serve(l, lname, shared, stop, Some(i)).await,
+                        Ok(l) => serve(l, lname, shared, stop, Some(i), gate).await,
                         Err(e) => {
                             tracing::error!(listener = %lname, "cannot serve on a shard: {e}")
                         }

@@ -107,3 +107,73 @@ async fn a_listener_renamed_by_a_reload_takes_over_its_address_and_keeps_the_tun
     }
     assert!(h.running());
 }
+
+/// The TLS handshake cap's per-client wait cap counts over every shard: the accept loops
+/// of one listener share one gate. An attacker's 24 ClientHellos at once, spread by the
+/// kernel over both shards, get one token (the burst) and 4 waiting places in all; the
+/// other 19 are closed and counted. An honest client beside it is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_wait_cap_counts_over_all_shards() {
+    use crate::support::net::tcp_from;
+    use crate::support::proxy::{fast_pool, parse, start_sharded};
+    use crate::support::tls::{cert_toml, certs, tls_client};
+    use crate::support::within;
+    use std::sync::Arc;
+
+    let (dir, cert) = certs(&["localhost"]);
+    let nodes = echo_nodes(1).await;
+    // One token per 10 s: none comes back while the test runs.
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[timeouts]\nhandshake = \"1500ms\"\n\n\
+         [[listener]]\nname = \"plain\"\nbind = \"127.0.0.1:0\"\n\n\
+         [[listener]]\nname = \"tls\"\nbind = \"127.0.0.1:0\"\n\
+         handshakes_per_second = 0.1\nhandshake_burst = 1\n\
+         max_waiting_handshakes_per_client = 4\n[listener.tls]\n{}\n\
+         [[route]]\npool = \"ws\"\n\n{}",
+        cert_toml(&cert),
+        fast_pool("ws", &[nodes[0].addr])
+    );
+    let proxy = start_sharded(parse(&toml, dir.path()), 2).await;
+    let cfg = Arc::new(tls_client(rustls::ALL_VERSIONS, &[&cert.der]));
+    let attacker = std::net::IpAddr::from([127, 0, 0, 2]);
+    let addr = proxy.addr("tls");
+    let flood: Vec<_> = (0..24)
+        .map(|_| {
+            let cfg = cfg.clone();
+            tokio::spawn(async move {
+                let tcp = tcp_from(Some(attacker), addr).await.unwrap();
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                within(tokio_rustls::TlsConnector::from(cfg).connect(name, tcp))
+                    .await
+                    .is_ok()
+            })
+        })
+        .collect();
+    // The honest client on the plain listener, from another address, while the
+    // attacker's handshakes wait on both shards.
+    let mut ws = ws_connect(proxy.addr("plain"), "/").await;
+    echo_text(&mut ws, "honest").await;
+    let mut completed = 0;
+    for f in flood {
+        completed += within(f).await.unwrap() as usize;
+    }
+    let text = proxy.metrics().await;
+    let tls = "listener=\"tls\"";
+    let (s0, s1) = (
+        metric(&text, SHARD_ACCEPTED, &["shard=\"0\""]),
+        metric(&text, SHARD_ACCEPTED, &["shard=\"1\""]),
+    );
+    assert!(s0 > 0.0 && s1 > 0.0, "both shards took some: {s0} and {s1}");
+    assert_eq!(completed, 1, "the burst's one token");
+    assert_eq!(
+        metric(&text, "herdgate_tls_handshakes_refused_total", &[tls]),
+        19.0,
+        "24 = 1 served + 4 waiting (then timed out) + 19 refused, over both shards\n{text}"
+    );
+    assert_eq!(
+        metric(&text, "herdgate_handshake_timeouts_total", &[tls]),
+        4.0,
+        "{text}"
+    );
+    echo_text(&mut ws, "still honest").await;
+}

@@ -52,11 +52,23 @@ pub struct Proxy {
     pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     pub done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The data-plane shards it serves on (`start_sharded`), stopped with it.
+    _shards: Option<herdgate::shards::Shards>,
 }
 
 /// Bind `config` (port 0 listeners get their ports here) and run it.
 pub async fn start(config: Config) -> Proxy {
-    let server = Server::bind(config).expect("bind");
+    run(Server::bind(config).expect("bind"), None)
+}
+
+/// Like [`start`], serving the listeners on `n` data-plane shards, as the binary does.
+pub async fn start_sharded(config: Config, n: usize) -> Proxy {
+    let shards = herdgate::shards::Shards::start(n).expect("start the shards");
+    let server = Server::bind(config).expect("bind").with_shards(&shards);
+    run(server, Some(shards))
+}
+
+fn run(server: Server, shards: Option<herdgate::shards::Shards>) -> Proxy {
     let mut addrs = HashMap::new();
     let snap = server.handle().snapshot();
     for l in &snap.config.listeners {
@@ -74,6 +86,7 @@ pub async fn start(config: Config) -> Proxy {
         admin,
         stop: Some(tx),
         done: Some(done),
+        _shards: shards,
     }
 }
 
