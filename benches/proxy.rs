@@ -21,12 +21,12 @@
 //! tokio-tungstenite behind TLS) as the echo node instead of the lean raw echo;
 //! HERDGATE_BENCH_ONLY runs one part: "handshakes", "rtt", or one mode of it such as
 //! "handshakes ws", "handshakes wss (resumed)", "rtt wss"; HERDGATE_BENCH_PROXIES=
-//! herdgate,nginx,haproxy (any subset) chooses the proxies.
+//! herdgate,nginx,haproxy (any subset) chooses the proxies; HERDGATE_BENCH_ROUNDS=n runs
+//! n rounds of the handshake part instead of 6 (while tracing or profiling a proxy).
 //!
 //! Worker counts (issue 13, fair comparisons): `HERDGATE_BENCH_WORKERS=1,2 cargo bench
 //! --bench proxy` runs the whole bench once per count, each proxy configured alike:
-//! herdgate with that many tokio worker threads (`TOKIO_WORKER_THREADS`, what
-//! `[runtime] threads` sets), nginx with `worker_processes`, HAProxy with `nbthread`; a
+//! herdgate with that many data-plane threads (`[runtime] threads` in its config), nginx with `worker_processes`, HAProxy with `nbthread`; a
 //! last table puts the configurations side by side (CPU µs per plain WebSocket opened and
 //! closed, echo RTT p50/p99 and what each proxy adds to direct, the load average of each
 //! run). Without it, one run at the default (2 each, = this machine's cores; the
@@ -252,11 +252,7 @@ const RTT_MODES: [&str; 2] = ["ws", "wss"];
 /// One whole run; `workers`: every proxy's worker processes / threads (None: defaults).
 async fn run(workers: Option<u32>) -> Result<Vec<Row>> {
     set_workers(workers);
-    // herdgate's worker threads: what `[runtime] threads` sets, through tokio's variable.
-    let threads_env: Vec<(&str, std::ffi::OsString)> = workers
-        .map(|n| ("TOKIO_WORKER_THREADS", n.to_string().into()))
-        .into_iter()
-        .collect();
+    // herdgate's threads are `[runtime] threads` in its config (`set_workers`).
     let workers_label = workers.map_or("default".to_string(), |n| n.to_string());
     if let Some(n) = workers {
         println!();
@@ -278,7 +274,7 @@ async fn run(workers: Option<u32>) -> Result<Vec<Row>> {
     for k in kinds {
         let sub = dir.path().join(k.label());
         std::fs::create_dir(&sub)?;
-        let p = spawn_proxy(k, &sub, &cert, echo.plain, &threads_env).await?;
+        let p = spawn_proxy(k, &sub, &cert, echo.plain, &[]).await?;
         versions.push(k.version());
         paths.push(Path {
             name: k.label().into(),
@@ -294,7 +290,6 @@ async fn run(workers: Option<u32>) -> Result<Vec<Row>> {
         std::fs::create_dir(&sub)?;
         let launch = Launch {
             bin: Some(std::path::Path::new(&bin)),
-            env: &threads_env,
             ..Launch::default()
         };
         let h = spawn_herdgate(&sub, &cert, echo.plain, &launch).await?;

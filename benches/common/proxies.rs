@@ -245,11 +245,17 @@ pub async fn spawn_proxy(
 /// Worker processes / threads of every proxy started from now on (0: each its own knob).
 static WORKERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// Give nginx (`worker_processes`) and HAProxy (`nbthread`) `n` workers from now on, over
-/// their HERDGATE_BENCH_* knobs (None: the knobs again). herdgate's threads go by its
-/// environment (`TOKIO_WORKER_THREADS`, see `start_herdgate`).
+/// Give nginx (`worker_processes`), HAProxy (`nbthread`) and herdgate (`[runtime]
+/// threads`, see `herdgate_config`) `n` workers from now on, over their HERDGATE_BENCH_*
+/// knobs (None: the knobs again).
 pub fn set_workers(n: Option<u32>) {
     WORKERS.store(n.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// herdgate's `[runtime] threads`: the count given to [`set_workers`], else
+/// HERDGATE_BENCH_HERDGATE_THREADS, else 0 (one per CPU).
+pub fn herdgate_threads() -> u32 {
+    env_or("HERDGATE_BENCH_HERDGATE_THREADS", 0)
 }
 
 /// A number from the environment, or `default` (a count given to [`set_workers`] first).
