@@ -66,12 +66,16 @@ pub(crate) async fn serve(
         };
         // The listener's own cap before accept: a connection it cannot serve stays in
         // the kernel backlog instead of costing a descriptor, a handshake and a refusal.
-        let listener_permit = match &lrt.conn_limit {
-            Some(sem) => tokio::select! {
+        // Not on shards: each shard has its own socket and backlog, and an idle shard
+        // holding a slot would starve the connections queued on another's (with a cap
+        // of 1, every connection the kernel gave the other shard). There the slot is
+        // taken after accept, like the process cap below.
+        let listener_permit = match (&lrt.conn_limit, shard) {
+            (Some(sem), None) => tokio::select! {
                 _ = stop.cancelled() => return,
                 p = sem.clone().acquire_owned() => p.ok(),
             },
-            None => None,
+            _ => None,
         };
         // The TLS handshake cap is charged later, once a ClientHello is in
         // (`handshake::accept`): a connect that sends nothing must not take a token.
@@ -95,6 +99,13 @@ pub(crate) async fn serve(
                     continue;
                 }
             },
+        };
+        let listener_permit = match (&lrt.conn_limit, listener_permit) {
+            (Some(sem), None) => tokio::select! {
+                _ = stop.cancelled() => return,
+                p = sem.clone().acquire_owned() => p.ok(),
+            },
+            (_, p) => p,
         };
         // The process cap is shared by every listener, so it is taken after accept: an
         // idle accept loop holding a slot would starve the other listeners (with a cap of

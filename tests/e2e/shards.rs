@@ -11,6 +11,7 @@ use crate::support::net::free_addr;
 use crate::support::nodes::echo_nodes;
 use crate::support::process::Herdgate;
 use crate::support::ws::{echo_text, ws_connect};
+use futures_util::StreamExt;
 use std::net::SocketAddr;
 use tokio::io::AsyncWriteExt;
 
@@ -176,4 +177,34 @@ async fn the_handshake_wait_cap_counts_over_all_shards() {
         "{text}"
     );
     echo_text(&mut ws, "still honest").await;
+}
+
+/// A listener's own cap (`max_connections`) with two shards: an idle shard must not keep a
+/// slot of the cap while the kernel queues connections on the other shard's socket. With
+/// a cap of 1, twenty WebSockets one after the other are each served (each lands on
+/// either shard), and a client that holds the one slot delays the next but does not
+/// block it for good once it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_cap_of_one_serves_connections_on_either_shard() {
+    let nodes = echo_nodes(1).await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let text = config("plain", listen, admin, nodes[0].addr).replace(
+        &format!("bind = \"{listen}\"\n"),
+        &format!("bind = \"{listen}\"\nmax_connections = 1\n"),
+    );
+    assert!(text.contains("max_connections = 1"), "{text}");
+    let _h = Herdgate::start(&text).await;
+    for i in 0..20 {
+        let mut ws = ws_connect(listen, "/").await;
+        echo_text(&mut ws, &format!("one at a time {i}")).await;
+        ws.close(None).await.unwrap();
+        // The slot frees when herdgate sees the connection end.
+        while let Some(Ok(_)) = crate::support::within(ws.next()).await {}
+    }
+    let (a0, a1) = (accepted(admin, 0).await, accepted(admin, 1).await);
+    assert_eq!(a0 + a1, 20.0, "shard 0: {a0}, shard 1: {a1}");
+    assert!(
+        a0 > 0.0 && a1 > 0.0,
+        "both shards served some: {a0} and {a1}"
+    );
 }
