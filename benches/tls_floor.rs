@@ -35,16 +35,8 @@ async fn run() -> Result<()> {
     }
     let tickets = server_cfg.send_tls13_tickets;
     let server_cfg = Arc::new(server_cfg);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der.clone())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut client_cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    client_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    client_cfg.resumption = rustls::client::Resumption::disabled();
-    let client_cfg = Arc::new(client_cfg);
+    // The benches' client config (ALPN http/1.1), with resumption off: every handshake full.
+    let client_cfg = tls_connector(&cert.der, false)?.config().clone();
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
 
     let mut server_time = Duration::ZERO;
