@@ -353,13 +353,16 @@ async fn drain_waits_for_the_end_of_a_large_message() {
     let proxy = start(parse(&toml, dir.path())).await;
     let mut ws = ws_connect_url(&proxy.url("plain", "/big")).await;
     within(first_sent).await.unwrap();
-    // The proxy has relayed part of the first fragment: its tracker is inside the message.
-    eventually("a quarter of the message relayed", || async {
+    // The proxy has relayed part of the first fragment (1 MiB): its tracker is inside the
+    // message. 32 KiB, not the whole fragment: the client reads nothing yet, so what can
+    // be relayed is what the kernel buffers towards it hold, and under memory pressure
+    // (the whole suite on 2 cores) those stay far below 1 MiB.
+    eventually("32 KiB of the first fragment relayed", || async {
         metric(
             &proxy.handle.render_metrics(),
             "herdgate_tunnel_bytes_total",
             &["node_to_client"],
-        ) >= (BIG / 4) as f64
+        ) >= (32 << 10) as f64
     })
     .await;
     assert!(proxy.handle.drain_node("p", "big"));
