@@ -887,7 +887,10 @@ pool = "p"
         admitted,
         nodes[0].stats.accepted.load(Ordering::Relaxed) as f64
     );
-    assert!(m("herdgate_admission_admitted_total", &["via=\"bucket\""]) >= 2.0);
+    // The first arrival always finds the bucket conforming; whether the second does too
+    // depends on how far apart the TLS handshake cap (50/s) lets them in on a loaded
+    // machine (one clean-clone CI run saw 1): the split is not what this test is about.
+    assert!(m("herdgate_admission_admitted_total", &["via=\"bucket\""]) >= 1.0);
     assert!(m("herdgate_admission_admitted_total", &["via=\"queue\""]) >= 1.0);
     // The returning clients came in by their ticket, or (late over TLS on a loaded
     // machine, after their reservation was released) by a public credit.
