@@ -100,12 +100,12 @@ pub(crate) async fn serve(
                 }
             },
         };
-        let listener_permit = match (&lrt.conn_limit, listener_permit) {
-            (Some(sem), None) => tokio::select! {
+        let listener_permit = match (&lrt.conn_limit, shard) {
+            (Some(sem), Some(_)) => tokio::select! {
                 _ = stop.cancelled() => return,
                 p = sem.clone().acquire_owned() => p.ok(),
             },
-            (_, p) => p,
+            _ => listener_permit,
         };
         // The process cap is shared by every listener, so it is taken after accept: an
         // idle accept loop holding a slot would starve the other listeners (with a cap of
