@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -79,16 +79,31 @@ impl Health {
     /// once, before the tunnel's client (and the node's other clients) learn and
     /// reconnect. A node that keeps the connection open is alive; a node already down is
     /// not asked.
+    ///
+    /// One probe per node at a time: when a node dies, all its tunnels end at once, and a
+    /// probe each would open one socket per tunnel (thousands, at the moment the
+    /// displaced clients reconnect: herdgate ran out of descriptors in the storm bench,
+    /// and refused them). A tunnel waits for the probe in flight; if the node is down
+    /// by then, or a probe that began after this tunnel asked found it alive, that is
+    /// its answer.
     pub async fn confirm_alive(&self, node: &Arc<Node>) {
         if !node.is_healthy() {
             return;
         }
+        let asked = Instant::now();
+        let mut last_alive = node.confirm.lock().await;
+        if !node.is_healthy() || last_alive.is_some_and(|began| began >= asked) {
+            return;
+        }
+        let began = Instant::now();
         // A listener about to close may still take the first connect into its backlog (or
         // accept it just before it stops): if that one stays open, ask once more.
         let gone = probe_gone(node.key.addr, true).await || probe_gone(node.key.addr, false).await;
         if gone {
             node.metrics.backend_refused.increment(1);
             self.mark(node, false, "a tunnel ended and the node is gone");
+        } else {
+            *last_alive = Some(began);
         }
     }
 

@@ -67,6 +67,10 @@ pub struct Node {
     pub actively_checked: AtomicBool,
     /// A recovery probe is running.
     pub probing: AtomicBool,
+    /// One [`Health::confirm_alive`](health::Health::confirm_alive) probe at a time, and when the last one that found the
+    /// node alive began: the tunnels of a dying node end together, and they share one
+    /// probe's answer instead of opening one socket each.
+    pub confirm: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// Metric handles resolved once for this node, so the hot path only adds.
     pub metrics: NodeMetrics,
     /// Token bucket and retry schedule for new connections.
@@ -105,6 +109,7 @@ impl Node {
             passive_threshold: AtomicU32::new(3),
             actively_checked: AtomicBool::new(false),
             probing: AtomicBool::new(false),
+            confirm: tokio::sync::Mutex::new(None),
             admission,
             queue_len: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),

@@ -483,3 +483,112 @@ async fn connection_naming_handshake_fields_marks_no_node_down() {
     }
     proxy.shutdown().await;
 }
+
+/// A node that accepts WebSockets and, on `cut`, drops every one of them at once without
+/// a close while its listener stays open: every tunnel sees its node end at the same
+/// moment, and the node is alive. It counts the connections it accepts after the cut (no
+/// client reconnects in the test, so each is herdgate asking whether it is alive).
+struct CuttingNode {
+    addr: std::net::SocketAddr,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+    after_cut: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CuttingNode {
+    async fn start() -> CuttingNode {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Arc;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let after_cut = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (c, a, o) = (cut.clone(), after_cut.clone(), open.clone());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            let mut cut_done = false;
+            loop {
+                tokio::select! {
+                    _ = c.notified(), if !cut_done => {
+                        cut_done = true;
+                        held.clear();
+                    }
+                    r = l.accept() => {
+                        let Ok((s, _)) = r else { continue };
+                        if cut_done {
+                            a.fetch_add(1, Ordering::SeqCst);
+                            held.push(s);
+                            continue;
+                        }
+                        let o = o.clone();
+                        let ws = tokio_tungstenite::accept_async(s).await;
+                        if let Ok(ws) = ws {
+                            o.fetch_add(1, Ordering::SeqCst);
+                            // The raw stream, so that dropping it sends no close.
+                            held.push(ws.into_inner());
+                        }
+                    }
+                }
+            }
+        });
+        CuttingNode {
+            addr,
+            cut,
+            after_cut,
+            open,
+        }
+    }
+}
+
+/// When a node ends all its tunnels at once, herdgate asks it whether it is alive once
+/// (one probe in flight per node, its answer shared by every tunnel that ended before it
+/// began), not once per tunnel: at a real node death that was thousands of sockets at the
+/// moment the displaced clients reconnect. The node stays up and every client is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_ended_together_by_a_live_node_share_one_probe() {
+    const TUNNELS: usize = 100;
+    let node = CuttingNode::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = format!("[[pool.node]]\nname = \"n1\"\naddr = \"{}\"\n", node.addr);
+    let proxy = start(parse(&config(&nodes, "", ""), dir.path())).await;
+    let (addr, admin) = (proxy.addr("plain"), proxy.admin.unwrap());
+    let mut clients = Vec::with_capacity(TUNNELS);
+    for _ in 0..TUNNELS {
+        clients.push(ws_connect_with(addr, "/", &[]).await.0);
+    }
+    // The misbehaving client: it drops its own tunnel with no close at the same moment.
+    // Its end is the client's doing and costs the node no probe.
+    let (rude, _) = ws_connect_with(addr, "/", &[]).await;
+    eventually("the node holds every tunnel", || async {
+        node.open.load(Ordering::SeqCst) == TUNNELS + 1
+    })
+    .await;
+
+    drop(rude);
+    node.cut.notify_one();
+    // Every client learns its tunnel ended.
+    for ws in &mut clients {
+        while let Some(Ok(_)) = within(ws.next()).await {}
+    }
+    let probes = node.after_cut.load(Ordering::SeqCst);
+    // A probe is up to two connects (a second one when the first stays open), and
+    // tunnels that noticed the end after a probe began share the next one. One per
+    // tunnel would be 100 to 200.
+    assert!(
+        (1..=6).contains(&probes),
+        "{probes} probe connects for {TUNNELS} tunnels"
+    );
+    assert!(admin_node(admin, "n1").await.healthy, "the node is alive");
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "herdgate_backend_errors_total",
+            &["node=\"n1\"", "kind=\"refused\""]
+        ),
+        0.0
+    );
+    drop(clients);
+    proxy.shutdown().await;
+}
