@@ -146,6 +146,12 @@ struct Args {
     /// Simulation, fleet: share of the clients the balancer puts on instance 0 (e.g. 0.8).
     #[arg(long)]
     fleet_hot: Option<f64>,
+    /// Sockets: every client makes its first attempt at once after its tunnel drops, as
+    /// the immediate client does, instead of after its own backoff (a drop carries no
+    /// `Retry-After`, so the `Retry-After` reader otherwise waits its jittered base,
+    /// 50–750 ms). Compares what the hints do, from the same start.
+    #[arg(long)]
+    at_once_after_drop: bool,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -402,6 +408,10 @@ max_slots_per_client = {slots}
             "[[pool.node]]\nname = \"echo-{i}\"\naddr = \"{n}\"\n"
         ));
     }
+    if std::env::var_os("HERDGATE_STORM_DUMP").is_some() {
+        // For analysis (see the dump in `round`): one line per request and tunnel.
+        s.insert_str(0, "[log]\naccess = true\n\n");
+    }
     s
 }
 
@@ -543,6 +553,8 @@ struct Crowd {
     initial: Stats,
     storm: Tally,
     stop: CancellationToken,
+    /// First attempt at once after the drop (`--at-once-after-drop`).
+    at_once: bool,
 }
 
 /// Reads until the connection ends; returns its close frame, if any. `None` from the
@@ -600,9 +612,16 @@ async fn client(
     let policy = policy_for(strategy, &mut rng);
     let mut c = ReconnectingClient::with_policy(target, policy, rng);
     let stats = Stats::new();
-    let r = tokio::select! {
-        _ = stop.cancelled() => None,
-        r = c.reconnect(close.as_ref(), &stats) => Some(r),
+    let r = if crowd.at_once {
+        tokio::select! {
+            _ = stop.cancelled() => None,
+            r = c.connect(&stats) => Some(r),
+        }
+    } else {
+        tokio::select! {
+            _ = stop.cancelled() => None,
+            r = c.reconnect(close.as_ref(), &stats) => Some(r),
+        }
     };
     let snap = stats.snapshot();
     slot.attempts.store(snap.attempts as u32, Ordering::Relaxed);
@@ -642,10 +661,12 @@ struct RoundCfg<'a> {
     keyless: bool,
     queue: Option<Duration>,
     slots_per_client: u32,
+    at_once_after_drop: bool,
 }
 
 async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Summary, BoxError> {
     let dir = tempfile::tempdir()?;
+    let dir_of_round = dir.path().to_path_buf();
     let mut echoes: Vec<AcceptLogEcho> = Vec::new();
     for _ in 0..3 {
         echoes.push(spawn_accept_log_echo().await?);
@@ -673,6 +694,7 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
         initial: Stats::new(),
         storm: Tally::default(),
         stop: CancellationToken::new(),
+        at_once: rc.at_once_after_drop,
     });
     let mut rng = StdRng::seed_from_u64(rc.seed);
     // The initial connect is spread over a few seconds: it is not what is measured.
@@ -771,6 +793,30 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
         reconnected.push((back != 0).then(|| back.saturating_sub(killed_at)));
         attempts.push(s.attempts.load(Ordering::Relaxed));
     }
+    if let Ok(dir) = std::env::var("HERDGATE_STORM_DUMP") {
+        // For analysis: one line per event, "kind node_or_client nanos_after_kill".
+        let mut out = String::new();
+        for (n, a) in accepts.iter().enumerate() {
+            for t in a {
+                out.push_str(&format!("accept {n} {t}\n"));
+            }
+        }
+        for (i, s) in crowd.slots.iter().enumerate() {
+            let d = s.dropped_at.load(Ordering::Relaxed);
+            let b = s.back_at.load(Ordering::Relaxed);
+            if d != 0 {
+                out.push_str(&format!("noticed {i} {}\n", d.saturating_sub(killed_at)));
+            }
+            if b != 0 {
+                out.push_str(&format!("back {i} {}\n", b.saturating_sub(killed_at)));
+            }
+        }
+        out.push_str(&format!("killed_at {killed_at}\n"));
+        let name = format!("{tag}-{}", contender.label.replace([' ', ',', '/'], "_"));
+        std::fs::write(Path::new(&dir).join(format!("{name}.txt")), out)?;
+        let log = dir_of_round.join(format!("herdgate-{tag}.log"));
+        let _ = std::fs::copy(log, Path::new(&dir).join(format!("{name}.log")));
+    }
     let st = &crowd.storm;
     let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let mut notes = vec![format!(
@@ -859,6 +905,7 @@ fn sockets(args: &Args, svg_dir: &Path) -> Result<(), BoxError> {
             keyless: args.keyless,
             queue: args.queue,
             slots_per_client: args.slots_per_client,
+            at_once_after_drop: args.at_once_after_drop,
         };
         let mut summaries = Vec::new();
         let started = Instant::now();

@@ -16,7 +16,9 @@
 //! ```
 //!
 //! The accept time is taken when the TCP connection is accepted, i.e. when herdgate
-//! connects after admitting a client: the quantity a node's admission rate is about.
+//! connects after admitting a client: the quantity a node's admission rate is about. A
+//! thread of its own does nothing but accept and stamp, so the stamps are not held back
+//! by the node's WebSocket work.
 //! Kill it with SIGKILL to simulate a crash: the kernel closes every socket.
 // Tests and load harnesses may panic on a broken fixture: unwrap/expect are denied only
 // in the shipped code (Cargo.toml [workspace.lints]).
@@ -78,9 +80,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
 }
 
 async fn serve(listen: SocketAddr, stats: SocketAddr) -> Result<(), String> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("bind {listen}: {e}"))?;
+    let listener = bind_blocking(listen).map_err(|e| format!("bind {listen}: {e}"))?;
     let stats_listener = TcpListener::bind(stats)
         .await
         .map_err(|e| format!("bind {stats}: {e}"))?;
@@ -89,20 +89,41 @@ async fn serve(listen: SocketAddr, stats: SocketAddr) -> Result<(), String> {
     println!("echo {a} stats {s}");
     let state = Arc::new(Accepts::default());
     tokio::spawn(stats_loop(stats_listener, state.clone()));
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of descriptors or similar: back off a little, keep serving.
-                eprintln!("echo_node: accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
+    // Accepts run on a thread of their own, blocked in accept(2): the stamp is taken as
+    // soon as the kernel hands the connection over, not when the runtime's one worker
+    // next polls an accept task between 3,000 WebSockets' tasks (a worker busy for 40 ms
+    // then stamps a whole backlog at one instant, and the node's count in a 1 s window
+    // shows forwards of 1.04 s).
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+    let accepts = state.clone();
+    std::thread::Builder::new()
+        .name("echo-accept".into())
+        .spawn(move || loop {
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of descriptors or similar: back off a little, keep serving.
+                    eprintln!("echo_node: accept: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
+            };
+            if let Ok(mut t) = accepts.times.lock() {
+                t.push(unix_nanos());
             }
-        };
-        if let Ok(mut t) = state.times.lock() {
-            t.push(unix_nanos());
-        }
+            if tx.send(stream).is_err() {
+                return;
+            }
+        })
+        .map_err(|e| format!("accept thread: {e}"))?;
+    while let Some(stream) = rx.recv().await {
         let _ = stream.set_nodelay(true);
+        let Ok(stream) = stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(stream))
+        else {
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let cfg = WebSocketConfig::default()
@@ -126,6 +147,21 @@ async fn serve(listen: SocketAddr, stats: SocketAddr) -> Result<(), String> {
             state.open.fetch_sub(1, Ordering::Relaxed);
         });
     }
+    Err("accept thread ended".into())
+}
+
+/// A blocking listener with tokio's backlog (1,024; std's is 128, which a herd without
+/// admission overflows).
+fn bind_blocking(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
 }
 
 async fn stats_loop(listener: TcpListener, state: Arc<Accepts>) {
