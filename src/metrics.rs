@@ -81,6 +81,9 @@ pub const QUEUED: &str = "herdgate_admission_queued_total";
 /// Counter: reservations not claimed within their grace (tens of milliseconds after their
 /// slot), released as credits any arrival may take, by `pool` and `node`.
 pub const RELEASED: &str = "herdgate_admission_released_total";
+/// Counter: waits of an admitted upgrade's request head before it was written to the
+/// node, so that requests reach the node at its rate, by `pool` and `node`.
+pub const WRITE_PACED: &str = "herdgate_admission_write_paced_total";
 /// Counter: promise credits and reservations nobody claimed in their window,
 /// by `pool`, `node` and `kind` (`promise`, `reservation`).
 pub const UNCLAIMED: &str = "herdgate_admission_unclaimed_total";
@@ -264,6 +267,8 @@ pub struct NodeMetrics {
     pub admitted_fresh: Counter,
     /// [`RELEASED`]: reservations not claimed in their grace, released to any arrival.
     pub released: Counter,
+    /// [`WRITE_PACED`] for this node.
+    pub write_paced: Counter,
     /// [`UNCLAIMED`] with `kind="promise"`.
     pub unclaimed_promises: Counter,
     /// [`UNCLAIMED`] with `kind="reservation"`.
@@ -311,6 +316,7 @@ impl NodeMetrics {
             admitted_queue: counter!(ADMITTED, "pool" => p.clone(), "node" => n.clone(), "via" => "queue"),
             admitted_fresh: counter!(ADMITTED, "pool" => p.clone(), "node" => n.clone(), "via" => "fresh"),
             released: counter!(RELEASED, &l()),
+            write_paced: counter!(WRITE_PACED, &l()),
             unclaimed_promises: counter!(UNCLAIMED, "pool" => p.clone(), "node" => n.clone(), "kind" => "promise"),
             unclaimed_reservations: counter!(UNCLAIMED, "pool" => p.clone(), "node" => n.clone(), "kind" => "reservation"),
             rejected_busy: counter!(REJECTED, "pool" => p.clone(), "node" => n.clone(), "reason" => "busy"),

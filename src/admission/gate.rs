@@ -182,6 +182,22 @@ pub fn spawn_limiter_sweeper(shared: Arc<Shared>) {
     });
 }
 
+/// Waits until the head of an admitted upgrade may be written to `node`: the writes are
+/// paced like the admissions ([`NodeAdmission::pace_write`](herdgate_core::admission::NodeAdmission::pace_write)), so that the requests a
+/// busy runtime would write in one turn reach the node at its rate.
+pub async fn pace_write(node: &Node) {
+    loop {
+        let now = now();
+        match node.admission.pace_write(now) {
+            Ok(()) => return,
+            Err(at) => {
+                node.metrics.write_paced.increment(1);
+                tokio::time::sleep(Duration::from_nanos(at.saturating_sub(now))).await;
+            }
+        }
+    }
+}
+
 /// Count an admission of a request that was held ([`Decision::Queue`]) and is now forwarded.
 pub fn count_forwarded(node: &Node, via: AdmitVia) {
     let nm = &node.metrics;

@@ -58,6 +58,8 @@ pub async fn forward(
     // parsed in place (see `node_leg`).
     let head = super::node_leg::request_head(&parts);
     drop(parts);
+    // The node's work begins when the head reaches it: written at the node's rate.
+    crate::admission::gate::pace_write(node).await;
     let answer = super::node_leg::exchange(stream, &head, timeouts.backend_response.0).await;
     let (headers, stream, rest) = match answer {
         Ok(Answer::Switching {

@@ -132,6 +132,8 @@ impl NodeAdmissionBuilder {
             tat: 0,
             paced: 0,
             released: 0,
+            written: 0,
+            write_wake: 0,
             fresh_tat: 0,
             fresh_used: 0,
             owners: Owners::default(),

@@ -193,6 +193,9 @@ pub struct AdmissionStats {
     /// Held requests that woke later than their instant and were paced again at release,
     /// so that a stalled runtime never lets a bunch through.
     pub repaced: u64,
+    /// Request heads held back at the node's door because writes ran ahead of the rate
+    /// ([`NodeAdmission::pace_write`](super::NodeAdmission::pace_write)).
+    pub write_paced: u64,
 }
 
 /// Sizes of the bounded per-node structures (for tests, simulators and /admin).

@@ -65,6 +65,19 @@ impl Shape {
     }
 }
 
+/// One step of a pacing GCRA whose TAT is `tat`: `Ok` (counted) if an event at `now`
+/// conforms with the tolerance [`RELEASE_MARGIN`] under the burst's, else the instant it
+/// would.
+fn gate(tat: &mut Nanos, now: Nanos, shape: Shape) -> Result<(), Nanos> {
+    let margin = shape.tau.min(duration_to_nanos(RELEASE_MARGIN));
+    let conform = tat.saturating_sub(shape.tau.saturating_sub(margin));
+    if conform > now {
+        return Err(conform);
+    }
+    *tat = (*tat).max(now).saturating_add(shape.t);
+    Ok(())
+}
+
 /// A tiny seedable PRNG (SplitMix64) for jitter: 8 bytes per node, no locking, reproducible.
 #[derive(Debug)]
 pub(super) struct Jitter(pub(super) u64);
@@ -96,6 +109,12 @@ pub(super) struct State {
     /// instant, or a held request's release): the bound itself, whatever the wake-ups'
     /// lateness (see [`NodeAdmission::release`](super::NodeAdmission::release)).
     pub(super) released: Nanos,
+    /// TAT of the same GCRA over the instants request heads are written to the node (see
+    /// [`NodeAdmission::pace_write`](super::NodeAdmission::pace_write)).
+    pub(super) written: Nanos,
+    /// The next free instant a held-back write is told to wake at: waiters wake one
+    /// interval apart instead of all at the instant the gate next conforms.
+    pub(super) write_wake: Nanos,
     /// TAT of the fresh lane (the share kept for clients that hold no slot).
     pub(super) fresh_tat: Nanos,
     /// When the fresh lane last admitted someone (0: never).
@@ -150,15 +169,13 @@ impl State {
     /// the node in any window `W` when a connect reaches it up to that much later than the
     /// one before; the last of a full burst goes that much later.
     pub(super) fn go(&mut self, now: Nanos, shape: Shape) -> Result<(), Nanos> {
-        let margin = shape.tau.min(duration_to_nanos(RELEASE_MARGIN));
-        let conform = self
-            .released
-            .saturating_sub(shape.tau.saturating_sub(margin));
-        if conform > now {
-            return Err(conform);
-        }
-        self.released = self.released.max(now).saturating_add(shape.t);
-        Ok(())
+        gate(&mut self.released, now, shape)
+    }
+
+    /// A request head is written to the node at `now` if the writes made allow it (the
+    /// same bound as [`State::go`], over the instants the node receives requests).
+    pub(super) fn write(&mut self, now: Nanos, shape: Shape) -> Result<(), Nanos> {
+        gate(&mut self.written, now, shape)
     }
 
     /// Parks the charged `slot` as a promise, or records a reservation and returns its seq

@@ -197,6 +197,28 @@ fn every_release_passes_the_pacer_at_the_instant_it_goes() {
 }
 
 #[test]
+fn request_heads_written_in_a_bunch_reach_the_node_at_the_rate() {
+    // rate 10/s, burst 1: T = 100 ms, no tolerance.
+    let node = node(slow(0, 0.0));
+    // Five admissions spaced by the rate, whose connects a busy runtime saw complete in
+    // one turn: their heads would be written at one instant. The first goes, each next
+    // one interval after the one before.
+    let turn = T0 + 10 * T;
+    assert_eq!(node.pace_write(turn), Ok(()));
+    // The other four are each told their own instant, one interval apart...
+    for k in 1..5u64 {
+        assert_eq!(node.pace_write(turn), Err(turn + k * T));
+    }
+    // ...and each goes when it wakes then.
+    for k in 1..5u64 {
+        assert_eq!(node.pace_write(turn + k * T), Ok(()));
+    }
+    assert_eq!(node.stats().write_paced, 4);
+    // The gate is its own: a write waiting does not hold back an admission.
+    assert!(node.check(turn + 4 * T, &ticketless(A)).is_admit());
+}
+
+#[test]
 fn an_early_ticket_gets_itself_back() {
     let node = node(slow(0, 0.0));
     assert!(node.check(T0, &ticketless(A)).is_admit());
