@@ -442,6 +442,7 @@ async fn spawn_gate(
 const SCRAPED: &[(&str, Option<&str>, &str)] = &[
     ("herdgate_admission_admitted_total", Some("via"), "admitted"),
     ("herdgate_admission_queued_total", None, "held"),
+    ("herdgate_admission_write_paced_total", None, "heads paced"),
     (
         "herdgate_admission_rejected_total",
         Some("reason"),
@@ -762,15 +763,20 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
     // The last tunnels reach the node a moment before the client sees its 101.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut accepts = Vec::new();
+    let mut arrivals = Vec::new();
+    let since_kill = |v: Vec<u64>| {
+        let mut v: Vec<u64> = v
+            .into_iter()
+            .filter(|&t| t >= killed_at)
+            .map(|t| t - killed_at)
+            .collect();
+        v.sort_unstable();
+        v
+    };
     for e in &echoes[1..] {
         let st = e.stats().await?;
-        accepts.push(
-            st.accepts
-                .into_iter()
-                .filter(|&t| t >= killed_at)
-                .map(|t| t - killed_at)
-                .collect::<Vec<u64>>(),
-        );
+        accepts.push(since_kill(st.accepts));
+        arrivals.push(since_kill(st.arrivals));
     }
     let after = scrape(gate.admin).await.unwrap_or_default();
     crowd.stop.cancel();
@@ -799,6 +805,11 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
         for (n, a) in accepts.iter().enumerate() {
             for t in a {
                 out.push_str(&format!("accept {n} {t}\n"));
+            }
+        }
+        for (n, a) in arrivals.iter().enumerate() {
+            for t in a {
+                out.push_str(&format!("arrival {n} {t}\n"));
             }
         }
         for (i, s) in crowd.slots.iter().enumerate() {
@@ -843,6 +854,22 @@ async fn round(rc: &RoundCfg<'_>, contender: &Contender, tag: &str) -> Result<Su
             last as f64 / 1e6
         ));
     }
+    // The peak where no scheduling of the node process can bunch it: the node's kernel
+    // receive stamps of the upgrade requests. The table's peak is the node's accept loop.
+    let second = 1_000_000_000;
+    notes.push(format!(
+        "peak in any 1 s window, by the nodes' kernel receive stamps: {} (accept loop: {})",
+        arrivals
+            .iter()
+            .map(|a| report::max_in_window(a, second).to_string())
+            .collect::<Vec<_>>()
+            .join(" / "),
+        accepts
+            .iter()
+            .map(|a| report::max_in_window(a, second).to_string())
+            .collect::<Vec<_>>()
+            .join(" / ")
+    ));
     notes.push(metrics_note(&before, &after));
     if !dropped_all {
         notes.push(format!(

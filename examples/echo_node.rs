@@ -13,6 +13,8 @@
 //! open <websockets open now>
 //! accepts <n>
 //! <unix time of each TCP accept, nanoseconds, one per line, in accept order>
+//! arrivals <m>
+//! <unix time the kernel received each connection's first bytes (SO_TIMESTAMPNS), ns>
 //! ```
 //!
 //! The accept time is taken when the TCP connection is accepted, i.e. when herdgate
@@ -37,6 +39,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 #[derive(Default)]
 struct Accepts {
     times: Mutex<Vec<u64>>,
+    /// The kernel's receive time of each connection's first bytes (SO_TIMESTAMPNS).
+    arrivals: Mutex<Vec<u64>>,
     open: AtomicU64,
 }
 
@@ -94,6 +98,15 @@ async fn serve(listen: SocketAddr, stats: SocketAddr) -> Result<(), String> {
     // next polls an accept task between 3,000 WebSockets' tasks (a worker busy for 40 ms
     // then stamps a whole backlog at one instant, and the node's count in a 1 s window
     // shows forwards of 1.04 s).
+    // Receive timestamps from the kernel: set on the listener before any connection, so
+    // every packet is stamped as it arrives and every accepted socket inherits the option.
+    if let Err(e) = nix::sys::socket::setsockopt(
+        &listener,
+        nix::sys::socket::sockopt::ReceiveTimestampns,
+        &true,
+    ) {
+        eprintln!("echo_node: SO_TIMESTAMPNS: {e}");
+    }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
     let accepts = state.clone();
     std::thread::Builder::new()
@@ -126,6 +139,11 @@ async fn serve(listen: SocketAddr, stats: SocketAddr) -> Result<(), String> {
         };
         let state = state.clone();
         tokio::spawn(async move {
+            if let Some(t) = first_bytes_arrival(&stream).await {
+                if let Ok(mut a) = state.arrivals.lock() {
+                    a.push(t);
+                }
+            }
             let cfg = WebSocketConfig::default()
                 .read_buffer_size(4096)
                 .write_buffer_size(0);
@@ -150,6 +168,46 @@ async fn serve(listen: SocketAddr, stats: SocketAddr) -> Result<(), String> {
     Err("accept thread ended".into())
 }
 
+/// When the kernel received the first bytes waiting on `s` (herdgate's upgrade request,
+/// written right after its connect): peeked, so the WebSocket handshake still reads them.
+/// Unlike the accept stamp, no scheduling of this process delays it.
+async fn first_bytes_arrival(s: &tokio::net::TcpStream) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    loop {
+        s.readable().await.ok()?;
+        match s.try_io(tokio::io::Interest::READABLE, || peek_stamp(s.as_raw_fd())) {
+            Ok(t) => return t,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+fn peek_stamp(fd: std::os::fd::RawFd) -> std::io::Result<Option<u64>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut b = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut b)];
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let msg = recvmsg::<()>(
+        fd,
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(std::io::Error::from)?;
+    if msg.bytes == 0 {
+        return Ok(None);
+    }
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmTimestampns(ts) = c {
+            let ns = u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(ts.tv_nsec()).unwrap_or(0);
+            return Ok(Some(ns));
+        }
+    }
+    Ok(None)
+}
+
 /// A blocking listener with tokio's backlog (1,024; std's is 128, which a herd without
 /// admission overflows).
 fn bind_blocking(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -167,12 +225,18 @@ fn bind_blocking(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 async fn stats_loop(listener: TcpListener, state: Arc<Accepts>) {
     while let Ok((mut s, _)) = listener.accept().await {
         let times = state.times.lock().map(|t| t.clone()).unwrap_or_default();
+        let arrivals = state.arrivals.lock().map(|t| t.clone()).unwrap_or_default();
         let mut out = format!(
             "open {}\naccepts {}\n",
             state.open.load(Ordering::Relaxed),
             times.len()
         );
         for t in times {
+            out.push_str(&t.to_string());
+            out.push('\n');
+        }
+        out.push_str(&format!("arrivals {}\n", arrivals.len()));
+        for t in arrivals {
             out.push_str(&t.to_string());
             out.push('\n');
         }

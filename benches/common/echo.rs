@@ -251,6 +251,9 @@ pub struct EchoStats {
     pub open: u64,
     /// The Unix time (ns) of each TCP accept, in accept order.
     pub accepts: Vec<u64>,
+    /// The Unix time (ns) the node's kernel received each connection's first bytes
+    /// (herdgate's upgrade request): no scheduling of the node process in it.
+    pub arrivals: Vec<u64>,
 }
 
 pub async fn spawn_accept_log_echo() -> Result<AcceptLogEcho> {
@@ -271,7 +274,8 @@ pub async fn spawn_accept_log_echo() -> Result<AcceptLogEcho> {
 }
 
 impl AcceptLogEcho {
-    /// Its stats port's answer: `open <n>`, `accepts <n>`, then one stamp a line.
+    /// Its stats port's answer: `open <n>`, `accepts <n>` and one stamp a line, then
+    /// `arrivals <m>` and one stamp a line.
     pub async fn stats(&self) -> Result<EchoStats> {
         let addr = self.stats_addr;
         let text = step(&format!("echo stats {addr}"), async {
@@ -287,9 +291,23 @@ impl AcceptLogEcho {
             .and_then(|l| l.strip_prefix("open "))
             .and_then(|v| v.parse().ok())
             .ok_or("echo stats: no open line")?;
-        let _ = lines.next();
-        let accepts = lines.filter_map(|l| l.parse().ok()).collect();
-        Ok(EchoStats { open, accepts })
+        let count = |l: Option<&str>, what: &str| {
+            l.and_then(|l| l.strip_prefix(what))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        };
+        let n = count(lines.next(), "accepts ").ok_or("echo stats: no accepts line")?;
+        let accepts = lines
+            .by_ref()
+            .take(n)
+            .filter_map(|l| l.parse().ok())
+            .collect();
+        let m = count(lines.next(), "arrivals ").unwrap_or(0);
+        let arrivals = lines.take(m).filter_map(|l| l.parse().ok()).collect();
+        Ok(EchoStats {
+            open,
+            accepts,
+            arrivals,
+        })
     }
 }
 
