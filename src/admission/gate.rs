@@ -186,12 +186,14 @@ pub fn spawn_limiter_sweeper(shared: Arc<Shared>) {
 /// paced like the admissions ([`NodeAdmission::pace_write`](herdgate_core::admission::NodeAdmission::pace_write)), so that the requests a
 /// busy runtime would write in one turn reach the node at its rate.
 pub async fn pace_write(node: &Node) {
+    let mut turn = None;
     loop {
         let now = now();
-        match node.admission.pace_write(now) {
+        match node.admission.pace_write(now, turn) {
             Ok(()) => return,
             Err(at) => {
                 node.metrics.write_paced.increment(1);
+                turn = Some(at);
                 tokio::time::sleep(Duration::from_nanos(at.saturating_sub(now))).await;
             }
         }

@@ -251,21 +251,26 @@ async fn admit(
     match d {
         Decision::Admit { via, .. } => Ok(via),
         Decision::Queue {
-            until, slot, via, ..
+            until,
+            slot,
+            via,
+            turn,
+            ..
         } => {
             // Hold the request until its slot. If the client goes away meanwhile hyper
             // drops this future: the guard gives the token back as a promise credit.
             let _waiting = QueueGuard::new(node, slot, owner);
-            let mut until = until;
+            let (mut until, mut turn) = (until, turn.then_some(until));
             loop {
                 let now = crate::admission::gate::now();
                 tokio::time::sleep(std::time::Duration::from_nanos(until.saturating_sub(now)))
                     .await;
                 // Counted when it goes: woken late together with others (a loaded
-                // machine), they go out at the node's rate, never as a bunch.
-                match node.admission.release(crate::admission::gate::now()) {
+                // machine), they go out at the node's rate, never as a bunch, each at a
+                // turn of its own, in order.
+                match node.admission.release(crate::admission::gate::now(), turn) {
                     Ok(()) => break,
-                    Err(next) => until = next,
+                    Err(next) => (until, turn) = (next, Some(next)),
                 }
             }
             _waiting.served();

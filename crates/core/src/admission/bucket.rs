@@ -51,7 +51,7 @@ use std::time::Duration;
 
 use super::clock::{duration_to_nanos, Nanos, NANOS_PER_MILLI};
 use super::decision::{AdmissionStats, AdmitInput, AdmitVia, Decision, StateSizes};
-use super::lanes::{Jitter, Shape, State};
+use super::lanes::{Gate, Jitter, Shape, State};
 use super::owners::Owners;
 use super::params::AdmissionParams;
 use super::schedule::{ForeignClaims, LedgerClaim, PromiseQueue, ReservationLedger};
@@ -131,9 +131,8 @@ impl NodeAdmissionBuilder {
             base: Shape::of(&self.params, 1.0),
             tat: 0,
             paced: 0,
-            released: 0,
-            written: 0,
-            write_wake: 0,
+            released: Gate::default(),
+            written: Gate::default(),
             fresh_tat: 0,
             fresh_used: 0,
             owners: Owners::default(),
@@ -273,6 +272,7 @@ impl NodeAdmission {
                         slot,
                         via: AdmitVia::Promise,
                         paced: false,
+                        turn: false,
                         ticket_check: check,
                     };
                 }
@@ -363,6 +363,7 @@ impl NodeAdmission {
                     slot,
                     via: AdmitVia::Queue,
                     paced: false,
+                    turn: false,
                     ticket_check: check,
                 };
             }

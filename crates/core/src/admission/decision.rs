@@ -107,6 +107,11 @@ pub enum Decision {
         /// promise). Either way the caller asks
         /// [`NodeAdmission::release`](super::NodeAdmission::release) when it wakes.
         paced: bool,
+        /// `until` is a turn the node's release gate gave this request (it was held back
+        /// behind others): the caller presents it to
+        /// [`NodeAdmission::release`](super::NodeAdmission::release), which serves turns
+        /// in order.
+        turn: bool,
         /// What checking the presented ticket found (metrics, logs).
         ticket_check: TicketCheck,
     },

@@ -18,6 +18,13 @@ use super::{PROMISE_GRACE, RESERVATION_GRACE};
 /// the bound still holds where the node counts its accepts.
 pub const RELEASE_MARGIN: Duration = Duration::from_millis(15);
 
+/// The tolerance a pacing gate keeps at the least (or the burst's whole tolerance, if
+/// shorter), whatever [`RELEASE_MARGIN`] takes: a held request or a held-back write wakes
+/// on a timer, and timers fire up to a tick (1 ms in tokio) late, by a different amount
+/// each time. A gate with no tolerance loses that lateness at every event: at 750/s (an
+/// interval of 1.33 ms) wake-ups on 1 ms ticks let through about 550/s.
+pub const WAKE_ROOM: Duration = Duration::from_millis(2);
+
 /// A fresh lane unused this long lends its share back to the schedule (see
 /// `State::take_slot`).
 pub const FRESH_IDLE: Duration = Duration::from_secs(1);
@@ -65,17 +72,55 @@ impl Shape {
     }
 }
 
-/// One step of a pacing GCRA whose TAT is `tat`: `Ok` (counted) if an event at `now`
-/// conforms with the tolerance [`RELEASE_MARGIN`] under the burst's, else the instant it
-/// would.
-fn gate(tat: &mut Nanos, now: Nanos, shape: Shape) -> Result<(), Nanos> {
-    let margin = shape.tau.min(duration_to_nanos(RELEASE_MARGIN));
-    let conform = tat.saturating_sub(shape.tau.saturating_sub(margin));
-    if conform > now {
-        return Err(conform);
+/// A pacing GCRA over the instants events actually happen at (requests going to a node,
+/// request heads written to it), which serves in turn those it holds back.
+///
+/// An event conforms with the tolerance [`RELEASE_MARGIN`] under the burst's (but at least
+/// [`WAKE_ROOM`], or the burst's whole tolerance if shorter). One held back is given a
+/// turn: an instant of its own, one interval after the last turn given, and comes back
+/// then with it. While turns are outstanding, a newcomer (no turn) is given the next turn
+/// instead of passing: the first held back goes first. A turn that comes when the gate
+/// does not conform (several woken late together) is given a new turn, after the others. Without turns, a request that lost
+/// once (a late bunch) retried against every newcomer, and the newcomers, on time by
+/// their own schedule, took every instant the gate had: a few requests with the
+/// earliest slots waited until the schedule ran dry.
+#[derive(Debug, Default)]
+pub(super) struct Gate {
+    tat: Nanos,
+    /// The next turn to give (turns given are one interval apart).
+    next_turn: Nanos,
+}
+
+impl Gate {
+    /// The event at `now`, which was given `turn` when held back before (`None`: a
+    /// newcomer): `Ok` (counted) to go now, else its turn.
+    pub(super) fn pass(
+        &mut self,
+        now: Nanos,
+        turn: Option<Nanos>,
+        shape: Shape,
+    ) -> Result<(), Nanos> {
+        let conform = self.tat.saturating_sub(gate_tolerance(shape.tau));
+        let behind_others = turn.is_none() && self.next_turn > now;
+        if conform <= now && !behind_others {
+            self.tat = self.tat.max(now).saturating_add(shape.t);
+            return Ok(());
+        }
+        // A newcomer behind others, or a turn that came when the gate did not conform
+        // (turns woken late together, more of them than the tolerance lets through): a
+        // turn of its own after those given. Told the gate's next instant instead, the
+        // ones that woke together would all wake together again, and again.
+        let at = conform.max(self.next_turn).max(now);
+        self.next_turn = at.saturating_add(shape.t);
+        Err(at)
     }
-    *tat = (*tat).max(now).saturating_add(shape.t);
-    Ok(())
+}
+
+/// The tolerance of a [`Gate`] under a burst's tolerance `tau`.
+pub(super) fn gate_tolerance(tau: Nanos) -> Nanos {
+    let room = tau.min(duration_to_nanos(WAKE_ROOM));
+    tau.saturating_sub(duration_to_nanos(RELEASE_MARGIN))
+        .max(room)
 }
 
 /// A tiny seedable PRNG (SplitMix64) for jitter: 8 bytes per node, no locking, reproducible.
@@ -105,16 +150,13 @@ pub(super) struct State {
     /// TAT of the pacing GCRA over forwarding decisions (see the module doc): spaces the
     /// instants held requests are told to wake at.
     pub(super) paced: Nanos,
-    /// TAT of the same GCRA over the instants requests actually go (a decision's own
-    /// instant, or a held request's release): the bound itself, whatever the wake-ups'
-    /// lateness (see [`NodeAdmission::release`](super::NodeAdmission::release)).
-    pub(super) released: Nanos,
-    /// TAT of the same GCRA over the instants request heads are written to the node (see
+    /// The same GCRA over the instants requests actually go (a decision's own instant, or
+    /// a held request's release): the bound itself, whatever the wake-ups' lateness (see
+    /// [`NodeAdmission::release`](super::NodeAdmission::release)).
+    pub(super) released: Gate,
+    /// The same GCRA over the instants request heads are written to the node (see
     /// [`NodeAdmission::pace_write`](super::NodeAdmission::pace_write)).
-    pub(super) written: Nanos,
-    /// The next free instant a held-back write is told to wake at: waiters wake one
-    /// interval apart instead of all at the instant the gate next conforms.
-    pub(super) write_wake: Nanos,
+    pub(super) written: Gate,
     /// TAT of the fresh lane (the share kept for clients that hold no slot).
     pub(super) fresh_tat: Nanos,
     /// When the fresh lane last admitted someone (0: never).
@@ -146,11 +188,13 @@ impl State {
         check: TicketCheck,
     ) -> Decision {
         let mut at = self.pace(now, shape);
+        let mut turn = false;
         if at <= now {
-            match self.go(now, shape) {
+            match self.go(now, None, shape) {
                 Ok(()) => return Decision::Admit { via, ticket: check },
-                // Held requests released late just went out as a bunch: wait for the bound.
-                Err(after) => at = after,
+                // Held requests released late just went out as a bunch (or others wait
+                // for their turns): wait for a turn of its own.
+                Err(after) => (at, turn) = (after, true),
             }
         }
         self.stats.paced += 1;
@@ -159,6 +203,7 @@ impl State {
             slot: at,
             via,
             paced: true,
+            turn,
             ticket_check: check,
         }
     }
@@ -168,14 +213,24 @@ impl State {
     /// tolerance, if shorter) under the burst's, so that `rate * W + burst` still holds at
     /// the node in any window `W` when a connect reaches it up to that much later than the
     /// one before; the last of a full burst goes that much later.
-    pub(super) fn go(&mut self, now: Nanos, shape: Shape) -> Result<(), Nanos> {
-        gate(&mut self.released, now, shape)
+    pub(super) fn go(
+        &mut self,
+        now: Nanos,
+        turn: Option<Nanos>,
+        shape: Shape,
+    ) -> Result<(), Nanos> {
+        self.released.pass(now, turn, shape)
     }
 
     /// A request head is written to the node at `now` if the writes made allow it (the
     /// same bound as [`State::go`], over the instants the node receives requests).
-    pub(super) fn write(&mut self, now: Nanos, shape: Shape) -> Result<(), Nanos> {
-        gate(&mut self.written, now, shape)
+    pub(super) fn write(
+        &mut self,
+        now: Nanos,
+        turn: Option<Nanos>,
+        shape: Shape,
+    ) -> Result<(), Nanos> {
+        self.written.pass(now, turn, shape)
     }
 
     /// Parks the charged `slot` as a promise, or records a reservation and returns its seq

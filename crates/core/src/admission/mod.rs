@@ -41,7 +41,7 @@ pub use clock::{
 pub use decision::{AdmissionStats, AdmitInput, AdmitVia, Decision, StateSizes};
 pub use fair::{FairQueue, SourceFull, WaiterId};
 pub use handshake::HandshakeLimiter;
-pub use lanes::{FRESH_IDLE, RELEASE_MARGIN};
+pub use lanes::{FRESH_IDLE, RELEASE_MARGIN, WAKE_ROOM};
 pub use params::AdmissionParams;
 pub use ticket::{
     node_id, TicketCheck, TicketClaims, TicketKey, TicketSigner, TICKET_KEY_MIN_LEN, TICKET_MAX_LEN,

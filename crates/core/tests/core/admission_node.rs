@@ -101,6 +101,7 @@ fn ticket_window_early_and_late() {
             slot,
             via: AdmitVia::Ticket,
             paced: true,
+            turn: false,
             ticket_check: TicketCheck::Valid
         }
     );

@@ -89,7 +89,9 @@ impl NodeAdmission {
     }
 
     /// A held request ([`Decision::Queue`](super::super::decision::Decision::Queue)) woke at `now`: `Ok` to forward it, or
-    /// `Err(instant)` to wait until then and ask again.
+    /// `Err(turn)` to wait until then and ask again with that turn. `turn`: the turn it was
+    /// given before (an earlier `Err`, or a `Queue` with `turn: true`); `None` the first
+    /// time. Turns are served in order, and newcomers wait behind them.
     ///
     /// Every forward is counted on a GCRA over the instants requests actually go (same
     /// rate and burst as the node): a held request goes only if that bound allows it now.
@@ -97,10 +99,10 @@ impl NodeAdmission {
     /// woken late together (a stalled runtime, a loaded machine) goes out at the rate,
     /// never as a burst, and no booked instant is wasted: forwards stay within
     /// `rate * W + burst` in any window `W`.
-    pub fn release(&self, now: Nanos) -> Result<(), Nanos> {
+    pub fn release(&self, now: Nanos, turn: Option<Nanos>) -> Result<(), Nanos> {
         let mut st = self.lock();
         let shape = st.shape(now);
-        let r = st.go(now, shape);
+        let r = st.go(now, turn, shape);
         if r.is_err() {
             st.stats.repaced += 1;
         }
@@ -108,24 +110,19 @@ impl NodeAdmission {
     }
 
     /// The head of an admitted request is about to be written to the node at `now`: `Ok`
-    /// to write it, or `Err(instant)` to wait until then and ask again.
+    /// to write it, or `Err(turn)` to wait until then and ask again with that turn.
     ///
     /// The node's work begins when the request reaches it, and the request follows the
     /// admission by a connect: the connect is made at once, but the write waits for the
     /// runtime to see the connect complete, and a busy runtime sees a bunch of them in
     /// one turn (over 310 requests in a 1 s window at 300/s + 10 in the storm bench, by
     /// the node's kernel receive stamps, with every decision paced). So the writes are
-    /// paced too, by a third GCRA with the same shape: a bunch goes out at the rate.
-    pub fn pace_write(&self, now: Nanos) -> Result<(), Nanos> {
+    /// paced too, by a third GCRA with the same shape: a bunch goes out at the rate, each
+    /// held-back write at a turn of its own, in order.
+    pub fn pace_write(&self, now: Nanos, turn: Option<Nanos>) -> Result<(), Nanos> {
         let mut st = self.lock();
         let shape = st.shape(now);
-        st.write(now, shape).map_err(|conform| {
-            st.stats.write_paced += 1;
-            // Each waiter its own instant, one interval after the last one given: a
-            // bunch wakes one at a time, each when the gate lets it through.
-            let at = conform.max(st.write_wake);
-            st.write_wake = at.saturating_add(shape.t);
-            at
-        })
+        st.write(now, turn, shape)
+            .inspect_err(|_| st.stats.write_paced += 1)
     }
 }
