@@ -84,6 +84,9 @@ pub const RELEASED: &str = "herdgate_admission_released_total";
 /// Counter: waits of an admitted upgrade's request head before it was written to the
 /// node, so that requests reach the node at its rate, by `pool` and `node`.
 pub const WRITE_PACED: &str = "herdgate_admission_write_paced_total";
+/// Counter: waits of a held request for a turn at the node's release gate (woken late
+/// together with others, or behind others' turns), by `pool` and `node`.
+pub const REPACED: &str = "herdgate_admission_repaced_total";
 /// Counter: promise credits and reservations nobody claimed in their window,
 /// by `pool`, `node` and `kind` (`promise`, `reservation`).
 pub const UNCLAIMED: &str = "herdgate_admission_unclaimed_total";
@@ -269,6 +272,8 @@ pub struct NodeMetrics {
     pub released: Counter,
     /// [`WRITE_PACED`] for this node.
     pub write_paced: Counter,
+    /// [`REPACED`] for this node.
+    pub repaced: Counter,
     /// [`UNCLAIMED`] with `kind="promise"`.
     pub unclaimed_promises: Counter,
     /// [`UNCLAIMED`] with `kind="reservation"`.
@@ -317,6 +322,7 @@ impl NodeMetrics {
             admitted_fresh: counter!(ADMITTED, "pool" => p.clone(), "node" => n.clone(), "via" => "fresh"),
             released: counter!(RELEASED, &l()),
             write_paced: counter!(WRITE_PACED, &l()),
+            repaced: counter!(REPACED, &l()),
             unclaimed_promises: counter!(UNCLAIMED, "pool" => p.clone(), "node" => n.clone(), "kind" => "promise"),
             unclaimed_reservations: counter!(UNCLAIMED, "pool" => p.clone(), "node" => n.clone(), "kind" => "reservation"),
             rejected_busy: counter!(REJECTED, "pool" => p.clone(), "node" => n.clone(), "reason" => "busy"),

@@ -22,6 +22,9 @@ impl Shards {
     pub fn start(n: usize) -> io::Result<Shards> {
         let n = n.max(1);
         let (mut handles, mut stop) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        // Each thread says when it runs, so that every shard is up (and named: a thread
+        // sets its own name when it starts) before herdgate listens.
+        let (up_tx, up_rx) = std::sync::mpsc::channel::<()>();
         for i in 0..n {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -29,12 +32,21 @@ impl Shards {
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             handles.push(rt.handle().clone());
             stop.push(tx);
+            let up = up_tx.clone();
             std::thread::Builder::new()
                 .name(format!("hg-shard-{i}"))
                 .spawn(move || {
+                    let _ = up.send(());
+                    drop(up);
                     // Ends when the sender is dropped (with `Shards`).
                     let _ = rt.block_on(rx);
                 })?;
+        }
+        drop(up_tx);
+        for _ in 0..n {
+            up_rx
+                .recv()
+                .map_err(|_| io::Error::other("a data-plane shard thread ended at start"))?;
         }
         Ok(Shards {
             handles,

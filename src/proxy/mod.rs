@@ -270,7 +270,10 @@ async fn admit(
                 // turn of its own, in order.
                 match node.admission.release(crate::admission::gate::now(), turn) {
                     Ok(()) => break,
-                    Err(next) => (until, turn) = (next, Some(next)),
+                    Err(next) => {
+                        node.metrics.repaced.increment(1);
+                        (until, turn) = (next, Some(next));
+                    }
                 }
             }
             _waiting.served();

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 /// What the node saw, for tests and benches to assert on.
 #[derive(Default)]
 pub struct EchoStats {
-    /// Completed WebSocket handshakes.
+    /// WebSocket handshakes answered with a 101 (counted before the answer is written).
     pub accepted: AtomicU64,
     /// Currently open WebSockets.
     pub open: AtomicU64,
@@ -149,6 +149,9 @@ async fn accept_loop(listener: TcpListener, stats: Arc<EchoStats>, stop: Cancell
                         resp.headers_mut().insert("sec-websocket-protocol", v);
                     }
                 }
+                // Counted before the 101 is written: a client holding its 101 always
+                // finds its handshake counted.
+                st.accepted.fetch_add(1, Ordering::Relaxed);
                 Ok(resp)
             };
             let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
@@ -160,7 +163,6 @@ async fn accept_loop(listener: TcpListener, stats: Arc<EchoStats>, stop: Cancell
                 Ok(ws) => ws,
                 Err(_) => return,
             };
-            stats.accepted.fetch_add(1, Ordering::Relaxed);
             stats.open.fetch_add(1, Ordering::Relaxed);
             let (mut tx, mut rx) = ws.split();
             loop {
