@@ -18,6 +18,16 @@ use herdgate::server::Handle;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
+/// Connects to `node` that herdgate counted as refused, from the metrics text `m`.
+fn refused(m: &str, node: &str) -> f64 {
+    let node = format!("node=\"{node}\"");
+    metric(
+        m,
+        "herdgate_backend_errors_total",
+        &[&node, "kind=\"refused\""],
+    )
+}
+
 const RATE: f64 = 100_000.0;
 
 fn config(nodes: &str, pool_extra: &str, sticky: &str) -> String {
@@ -196,22 +206,8 @@ async fn a_tunnel_ended_by_a_dead_node_marks_it_down_before_its_client_learns() 
     assert!(!admin_node(admin, "n1").await.healthy);
     assert!(admin_node(admin, "n2").await.healthy);
     let m = proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "herdgate_backend_errors_total",
-            &["node=\"n1\"", "kind=\"refused\""]
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "herdgate_backend_errors_total",
-            &["node=\"n2\"", "kind=\"refused\""]
-        ),
-        0.0
-    );
+    assert_eq!(refused(&m, "n1"), 1.0);
+    assert_eq!(refused(&m, "n2"), 0.0);
     proxy.shutdown().await;
 }
 
@@ -581,14 +577,7 @@ async fn tunnels_ended_together_by_a_live_node_share_one_probe() {
     );
     assert!(admin_node(admin, "n1").await.healthy, "the node is alive");
     let m = proxy.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            "herdgate_backend_errors_total",
-            &["node=\"n1\"", "kind=\"refused\""]
-        ),
-        0.0
-    );
+    assert_eq!(refused(&m, "n1"), 0.0);
     drop(clients);
     proxy.shutdown().await;
 }

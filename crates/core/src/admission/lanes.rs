@@ -190,7 +190,7 @@ impl State {
         let mut at = self.pace(now, shape);
         let mut turn = false;
         if at <= now {
-            match self.go(now, None, shape) {
+            match self.released.pass(now, None, shape) {
                 Ok(()) => return Decision::Admit { via, ticket: check },
                 // Held requests released late just went out as a bunch (or others wait
                 // for their turns): wait for a turn of its own.
@@ -206,31 +206,6 @@ impl State {
             turn,
             ticket_check: check,
         }
-    }
-
-    /// A request goes at `now` if the forwards actually made allow it: then it is counted.
-    /// Else the instant it may go. The tolerance is [`RELEASE_MARGIN`] (or the whole
-    /// tolerance, if shorter) under the burst's, so that `rate * W + burst` still holds at
-    /// the node in any window `W` when a connect reaches it up to that much later than the
-    /// one before; the last of a full burst goes that much later.
-    pub(super) fn go(
-        &mut self,
-        now: Nanos,
-        turn: Option<Nanos>,
-        shape: Shape,
-    ) -> Result<(), Nanos> {
-        self.released.pass(now, turn, shape)
-    }
-
-    /// A request head is written to the node at `now` if the writes made allow it (the
-    /// same bound as [`State::go`], over the instants the node receives requests).
-    pub(super) fn write(
-        &mut self,
-        now: Nanos,
-        turn: Option<Nanos>,
-        shape: Shape,
-    ) -> Result<(), Nanos> {
-        self.written.pass(now, turn, shape)
     }
 
     /// Parks the charged `slot` as a promise, or records a reservation and returns its seq

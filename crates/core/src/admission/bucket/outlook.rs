@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::MutexGuard;
 
 use super::super::clock::{duration_to_nanos, Nanos};
-use super::super::lanes::State;
+use super::super::lanes::{Gate, State};
 use super::{NodeAdmission, EARLY_HOLD, EARLY_HOLD_AFTER, TICKET_EARLY_TOLERANCE};
 
 /// What routing reads of a node without taking its lock, refreshed on every unlock.
@@ -100,13 +100,7 @@ impl NodeAdmission {
     /// never as a burst, and no booked instant is wasted: forwards stay within
     /// `rate * W + burst` in any window `W`.
     pub fn release(&self, now: Nanos, turn: Option<Nanos>) -> Result<(), Nanos> {
-        let mut st = self.lock();
-        let shape = st.shape(now);
-        let r = st.go(now, turn, shape);
-        if r.is_err() {
-            st.stats.repaced += 1;
-        }
-        r
+        self.pass(now, turn, |st| (&mut st.released, &mut st.stats.repaced))
     }
 
     /// The head of an admitted request is about to be written to the node at `now`: `Ok`
@@ -120,9 +114,23 @@ impl NodeAdmission {
     /// paced too, by a third GCRA with the same shape: a bunch goes out at the rate, each
     /// held-back write at a turn of its own, in order.
     pub fn pace_write(&self, now: Nanos, turn: Option<Nanos>) -> Result<(), Nanos> {
+        self.pass(now, turn, |st| (&mut st.written, &mut st.stats.write_paced))
+    }
+
+    /// One event at the gate `which` picks (with the counter of its waits).
+    fn pass(
+        &self,
+        now: Nanos,
+        turn: Option<Nanos>,
+        which: impl FnOnce(&mut State) -> (&mut Gate, &mut u64),
+    ) -> Result<(), Nanos> {
         let mut st = self.lock();
         let shape = st.shape(now);
-        st.write(now, turn, shape)
-            .inspect_err(|_| st.stats.write_paced += 1)
+        let (gate, waits) = which(&mut st);
+        let r = gate.pass(now, turn, shape);
+        if r.is_err() {
+            *waits += 1;
+        }
+        r
     }
 }
