@@ -48,11 +48,40 @@ pub fn free_addr() -> SocketAddr {
             continue;
         }
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        if std::net::TcpListener::bind(addr).is_ok() {
+        if claim(port) && std::net::TcpListener::bind(addr).is_ok() {
             return addr;
         }
     }
     panic!("no free loopback port outside the ephemeral range {low}-{high} in 1000 tries");
+}
+
+/// Claims `port` for this process against every other test process on the machine: one
+/// lock file per port, held until this process exits (the kernel drops the lock then).
+/// nextest runs each test in a process of its own, and two of them could otherwise pick
+/// the same free port at once: herdgate binds with SO_REUSEPORT, so both binds succeed
+/// and the kernel spreads one test's connections over the other's listener (seen as a
+/// connection reset by a herdgate that was shutting down). Without a usable lock
+/// directory, the bind check alone decides.
+fn claim(port: u16) -> bool {
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("herdgate-test-ports");
+    let file = std::fs::create_dir_all(&dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+    });
+    let Ok(file) = file else {
+        return true;
+    };
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {
+            HELD.lock().unwrap().push(file);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// The kernel's ephemeral port range (inclusive).

@@ -87,8 +87,8 @@ impl Shape {
 #[derive(Debug, Default)]
 pub(super) struct Gate {
     tat: Nanos,
-    /// The next turn to give (turns given are one interval apart).
-    next_turn: Nanos,
+    /// The last turn given (0: none yet). While it lies ahead, someone holds a turn.
+    last_turn: Nanos,
 }
 
 impl Gate {
@@ -101,17 +101,25 @@ impl Gate {
         shape: Shape,
     ) -> Result<(), Nanos> {
         let conform = self.tat.saturating_sub(gate_tolerance(shape.tau));
-        let behind_others = turn.is_none() && self.next_turn > now;
-        if conform <= now && !behind_others {
+        let waiting = self.last_turn > now;
+        if conform <= now && (turn.is_some() || !waiting) {
             self.tat = self.tat.max(now).saturating_add(shape.t);
             return Ok(());
         }
         // A newcomer behind others, or a turn that came when the gate did not conform
         // (turns woken late together, more of them than the tolerance lets through): a
-        // turn of its own after those given. Told the gate's next instant instead, the
-        // ones that woke together would all wake together again, and again.
-        let at = conform.max(self.next_turn).max(now);
-        self.next_turn = at.saturating_add(shape.t);
+        // turn of its own, one interval after the last one given while that one is
+        // still ahead (told the gate's next instant instead, the ones held back together
+        // would all wake together again, and again); with nobody waiting, the gate's
+        // next instant. Spacing turns a full interval after a turn already served would
+        // keep a client that asks again as soon as it is through (a closed loop) held one
+        // interval each time, always on time for a token, and never turned away.
+        let at = if waiting {
+            conform.max(self.last_turn.saturating_add(shape.t))
+        } else {
+            conform.max(now)
+        };
+        self.last_turn = at;
         Err(at)
     }
 }
