@@ -77,13 +77,14 @@ impl Shape {
 ///
 /// An event conforms with the tolerance [`RELEASE_MARGIN`] under the burst's (but at least
 /// [`WAKE_ROOM`], or the burst's whole tolerance if shorter). One held back is given a
-/// turn: an instant of its own, one interval after the last turn given, and comes back
-/// then with it. While turns are outstanding, a newcomer (no turn) is given the next turn
-/// instead of passing: the first held back goes first. A turn that comes when the gate
-/// does not conform (several woken late together) is given a new turn, after the others. Without turns, a request that lost
-/// once (a late bunch) retried against every newcomer, and the newcomers, on time by
-/// their own schedule, took every instant the gate had: a few requests with the
-/// earliest slots waited until the schedule ran dry.
+/// turn and comes back then with it: one interval after the last turn given while that
+/// one still lies ahead, else the gate's own next instant. While a turn given lies ahead,
+/// a newcomer (no turn) is given the next turn instead of passing: the first held back
+/// goes first. A turn that comes when the gate does not conform (several woken late
+/// together) is given a new turn the same way. Without turns, a request that lost once (a
+/// late bunch) retried against every newcomer, and the newcomers, on time by their own
+/// schedule, took every instant the gate had: a few requests with the earliest slots
+/// waited until the schedule ran dry.
 #[derive(Debug, Default)]
 pub(super) struct Gate {
     tat: Nanos,

@@ -91,7 +91,7 @@ impl NodeAdmission {
     /// A held request ([`Decision::Queue`](super::super::decision::Decision::Queue)) woke at `now`: `Ok` to forward it, or
     /// `Err(turn)` to wait until then and ask again with that turn. `turn`: the turn it was
     /// given before (an earlier `Err`, or a `Queue` with `turn: true`); `None` the first
-    /// time. Turns are served in order, and newcomers wait behind them.
+    /// time. Turns are served in order, and newcomers wait behind a turn still ahead.
     ///
     /// Every forward is counted on a GCRA over the instants requests actually go (same
     /// rate and burst as the node): a held request goes only if that bound allows it now.
