@@ -517,10 +517,11 @@ async fn type_sizes() -> Result<String> {
     let relay_size = std::mem::size_of_val(&fut);
     drop(fut);
     Ok(format!(
-        "relay future {relay_size}, Side {}, tokio TcpStream {}, rustls ServerConnection {} (boxed), TunnelCtl {} (+16 Arc header)",
+        "relay future {relay_size}, Side {}, tokio TcpStream {}, TLS session {} (boxed; rustls' unbuffered connection inside: {}), TunnelCtl {} (+16 Arc header)",
         std::mem::size_of::<Side>(),
         std::mem::size_of::<tokio::net::TcpStream>(),
-        std::mem::size_of::<tokio_rustls::rustls::ServerConnection>(),
+        std::mem::size_of::<herdgate::io::tls::TlsSession>(),
+        std::mem::size_of::<rustls::server::UnbufferedServerConnection>(),
         std::mem::size_of::<TunnelCtl>(),
     ))
 }

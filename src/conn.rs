@@ -5,11 +5,10 @@
 use dashmap::DashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// A client connection, plain or TLS.
-pub type ClientIo = crate::io::MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
+pub type ClientIo = crate::io::MaybeTls<crate::io::tls::TlsStream>;
 
 /// What a connection knows about where it came in.
 #[derive(Debug, Clone)]

@@ -4,12 +4,65 @@
 
 use std::future::Future;
 use std::io;
+use std::io::Read;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+
+pub mod tls;
+
+/// The reactor's readiness is edge-triggered here (epoll, kqueue), as tokio's own
+/// `poll_read` assumes for the same shortcut.
+const EDGE_TRIGGERED: bool = cfg!(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+));
+
+/// One non-blocking read. A read that fills less than `buf` has emptied the socket's
+/// receive queue, so the socket's read readiness is cleared at once (what tokio's
+/// `poll_read` does, and `try_read` does not): otherwise the next read is a syscall that
+/// only returns EAGAIN, one wasted `recvfrom` per relayed chunk. Data or a FIN arriving
+/// after the read raises readiness again, and a FIN already seen stays (tokio keeps the
+/// closed state when clearing).
+pub(crate) fn read_now(t: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    if !EDGE_TRIGGERED {
+        return t.try_read(buf);
+    }
+    let mut short = None;
+    let r = t.try_io(Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(t)).read(buf)?;
+        if n > 0 && n < buf.len() {
+            short = Some(n);
+            // Tells tokio the socket is drained; `short` carries the data out.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match short {
+        Some(n) => Ok(n),
+        None => r,
+    }
+}
+
+/// Outcome of a non-blocking read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// This many bytes were read.
+    Data(usize),
+    /// The peer closed its side.
+    Eof,
+    /// Nothing to read now; wait for readiness.
+    WouldBlock,
+}
 
 /// A TCP stream that is plain or TLS-wrapped (`T`), read and written the same way.
 #[derive(Debug)]

@@ -174,9 +174,7 @@ impl Snapshot {
                         cache: t.session_cache,
                         tickets: t.session_tickets,
                     };
-                    Some(tokio_rustls::TlsAcceptor::from(
-                        server_config(l.name(), &certs, sessions).map_err(tls_err)?,
-                    ))
+                    Some(server_config(l.name(), &certs, sessions).map_err(tls_err)?)
                 }
                 None => None,
             };
@@ -432,8 +430,8 @@ fn route_sticky(sc: &StickyConfig) -> Result<RouteSticky, RoutingError> {
 pub struct ListenerRt {
     /// Listener name, as in the config.
     pub name: Arc<str>,
-    /// TLS acceptor with the listener's certificates; `None` for plain HTTP.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// TLS configuration with the listener's certificates; `None` for plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Per-listener connection cap (`max_connections`); kept across reloads while unchanged.
     pub conn_limit: Option<Arc<tokio::sync::Semaphore>>,
     /// TLS handshake rate limit (`handshakes_per_second`), charged at the ClientHello.

@@ -11,6 +11,7 @@
 //! bounded by the same deadline.
 
 use crate::conn::ConnInfo;
+use crate::io::tls::{self, TlsStream};
 use crate::metrics::ListenerMetrics;
 use herdgate_core::admission::{FairQueue, HandshakeLimiter, SourceFull, WaiterId};
 use std::net::IpAddr;
@@ -18,8 +19,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
 /// The handshake cap of one listener, with the handshakes waiting for its tokens.
 pub(crate) struct HandshakeGate {
@@ -154,16 +153,16 @@ pub(crate) struct Cap<'a> {
 }
 
 /// The TLS handshake of one connection under `deadline`: ClientHello, then the cap (if
-/// any), then the rest with `acceptor`'s configuration. `None` when the connection is to
+/// any), then the rest with `config`. `None` when the connection is to
 /// be closed (counted here).
 pub(crate) async fn accept(
     stream: TcpStream,
-    acceptor: &TlsAcceptor,
+    config: &Arc<rustls::ServerConfig>,
     cap: Option<Cap<'_>>,
     info: &ConnInfo,
     deadline: Instant,
     metrics: &ListenerMetrics,
-) -> Option<TlsStream<TcpStream>> {
+) -> Option<TlsStream> {
     let timed_out = || {
         metrics.handshake_timeouts.increment(1);
         metrics.tls_failures.increment(1);
@@ -173,8 +172,8 @@ pub(crate) async fn accept(
         metrics.tls_failures.increment(1);
         tracing::debug!(listener = %info.listener, peer = %info.peer, "TLS handshake failed: {e}");
     };
-    let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
-    let start = match tokio::time::timeout_at(deadline, lazy).await {
+    let hello = tls::read_client_hello(&stream);
+    let start = match tokio::time::timeout_at(deadline, hello).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             failed(e);
@@ -209,7 +208,7 @@ pub(crate) async fn accept(
             }
         }
     }
-    match tokio::time::timeout_at(deadline, start.into_stream(acceptor.config().clone())).await {
+    match tokio::time::timeout_at(deadline, tls::handshake(stream, config.clone(), start)).await {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
             failed(e);

@@ -201,14 +201,14 @@ async fn handle_conn(
     }
     let io = match &tls {
         None => ClientIo::Plain(stream),
-        Some(acceptor) => {
+        Some(config) => {
             let rt = now_rt.unwrap_or(&lrt);
             let cap = rt.handshake_limit.as_ref().map(|limiter| handshake::Cap {
                 gate,
                 limiter,
                 per_source: rt.max_waiting_handshakes_per_client,
             });
-            match handshake::accept(stream, acceptor, cap, &info, deadline, metrics).await {
+            match handshake::accept(stream, config, cap, &info, deadline, metrics).await {
                 Some(s) => ClientIo::Tls(Box::new(s)),
                 None => return,
             }

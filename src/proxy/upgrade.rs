@@ -182,10 +182,7 @@ fn spawn_tunnel(
             };
             let client_side = match c.io.into_inner().into_inner() {
                 ClientIo::Plain(s) => Side::Plain(s),
-                ClientIo::Tls(t) => {
-                    let (tcp, conn) = t.into_inner();
-                    Side::tls(tcp, conn)
-                }
+                ClientIo::Tls(t) => Side::tls(*t),
             };
             (client_side, c.read_buf, Side::Plain(node_tcp))
         };

@@ -1,54 +1,15 @@
 //! One end of a tunnel, read and written without holding buffers while idle.
 //!
 //! An idle WebSocket holds no copy buffer here: the relay waits for socket readiness,
-//! then reads into the worker thread's copy buffer, borrowed only for that poll. Over TLS we drive
-//! rustls by hand (instead of through tokio-rustls' AsyncRead) for the same reason:
-//! readiness comes from the TCP socket, and plaintext is pulled out of rustls only when
-//! it is there.
+//! then reads into the worker thread's copy buffer, borrowed only for that poll. Over TLS
+//! the session (`io::tls::TlsSession`) is driven by hand for the same reason: readiness
+//! comes from the TCP socket, and records are read and decrypted only when they are there.
 
-use rustls::ServerConnection;
-use std::io::{self, Read, Write};
-use tokio::io::Interest;
+use crate::io::read_now;
+use crate::io::tls::{TlsSession, TlsStream};
+pub use crate::io::ReadOutcome;
+use std::io;
 use tokio::net::TcpStream;
-
-/// The reactor's readiness is edge-triggered here (epoll, kqueue), as tokio's own
-/// `poll_read` assumes for the same shortcut.
-const EDGE_TRIGGERED: bool = cfg!(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "netbsd",
-    target_os = "openbsd",
-    target_os = "dragonfly",
-));
-
-/// One non-blocking read. A read that fills less than `buf` has emptied the socket's
-/// receive queue, so the socket's read readiness is cleared at once (what tokio's
-/// `poll_read` does, and `try_read` does not): otherwise the next read is a syscall that
-/// only returns EAGAIN, one wasted `recvfrom` per relayed chunk. Data or a FIN arriving
-/// after the read raises readiness again, and a FIN already seen stays (tokio keeps the
-/// closed state when clearing).
-fn read_now(t: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    if !EDGE_TRIGGERED {
-        return t.try_read(buf);
-    }
-    let mut short = None;
-    let r = t.try_io(Interest::READABLE, || {
-        let n = (&*socket2::SockRef::from(t)).read(buf)?;
-        if n > 0 && n < buf.len() {
-            short = Some(n);
-            // Tells tokio the socket is drained; `short` carries the data out.
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(n)
-    });
-    match short {
-        Some(n) => Ok(n),
-        None => r,
-    }
-}
 
 /// Drop the wakers that earlier tasks left in `t`'s reactor registration.
 ///
@@ -65,50 +26,20 @@ pub fn release_stale_wakers(t: &TcpStream) {
     let _ = t.poll_write_ready(&mut cx);
 }
 
-/// `std::io` view of a non-blocking tokio socket, for rustls' read_tls/write_tls.
-struct TryIo<'a>(&'a TcpStream);
-
-impl Read for TryIo<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        read_now(self.0, buf)
-    }
-}
-
-impl Write for TryIo<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Largest plaintext rustls may hold for us before we stop feeding it (backpressure).
-const TLS_BUFFER_LIMIT: usize = 64 * 1024;
-
-/// One end of a relayed tunnel: a plain socket, or a socket with its rustls state.
+/// One end of a relayed tunnel: a plain socket, or a socket with its TLS session.
 pub enum Side {
     /// Plain TCP.
     Plain(TcpStream),
-    /// TCP carrying TLS, with the rustls connection that encrypts it.
-    Tls(TcpStream, Box<ServerConnection>),
-}
-
-/// Outcome of a non-blocking read.
-pub enum ReadOutcome {
-    /// This many bytes were read.
-    Data(usize),
-    /// The peer closed its side.
-    Eof,
-    /// Nothing to read now; wait for readiness.
-    WouldBlock,
+    /// TCP carrying TLS, with the session that encrypts it (its buffers are empty, and
+    /// hold no memory, while the tunnel is idle).
+    Tls(TcpStream, Box<TlsSession>),
 }
 
 impl Side {
-    /// A TLS side, with rustls's plaintext buffer capped for backpressure.
-    pub fn tls(tcp: TcpStream, mut conn: ServerConnection) -> Side {
-        conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
-        Side::Tls(tcp, Box::new(conn))
+    /// A TLS side, from the stream that carried the handshake and the HTTP upgrade.
+    pub fn tls(stream: TlsStream) -> Side {
+        let (tcp, session) = stream.into_parts();
+        Side::Tls(tcp, Box::new(session))
     }
 
     /// The underlying TCP socket.
@@ -118,14 +49,11 @@ impl Side {
         }
     }
 
-    /// Plaintext already decrypted and waiting (so the socket will not wake us for it).
+    /// Input is waiting inside this side (so the socket will not wake us for it).
     pub fn has_buffered_input(&mut self) -> bool {
         match self {
             Side::Plain(_) => false,
-            Side::Tls(_, c) => c
-                .process_new_packets()
-                .map(|s| s.plaintext_bytes_to_read() > 0 || s.peer_has_closed())
-                .unwrap_or(true),
+            Side::Tls(_, s) => s.has_buffered_input(),
         }
     }
 
@@ -138,50 +66,13 @@ impl Side {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::WouldBlock),
                 Err(e) => Err(e),
             },
-            Side::Tls(t, c) => {
-                // Plaintext first: it may already be there from an earlier record.
-                loop {
-                    match c.reader().read(buf) {
-                        Ok(0) => return Ok(ReadOutcome::Eof),
-                        Ok(n) => return Ok(ReadOutcome::Data(n)),
-                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                            return Ok(ReadOutcome::Eof)
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                    }
-                    match c.read_tls(&mut TryIo(t)) {
-                        Ok(0) => {
-                            // TCP EOF: let the reader report it (after any plaintext).
-                            let _ = c.process_new_packets();
-                            return match c.reader().read(buf) {
-                                Ok(n) if n > 0 => Ok(ReadOutcome::Data(n)),
-                                _ => Ok(ReadOutcome::Eof),
-                            };
-                        }
-                        Ok(_) => {
-                            if let Err(e) = c.process_new_packets() {
-                                // Best effort: tell the peer why (the alert is queued).
-                                let _ = c.write_tls(&mut TryIo(t));
-                                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-                            }
-                            if c.wants_write() {
-                                // e.g. a TLS 1.3 KeyUpdate response.
-                                let _ = c.write_tls(&mut TryIo(t));
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            return Ok(ReadOutcome::WouldBlock)
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
+            Side::Tls(t, s) => s.read(t, buf),
         }
     }
 
     /// Write what the socket takes now; returns how much of `data` was consumed.
-    /// Over TLS everything up to the buffer limit is taken and encrypted; `flush` sends it.
+    /// Over TLS a chunk is taken and encrypted once earlier records are out; `flush`
+    /// sends what the socket did not take at once.
     pub fn try_write(&mut self, data: &[u8]) -> io::Result<usize> {
         match self {
             Side::Plain(t) => match t.try_write(data) {
@@ -189,28 +80,15 @@ impl Side {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
                 Err(e) => Err(e),
             },
-            Side::Tls(_, c) => {
-                let n = c.writer().write(data)?;
-                self.flush()?;
-                Ok(n)
-            }
+            Side::Tls(t, s) => s.write(t, data),
         }
     }
 
-    /// Push encrypted bytes held by rustls to the socket. Returns true when all are out.
+    /// Push encrypted bytes held back to the socket. Returns true when all are out.
     pub fn flush(&mut self) -> io::Result<bool> {
         match self {
             Side::Plain(_) => Ok(true),
-            Side::Tls(t, c) => {
-                while c.wants_write() {
-                    match c.write_tls(&mut TryIo(t)) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(true)
-            }
+            Side::Tls(t, s) => s.flush(t),
         }
     }
 
@@ -218,7 +96,7 @@ impl Side {
     pub fn has_pending_output(&self) -> bool {
         match self {
             Side::Plain(_) => false,
-            Side::Tls(_, c) => c.wants_write(),
+            Side::Tls(_, s) => s.has_pending_output(),
         }
     }
 
@@ -231,9 +109,8 @@ impl Side {
     /// Before the socket is closed: TLS's close_notify (nothing for plain TCP, whose
     /// close sends the FIN).
     pub fn close_notify(&mut self) {
-        if let Side::Tls(_, c) = self {
-            c.send_close_notify();
-            let _ = self.flush();
+        if let Side::Tls(t, s) = self {
+            s.close_notify(t);
         }
     }
 }

@@ -46,3 +46,4 @@ mod sticky;
 mod sticky_hostile;
 mod storm_keyless;
 mod ticket_window;
+mod tls_tunnel;
