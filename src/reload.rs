@@ -115,6 +115,12 @@ async fn apply(shared: Arc<Shared>, config: Config) -> Result<(), ReloadError> {
         if running.contains(&key) {
             continue;
         }
+        // A listener renamed (or moved between names) keeps its address: it takes the
+        // sockets of the one that goes, whose accept queues then lose nothing.
+        if let Some(socks) = take_sockets(shared, &running, &wanted, l.bind) {
+            fresh.push((key, socks));
+            continue;
+        }
         let sock = crate::listener::bind(l.bind, l.backlog).map_err(|source| {
             failed(ReloadError::Bind {
                 name: l.name().to_string(),
@@ -122,7 +128,7 @@ async fn apply(shared: Arc<Shared>, config: Config) -> Result<(), ReloadError> {
                 source,
             })
         })?;
-        fresh.push((key, sock));
+        fresh.push((key, vec![sock]));
     }
 
     let snap = Arc::new(snap);
@@ -132,8 +138,8 @@ async fn apply(shared: Arc<Shared>, config: Config) -> Result<(), ReloadError> {
         .generation
         .store(generation, std::sync::atomic::Ordering::Relaxed);
 
-    for ((name, bind), sock) in fresh {
-        if let Err(e) = crate::listener::start(shared, name.clone(), bind, sock) {
+    for ((name, bind), socks) in fresh {
+        if let Err(e) = crate::listener::start(shared, name.clone(), bind, socks) {
             tracing::error!(listener = %name, "cannot serve the new listener: {e}");
         }
     }
@@ -176,6 +182,25 @@ async fn apply(shared: Arc<Shared>, config: Config) -> Result<(), ReloadError> {
     metrics::gauge!(m::LAST_RELOAD_SUCCESS).set(1.0);
     tracing::info!("configuration reloaded (generation {generation})");
     Ok(())
+}
+
+/// The sockets of a running listener bound to `bind` that this reload removes, taken for
+/// a new listener of the same address (not for port 0, which asks for a new port).
+fn take_sockets(
+    shared: &Shared,
+    running: &HashSet<(String, SocketAddr)>,
+    wanted: &HashSet<(String, SocketAddr)>,
+    bind: SocketAddr,
+) -> Option<Vec<std::net::TcpListener>> {
+    if bind.port() == 0 {
+        return None;
+    }
+    let key = running
+        .iter()
+        .find(|k| k.1 == bind && !wanted.contains(*k))?;
+    let mut g = shared.control.listeners.lock().ok()?;
+    let socks = std::mem::take(&mut g.get_mut(key)?.sockets);
+    (!socks.is_empty()).then_some(socks)
 }
 
 /// Start draining nodes marked `drain = true`; undo a config drain that was lifted.

@@ -193,7 +193,7 @@ impl Server {
             // so that each configured listener ends up running exactly once.
             let _writer = shared.control.reload_lock.lock().await;
             for (name, bind, sock) in self.pending {
-                crate::listener::start(&shared, name, bind, sock)?;
+                crate::listener::start(&shared, name, bind, vec![sock])?;
             }
         }
         if let Some(admin) = self.admin {

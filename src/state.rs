@@ -162,6 +162,10 @@ pub(crate) struct RunningListener {
     pub stop: CancellationToken,
     /// Where it is bound (port 0 resolved).
     pub local_addr: SocketAddr,
+    /// A duplicate of each socket its accept loops serve on (one per shard), so that a
+    /// reload giving the address to a renamed listener hands the sockets over: closing a
+    /// listening socket resets the connections waiting in its accept queue.
+    pub sockets: Vec<std::net::TcpListener>,
 }
 
 /// The process-wide connection cap: a semaphore whose size reload may change while

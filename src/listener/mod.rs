@@ -80,6 +80,9 @@ pub(crate) async fn serve(
         // The TLS handshake cap is charged later, once a ClientHello is in
         // (`handshake::accept`): a connect that sends nothing must not take a token.
         let (stream, peer) = tokio::select! {
+            // A stopped loop never accepts again: after a reload hands its socket to a
+            // renamed listener, the new loop takes every connection.
+            biased;
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => { backoff = Duration::from_millis(5); x }
@@ -100,10 +103,12 @@ pub(crate) async fn serve(
                 }
             },
         };
+        // Shutdown cancels this right after it stops the listeners; a reload does not.
+        let all = &shared.lifecycle.stop_http;
         let listener_permit = match (&lrt.conn_limit, shard) {
-            (Some(sem), Some(_)) => tokio::select! {
-                _ = stop.cancelled() => return,
-                p = sem.clone().acquire_owned() => p.ok(),
+            (Some(sem), Some(_)) => match slot(&stop, all, sem.clone().acquire_owned()).await {
+                Some(p) => p.ok(),
+                None => return,
             },
             _ => listener_permit,
         };
@@ -112,12 +117,9 @@ pub(crate) async fn serve(
         // 2 and two listeners, one connection in all). At the cap, each listener holds at
         // most this one accepted connection, unserved, until a slot frees.
         let permit = loop {
-            let p = tokio::select! {
-                _ = stop.cancelled() => return,
-                p = shared.conns.sem.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
+            let p = match slot(&stop, all, shared.conns.sem.clone().acquire_owned()).await {
+                Some(Ok(p)) => p,
+                _ => return,
             };
             // A lowered cap takes its slots back as they come free.
             if let Some(p) = shared.conns.pay_debt(p) {
@@ -137,6 +139,25 @@ pub(crate) async fn serve(
             let guard = ConnGuard::new(permit, listener_permit, m.open.clone());
             handle_conn(stream, peer, name, lrt, shared, &m, guard, &gate).await;
         });
+    }
+}
+
+/// Wait for a connection slot for a connection already accepted. A reload that removes
+/// the listener meanwhile (`stop` alone) does not drop it: it is served once the slot
+/// comes, and the loop ends after. Shutdown (`all`: `stop_http`) does.
+async fn slot<T>(
+    stop: &CancellationToken,
+    all: &CancellationToken,
+    acquire: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(acquire);
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        p = &mut acquire => return Some(p),
+    }
+    tokio::select! {
+        _ = all.cancelled() => None,
+        p = acquire => Some(p),
     }
 }
 
@@ -276,19 +297,32 @@ fn write_timed_out(e: &hyper::Error) -> bool {
     false
 }
 
-/// Start serving `sock` as listener `name` (configured as `bind`), replacing a running
-/// listener of the same name and bind address.
+/// Start serving `socks` as listener `name` (configured as `bind`), replacing a running
+/// listener of the same name and bind address. `socks` is one freshly bound socket, or
+/// the sockets a listener of the same address served on (one per shard), handed over by
+/// a reload.
 pub(crate) fn start(
     shared: &Arc<Shared>,
     name: String,
     bind: SocketAddr,
-    sock: std::net::TcpListener,
+    mut socks: Vec<std::net::TcpListener>,
 ) -> std::io::Result<()> {
+    let Some(sock) = socks.pop() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no socket to serve on",
+        ));
+    };
     let local_addr = sock.local_addr()?;
+    let mut dups = Vec::new();
     let stop = shared.lifecycle.stop_all.child_token();
     let lname: Arc<str> = Arc::from(name.as_str());
     match shared.shards.get().filter(|s| !s.is_empty()) {
         None => {
+            dups.push(sock.try_clone()?);
+            // A handed-over socket beyond the one served would close here; a process
+            // without shards only ever has one.
+            drop(socks);
             let l = tokio::net::TcpListener::from_std(sock)?;
             let gate = handshake::HandshakeGate::new();
             tokio::spawn(serve(l, lname, shared.clone(), stop.clone(), None, gate));
@@ -306,14 +340,16 @@ pub(crate) fn start(
                 .iter()
                 .find(|l| l.name() == name)
                 .map_or(1024, |l| l.backlog);
-            let mut socks = Vec::with_capacity(shards.len());
-            for _ in 1..shards.len() {
+            while socks.len() + 1 < shards.len() {
                 socks.push(match reuse {
                     true => self::bind(local_addr, backlog)?,
                     false => sock.try_clone()?,
                 });
             }
             socks.push(sock);
+            for s in &socks {
+                dups.push(s.try_clone()?);
+            }
             let gate = handshake::HandshakeGate::new();
             for (i, (h, sock)) in shards.iter().zip(socks).enumerate() {
                 let (lname, shared, stop) = (lname.clone(), shared.clone(), stop.clone());
@@ -331,7 +367,12 @@ pub(crate) fn start(
     }
     tracing::info!(listener = %name, "listening on {local_addr}");
     if let Ok(mut g) = shared.control.listeners.lock() {
-        if let Some(old) = g.insert((name, bind), RunningListener { stop, local_addr }) {
+        let running = RunningListener {
+            stop,
+            local_addr,
+            sockets: dups,
+        };
+        if let Some(old) = g.insert((name, bind), running) {
             // A reload that ran before `run` started the listeners bound a socket of
             // its own for this one: keep one, or the other would serve on unseen and
             // hold a connection slot that shutdown waits for.
