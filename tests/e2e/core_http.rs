@@ -7,6 +7,7 @@ use crate::support::metrics::metric;
 use crate::support::net::free_addr;
 use crate::support::proxy::{basic_toml, fast_pool, parse, start, Proxy};
 use crate::support::within;
+use crate::support::ws::pattern;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
@@ -181,24 +182,11 @@ where
     send
 }
 
-/// A pseudo-random, position-dependent payload (a shifted or truncated copy is caught).
-fn payload(n: usize) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn large_post_is_echoed_byte_exact() {
     let be = Backend::start().await;
     let proxy = proxy_to(be.addr, "").await;
-    let data = payload(4 << 20);
+    let data = pattern(4 << 20, 0x9e37_79b9);
     let mut send = client(proxy.addr("plain")).await;
     let req = Request::post("/echo")
         .header("host", "app.example")
@@ -224,7 +212,7 @@ async fn bodies_stream_both_ways_chunk_by_chunk() {
         .body(body)
         .unwrap();
     let resp_fut = send.send_request(req);
-    let first = payload(64 * 1024);
+    let first = pattern(64 * 1024, 0x9e37_79b9);
     tx.send(Bytes::from(first.clone())).await.unwrap();
     let resp = within(resp_fut).await.unwrap();
     assert_eq!(resp.status(), 200);

@@ -8,7 +8,7 @@ use crate::support::nodes::echo_nodes;
 use crate::support::proxy::{fast_pool, parse, start, wait_no_tunnels, Proxy};
 use crate::support::tls::{cert_toml, certs, tls_client, tls_client_any, tls_connect, Cert};
 use crate::support::within;
-use crate::support::ws::{echo_text, ws_connect, ws_over};
+use crate::support::ws::{echo_text, pattern, ws_connect, ws_over};
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -271,18 +271,6 @@ fn client_hello() -> Vec<u8> {
     out
 }
 
-fn junk(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abuse_does_not_hurt_other_clients() {
     worker_panics();
@@ -298,18 +286,18 @@ async fn abuse_does_not_hurt_other_clients() {
 
     let hello = client_hello();
     let mut abuses: Vec<(&str, SocketAddr, Vec<u8>)> = vec![
-        ("garbage to plain", plain, junk(4096, 1)),
+        ("garbage to plain", plain, pattern(4096, 1)),
         ("binary with CRLFs to plain", plain, {
-            let mut j = junk(2000, 2);
+            let mut j = pattern(2000, 2);
             j.extend_from_slice(b"\r\n\r\n");
             j
         }),
         ("TLS ClientHello to plain", plain, hello.clone()),
-        ("junk to TLS", tls_addr, junk(8192, 3)),
+        ("junk to TLS", tls_addr, pattern(8192, 3)),
         ("HTTP to TLS", tls_addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
         ("ClientHello then junk to TLS", tls_addr, {
             let mut h = hello.clone();
-            h.extend_from_slice(&junk(3000, 4));
+            h.extend_from_slice(&pattern(3000, 4));
             h
         }),
         ("truncated ClientHello to TLS", tls_addr, hello[..hello.len() / 2].to_vec()),
@@ -334,7 +322,7 @@ async fn abuse_does_not_hurt_other_clients() {
         v.extend_from_slice(&[
             0x82, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4,
         ]);
-        v.extend_from_slice(&junk(5000, 5));
+        v.extend_from_slice(&pattern(5000, 5));
         v
     }));
 
@@ -398,7 +386,7 @@ async fn healthz_and_metrics() {
         "plain GET to an echo node is not a WebSocket"
     );
     let mut s = within(TcpStream::connect(p.addr("obs-tls"))).await.unwrap();
-    s.write_all(&junk(512, 9)).await.unwrap();
+    s.write_all(&pattern(512, 9)).await.unwrap();
     read_until_closed(&mut s).await;
     let cfg = Arc::new(tls_client(rustls::ALL_VERSIONS, &[&c.der]));
     let tls = tls_connect(p.addr("obs-tls"), cfg, "localhost").await;

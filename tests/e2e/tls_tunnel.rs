@@ -9,7 +9,7 @@
 use crate::support::nodes::echo_nodes;
 use crate::support::proxy::{fast_pool, parse, start, Proxy};
 use crate::support::tls::{cert_toml, certs, tls_client, tls_connect, Cert, TlsStream};
-use crate::support::ws::{echo_text, ws_over, Ws};
+use crate::support::ws::{echo_text, pattern, ws_over, Ws};
 use crate::support::{eventually, within, EchoNode};
 use futures_util::{SinkExt, StreamExt};
 use rustls::ProtocolVersion;
@@ -85,20 +85,6 @@ impl Setup {
     }
 }
 
-/// `len` bytes that differ from record to record (a dropped, repeated or misplaced
-/// record cannot go unseen), starting from `seed`.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 /// Send `data` as one binary message and expect it back byte-exact.
 async fn echo_binary<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>, data: &[u8]) {
     within(ws.send(Message::binary(data.to_vec())))
@@ -122,7 +108,7 @@ async fn echo_binary<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>, data: &[
 /// The honest tunnel still works: a text message and a large binary one, byte-exact.
 async fn still_echoes<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>, tag: &str, seed: u32) {
     echo_text(ws, tag).await;
-    echo_binary(ws, &pattern(BIG, seed)).await;
+    echo_binary(ws, &pattern(BIG, seed.into())).await;
 }
 
 /// Write `bytes` straight to the TCP socket under the client's TLS (rustls never sees them).
@@ -208,7 +194,7 @@ async fn key_update_mid_tunnel_both_ways() {
             .refresh_traffic_keys()
             .expect("TLS 1.3 allows a key update");
         echo_text(&mut ws, &format!("after key update {round}")).await;
-        echo_binary(&mut ws, &pattern(BIG, 100 + round)).await;
+        echo_binary(&mut ws, &pattern(BIG, u64::from(100 + round))).await;
     }
 
     // Another client rolls its keys 20 times back to back: allowed, its tunnel goes on.

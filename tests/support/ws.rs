@@ -297,3 +297,17 @@ pub async fn retry_after_only(ip: IpAddr, addr: SocketAddr) -> RetryAfterOnly {
         }
     }
 }
+
+/// `len` bytes of a position-dependent pseudo-random pattern (xorshift64) from `seed`:
+/// a dropped, repeated, shifted or truncated piece of it cannot go unseen.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
