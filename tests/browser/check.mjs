@@ -3,14 +3,21 @@
 // running herdgate, triggers a drain through the admin API and asserts what the browser saw.
 //
 // Inputs (environment, set by the script):
-//   HG_WS_URL      ws://127.0.0.1:PORT/chat   herdgate's websocket-close route
+//   HG_TRANSPORT   ws or wss (default: from HG_WS_URL's scheme)
+//   HG_WS_URL      ws://127.0.0.1:PORT/chat or wss://localhost:PORT/chat: herdgate's
+//                  websocket-close route. For wss, Chromium accepts any certificate
+//                  (the script's is self-signed) and the check also reads herdgate's
+//                  metrics: a connection accepted for every attempt, no TLS handshake
+//                  failed while the browser ran.
 //   HG_ADMIN       http://127.0.0.1:PORT      herdgate's admin listener
 //   HG_TOKEN_FILE  admin bearer token file
 //   HG_POOL        pool name; HG_NODES: its two node names, comma separated
+//   HG_LISTENER    herdgate listener name (metric label; default public)
 //   HG_README      README.md to extract the snippet from
 //   HG_SOCKETS     sockets to open at once (default 8)
 //   HG_CHROMIUM    browser executable (default /usr/bin/chromium)
 //   HG_PROFILE     fresh user-data-dir
+//   HG_NETLOG      optional: where Chromium writes its net log (--log-net-log)
 //   HG_SCREENSHOT  where to write the screenshot
 // Exit status 0 on PASS, 1 on FAIL.
 
@@ -27,6 +34,13 @@ const env = (k, d) => {
   return v;
 };
 const WS_URL = env('HG_WS_URL');
+const TRANSPORT = env('HG_TRANSPORT', new URL(WS_URL).protocol.replace(':', ''));
+const TLS = TRANSPORT === 'wss';
+if (!['ws', 'wss'].includes(TRANSPORT) || new URL(WS_URL).protocol !== `${TRANSPORT}:`) {
+  throw new Error(`check.mjs: HG_TRANSPORT=${TRANSPORT} does not match HG_WS_URL=${WS_URL}`);
+}
+const LISTENER = env('HG_LISTENER', 'public');
+const NETLOG = env('HG_NETLOG', '');
 const ADMIN = env('HG_ADMIN');
 const TOKEN = readFileSync(env('HG_TOKEN_FILE'), 'utf8').trim();
 const POOL = env('HG_POOL');
@@ -89,6 +103,19 @@ async function admin(method, path) {
   const headers = method === 'POST' ? { authorization: `Bearer ${TOKEN}` } : {};
   const r = await fetch(ADMIN + path, { method, headers, signal: AbortSignal.timeout(5000) });
   return { status: r.status, body: await r.text() };
+}
+
+// Prometheus text: the sum of `name`'s samples whose labels include every one of `labels`.
+async function metric(name, labels) {
+  const r = await admin('GET', '/metrics');
+  let sum = 0;
+  for (const line of r.body.split('\n')) {
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = m[2] ?? '';
+    if (Object.entries(labels).every(([k, v]) => have.includes(`${k}="${v}"`))) sum += Number(m[3]);
+  }
+  return sum;
 }
 
 async function nodeReports() {
@@ -192,13 +219,19 @@ async function main() {
   const server = await serve();
   const pageUrl = `http://127.0.0.1:${server.address().port}/?ws=${encodeURIComponent(WS_URL)}&n=${N}`;
 
+  const args = [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ];
+  // wss: the script's certificate is self-signed; accept it (and only certificate errors:
+  // a failed handshake still fails the socket).
+  if (TLS) args.push('--ignore-certificate-errors');
+  if (NETLOG) args.push(`--log-net-log=${NETLOG}`, '--net-log-capture-mode=Default');
   const context = await chromium.launchPersistentContext(PROFILE, {
     executablePath: CHROMIUM,
     headless: true,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
+    args,
+    ignoreHTTPSErrors: TLS,
     viewport: { width: 1100, height: 420 },
   });
   let page;
@@ -209,7 +242,17 @@ async function main() {
     page.on('console', (m) => {
       if (m.type() === 'error') console.log(`  [browser console] ${m.text()}`);
     });
+    // Socket-level errors as Playwright sees them (e.g. a TLS failure: net::ERR_...).
+    page.on('websocket', (ws) => {
+      ws.on('socketerror', (e) => console.log(`  [browser websocket] ${ws.url()}: ${e}`));
+    });
     console.log(`browser: ${context.browser()?.version() ?? 'chromium'} (${CHROMIUM}); page ${pageUrl}`);
+    console.log(`transport: ${TRANSPORT} (${WS_URL})` +
+      (TLS ? '; TLS terminated by herdgate, certificate self-signed and accepted by the browser' : ''));
+    // Counted from here: the script's readiness probe (a bare connect) is one failed TLS
+    // handshake before the browser starts.
+    const accepted0 = await metric('herdgate_connections_accepted_total', { listener: LISTENER });
+    const tlsFailed0 = await metric('herdgate_tls_handshake_failures_total', { listener: LISTENER });
     await page.goto(pageUrl, { timeout: 10000 });
     const state = () => page.evaluate(() => window.herdgateCheck.state());
 
@@ -292,11 +335,25 @@ async function main() {
       `all ${N} tunnels now on ${other}: ${after.map((n) => `${n.node}=${n.open_tunnels}${n.draining ? '(draining)' : ''}`).join(' ')}`);
     check(pageErrors.length === 0, `no page errors${pageErrors.length ? ': ' + pageErrors.join('; ') : ''}`);
 
+    if (TLS) {
+      // Every attempt was a connection of its own to herdgate's TLS listener (every one
+      // got its 101: it was closed by a code, or echoes), and no TLS handshake failed.
+      const all = (await state()).clients.flatMap((c) => c.attempts);
+      const attempts = all.length;
+      const opened = all.filter((a) => a.tOpen !== null).length;
+      check(opened === attempts, `wss: TLS and WebSocket handshakes completed ('open') on ${opened} of ${attempts} attempts`);
+      const accepted = (await metric('herdgate_connections_accepted_total', { listener: LISTENER })) - accepted0;
+      const failed = (await metric('herdgate_tls_handshake_failures_total', { listener: LISTENER })) - tlsFailed0;
+      check(accepted >= attempts, `wss: herdgate's TLS listener ${LISTENER} accepted a connection for every attempt ` +
+        `(${accepted} connections, ${attempts} attempts)`);
+      check(failed === 0, `wss: no failed TLS handshake on listener ${LISTENER} while the browser ran (${failed})`);
+    }
+
     const fmt = (ds) => ds.length
       ? `${ds.length} closes, hints ${Math.min(...ds.map((x) => x.hint))}–${Math.max(...ds.map((x) => x.hint))} ms, ` +
         `waited − hint ${Math.min(...ds.map((x) => x.delay - x.hint)).toFixed(0)}…${Math.max(...ds.map((x) => x.delay - x.hint)).toFixed(0)} ms`
       : 'none';
-    console.log(`\nfigures: 1013 ${fmt(p1.delays)}; 1012 ${fmt(p2.delays)}`);
+    console.log(`\nfigures (${TRANSPORT}): 1013 ${fmt(p1.delays)}; 1012 ${fmt(p2.delays)}`);
   } finally {
     if (page) {
       const verdict = failures.length ? `FAIL (${failures.length} failed checks)` : 'PASS';
@@ -318,8 +375,8 @@ try {
   console.log(`  FAIL ${e && e.stack ? e.stack : e}`);
 }
 if (failures.length) {
-  console.log(`\nbrowser check: FAIL (${failures.length} failed check${failures.length > 1 ? 's' : ''})`);
+  console.log(`\nbrowser check (${TRANSPORT}): FAIL (${failures.length} failed check${failures.length > 1 ? 's' : ''})`);
   process.exit(1);
 }
-console.log('\nbrowser check: PASS');
+console.log(`\nbrowser check (${TRANSPORT}): PASS`);
 process.exit(0);

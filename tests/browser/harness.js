@@ -81,7 +81,7 @@
     renderQueued = true;
     requestAnimationFrame(() => {
       renderQueued = false;
-      document.getElementById('phase').textContent = `phase: ${phase}`;
+      document.getElementById('phase').textContent = `phase: ${phase} (${wsBase})`;
       const body = document.getElementById('rows');
       body.textContent = '';
       clients.forEach((c, id) => {
