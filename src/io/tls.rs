@@ -482,6 +482,14 @@ mod tests {
     /// A server session (after its handshake) and a rustls client connected to it over
     /// loopback, the client limited to `versions`.
     async fn pair(versions: &[&'static rustls::SupportedProtocolVersion]) -> (TlsStream, Client) {
+        pair_fragmented(versions, None).await
+    }
+
+    /// [`pair`], the client cutting its records to `fragment` bytes of plaintext.
+    async fn pair_fragmented(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        fragment: Option<usize>,
+    ) -> (TlsStream, Client) {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let der = ck.cert.der().clone();
@@ -494,11 +502,12 @@ mod tests {
             .unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(provider)
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        client.max_fragment_size = fragment;
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let connect = async move {
@@ -564,6 +573,26 @@ mod tests {
         settle(&mut s);
         assert_eq!(held(&s), (0, 0, 0), "an idle session holds no buffer");
         cw.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_and_data_cut_into_tiny_records_go_through() {
+        // 32 bytes of plaintext per record: the ClientHello spans many records (only the
+        // first is read before the handshake cap), and one read brings dozens of records.
+        for versions in [
+            &[&rustls::version::TLS13][..],
+            &[&rustls::version::TLS12][..],
+        ] {
+            let (mut s, mut c) = pair_fragmented(versions, Some(32)).await;
+            let up: Vec<u8> = (0..20_000u32).map(|i| (i * 3) as u8).collect();
+            within(c.write_all(&up)).await.unwrap();
+            within(c.flush()).await.unwrap();
+            let mut got = vec![0u8; up.len()];
+            within(s.read_exact(&mut got)).await.unwrap();
+            assert!(got == up);
+            settle(&mut s);
+            assert_eq!(held(&s), (0, 0, 0));
+        }
     }
 
     #[tokio::test]
