@@ -184,8 +184,10 @@ async fn apply(shared: Arc<Shared>, config: Config) -> Result<(), ReloadError> {
     Ok(())
 }
 
-/// The sockets of a running listener bound to `bind` that this reload removes, taken for
-/// a new listener of the same address (not for port 0, which asks for a new port).
+/// Duplicates of the sockets of a running listener bound to `bind` that this reload
+/// removes, for a new listener of the same address (not for port 0, which asks for a new
+/// port). Duplicates, not the sockets themselves: a reload that fails later leaves the
+/// running listener as it was, able to hand them over the next time.
 fn take_sockets(
     shared: &Shared,
     running: &HashSet<(String, SocketAddr)>,
@@ -198,8 +200,14 @@ fn take_sockets(
     let key = running
         .iter()
         .find(|k| k.1 == bind && !wanted.contains(*k))?;
-    let mut g = shared.control.listeners.lock().ok()?;
-    let socks = std::mem::take(&mut g.get_mut(key)?.sockets);
+    let g = shared.control.listeners.lock().ok()?;
+    let socks = g
+        .get(key)?
+        .sockets
+        .iter()
+        .map(|s| s.try_clone())
+        .collect::<std::io::Result<Vec<_>>>()
+        .ok()?;
     (!socks.is_empty()).then_some(socks)
 }
 
