@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 /// in; returns the bytes read. Nothing is sent and no key is made: the handshake cap is
 /// charged after this and before [`handshake`].
 pub async fn read_client_hello(t: &TcpStream) -> io::Result<Vec<u8>> {
-    let mut rx = Vec::with_capacity(1024);
+    let mut rx = Vec::new();
     loop {
         if let Some(h) = rx.get(..HEADER) {
             let h: &[u8] = h;
